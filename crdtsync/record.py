@@ -1,0 +1,163 @@
+"""Record documents: one ``pycrdt.Doc`` per record, with a root map ``fields``.
+
+:class:`RecordDoc` is the small, pure API the replica and the relay share:
+
+* :meth:`RecordDoc.read` returns typed values (see :mod:`crdtsync.fieldtypes`);
+* :meth:`RecordDoc.write` writes a set of field values in one transaction and returns
+  the CRDT update it produced; a ``text`` field is written as a character diff against
+  its current text, so concurrent edits of different parts both survive;
+* :meth:`RecordDoc.delta` is the update a peer at a given state vector is missing;
+* :meth:`RecordDoc.apply` integrates a remote update.
+
+Nothing here knows about storage, networks or permissions.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+import pycrdt
+
+from .fieldtypes import FieldType
+from .schema import ObjectSpec
+
+FIELDS_ROOT = "fields"
+
+
+class RecordDoc:
+    """A record's CRDT document, typed by its :class:`~crdtsync.schema.ObjectSpec`."""
+
+    __slots__ = ("_doc", "_fields", "spec")
+
+    def __init__(self, spec: ObjectSpec, *, client_id: int | None = None) -> None:
+        self.spec = spec
+        self._doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=client_id)
+        self._fields: pycrdt.Map[Any] = self._doc.get(FIELDS_ROOT, type=pycrdt.Map)
+
+    @classmethod
+    def from_update(
+        cls, spec: ObjectSpec, update: bytes, *, client_id: int | None = None
+    ) -> RecordDoc:
+        """A document holding ``update`` (e.g. a stored full state), editing as ``client_id``."""
+        record = cls(spec, client_id=client_id)
+        if update:
+            record._doc.apply_update(update)
+        return record
+
+    @property
+    def client_id(self) -> int:
+        return int(self._doc.client_id)
+
+    def read(self) -> dict[str, Any]:
+        """Every field that has a value, in schema order, decoded to its canonical value.
+
+        Keys the schema does not know are left out; a stored value that does not
+        decode raises ``ValueError`` naming the field.
+        """
+        values: dict[str, Any] = {}
+        for name, spec in self.spec.fields.items():
+            stored = self._fields.get(name)
+            value = str(stored) if isinstance(stored, pycrdt.Text) else stored
+            try:
+                decoded = spec.type.decode(value)
+            except ValueError as exc:
+                raise ValueError(f"field {name!r}: {exc}") from None
+            if decoded is not None:
+                values[name] = decoded
+        return values
+
+    def write(self, values: Mapping[str, Any]) -> bytes:
+        """Write canonical ``values`` in one transaction; return the update it produced.
+
+        The values must already be checked by the schema. Writing the value a field
+        already holds produces no operation for it; an empty update (``b""``) means
+        nothing changed. The update is the transaction's own (insertions and
+        deletions it made), as a Yjs ``update`` event carries it.
+        """
+        updates: list[bytes] = []
+        subscription = self._doc.observe(lambda event: updates.append(event.update))
+        try:
+            with self._doc.transaction():
+                for name, value in values.items():
+                    self._write_field(name, value)
+        finally:
+            self._doc.unobserve(subscription)
+        return b"".join(bytes(update) for update in updates)
+
+    def _write_field(self, name: str, value: Any) -> None:
+        spec = self.spec.fields[name]
+        current = self._fields.get(name)
+        if spec.type is FieldType.TEXT and value is not None:
+            if isinstance(current, pycrdt.Text):
+                _apply_text_diff(current, value)
+            else:
+                self._fields[name] = pycrdt.Text(value)
+            return
+        encoded = spec.type.encode(value)
+        if name in self._fields and _same_stored(current, encoded, spec.type):
+            return
+        self._fields[name] = encoded
+
+    def state(self) -> bytes:
+        """The document's state vector."""
+        return bytes(self._doc.get_state())
+
+    def delta(self, state: bytes | None = None) -> bytes:
+        """The update a peer whose state vector is ``state`` is missing (all of it if None)."""
+        if state is None:
+            return bytes(self._doc.get_update())
+        return bytes(self._doc.get_update(state))
+
+    def full_update(self) -> bytes:
+        """The whole document as one update (what a store keeps)."""
+        return bytes(self._doc.get_update())
+
+    def apply(self, update: bytes) -> None:
+        """Integrate a remote update (``b""``: nothing to do).
+
+        Callers contain pycrdt faults at their boundary.
+        """
+        if update:
+            self._doc.apply_update(update)
+
+    def copy(self, *, client_id: int | None = None) -> RecordDoc:
+        """An independent document with the same content."""
+        return RecordDoc.from_update(self.spec, self.full_update(), client_id=client_id)
+
+
+def _same_stored(current: object, encoded: object, field_type: FieldType) -> bool:
+    """True if the map already stores ``encoded`` (pycrdt may read ints back as floats)."""
+    if current is None or encoded is None:
+        return current is encoded
+    if isinstance(current, pycrdt.Text):
+        return False
+    try:
+        decoded = field_type.decode(current)
+    except ValueError:
+        return False
+    return bool(field_type.encode(decoded) == encoded)
+
+
+def _apply_text_diff(text: pycrdt.Text, new: str) -> None:
+    """Edit ``text`` into ``new`` with the fewest character inserts and deletes.
+
+    pycrdt indexes text by UTF-8 byte offset, so character positions are converted.
+    Edits are applied from the end, where earlier offsets are still those of ``old``.
+    """
+    old = str(text)
+    if old == new:
+        return
+    matcher = difflib.SequenceMatcher(a=old, b=new, autojunk=False)
+
+    def offset(index: int) -> int:
+        return len(old[:index].encode("utf-8"))
+
+    for tag, i1, i2, j1, j2 in reversed(matcher.get_opcodes()):
+        if tag == "equal":
+            continue
+        if tag in ("replace", "delete"):
+            del text[offset(i1) : offset(i2)]
+        if tag in ("replace", "insert"):
+            text.insert(offset(i1), new[j1:j2])

@@ -1,0 +1,689 @@
+"""The offline replica: local-first records, the outbox of pending changes, and the
+entry points through which the sync layer reports what the relay decided.
+
+Every record is kept twice in the store: the **server** document (the last version the
+relay confirmed) and the **local** document (the server's plus the user's unsynced
+changes). A pending change is the difference between the two, kept as one outbox entry
+per record:
+
+* successive edits of a record coalesce into its entry (the first edit's place in the
+  queue is kept, so changes sync in the order they were first made);
+* create-then-delete before anything reached the relay cancels out;
+* delete supersedes edits.
+
+The sync layer drives the entry through its statuses with :meth:`Replica.outgoing`,
+:meth:`Replica.requeue_inflight`, :meth:`Replica.apply_ack`,
+:meth:`Replica.apply_conflict`, :meth:`Replica.apply_unresolvable` and
+:meth:`Replica.apply_remote`::
+
+    pending ──outgoing()──▶ syncing ──ack──▶ (gone; synced)
+       ▲                      │ ├─conflict──────▶ conflict ──resolve()──▶ pending
+       └──requeue_inflight()──┘ └─unresolvable──▶ unresolvable
+                                        conflict / unresolvable ──dismiss()──▶ (gone)
+
+A record in ``conflict`` or ``unresolvable`` is locked. ``resolve`` and ``dismiss``
+rebuild the local document from the server's and switch to a fresh CRDT client id, so
+a rejected operation can never travel again (no zombie ops).
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import pycrdt
+
+from .events import Event, PendingChanged, RecordNeedsAttention, RemoteChangeArrived
+from .exceptions import (
+    FieldError,
+    InvalidOperation,
+    RecordDeleted,
+    RecordLocked,
+    RecordNotFound,
+    StoreError,
+)
+from .model import (
+    ChangeKind,
+    FieldChange,
+    FieldConflict,
+    PendingChange,
+    Problem,
+    Record,
+    Status,
+    UnresolvableReason,
+)
+from .record import RecordDoc
+from .schema import ObjectSpec, Schema
+from .store import LocalStore, PendingRow, RecordRow
+
+
+@attrs.frozen(kw_only=True)
+class OutgoingChange:
+    """A pending change as the sync layer sends it.
+
+    ``change_id`` is stable across retransmissions of the same content, so the relay
+    can apply it exactly once. ``field_bases`` gives, per changed field, the relay
+    version the user saw when first changing it.
+    """
+
+    change_id: str
+    record_id: str
+    object: str
+    kind: ChangeKind
+    base_version: int
+    field_bases: Mapping[str, int]
+    delta: bytes
+
+
+def new_record_id() -> str:
+    """A permanent, globally unique record id (random UUID)."""
+    return str(uuid.uuid4())
+
+
+def _new_change_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _new_client_id() -> int:
+    # Below 2**53 so JavaScript (Yjs) peers read it exactly.
+    return secrets.randbits(53) or 1
+
+
+class Replica:
+    """One replica's records and outbox, on a :class:`~crdtsync.store.LocalStore`.
+
+    ``on_event`` is called synchronously with every event, after the change it reports
+    is committed.
+    """
+
+    def __init__(
+        self,
+        store: LocalStore,
+        schema: Schema,
+        *,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.schema = schema
+        self._emit = on_event or (lambda event: None)
+        with store.transaction():
+            self.replica_id: str = store.get_meta("replica_id") or uuid.uuid4().hex
+            store.set_meta("replica_id", self.replica_id)
+            self.client_id: int = store.get_meta("client_id") or _new_client_id()
+            store.set_meta("client_id", self.client_id)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def get(self, record_id: str) -> Record | None:
+        """The record with local changes, or ``None`` if unknown or deleted locally."""
+        row = self.store.get_record(record_id)
+        if row is None or row.deleted:
+            return None
+        entry = self.store.get_pending(record_id)
+        return self._record(row, entry)
+
+    def records(self, object_name: str | None = None) -> list[Record]:
+        """Every record (of one object type, if given) that is not deleted locally."""
+        if object_name is not None:
+            self.schema.object(object_name)
+        statuses = {entry.record_id: entry for entry in self.store.list_pending()}
+        return [
+            self._record(row, statuses.get(row.id))
+            for row in self.store.list_records(object_name)
+            if not row.deleted
+        ]
+
+    def pending(self) -> list[PendingChange]:
+        """Every record with unsynced changes, in the order they were first made."""
+        return [self._pending_change(entry) for entry in self.store.list_pending()]
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Per object: how many records are ``synced`` and how many changes are in each
+        pending status."""
+        counts: dict[str, dict[str, int]] = {
+            name: {status.value: 0 for status in Status} for name in self.schema.objects
+        }
+        pending_ids = {entry.record_id for entry in self.store.list_pending()}
+        for row in self.store.list_records():
+            if not row.deleted and row.id not in pending_ids:
+                counts.setdefault(row.object, {s.value: 0 for s in Status})["synced"] += 1
+        for (object_name, status), count in self.store.count_by_status().items():
+            counts.setdefault(object_name, {s.value: 0 for s in Status})[status] += count
+        return counts
+
+    # -- local changes ------------------------------------------------------------------
+
+    def create(self, object_name: str, values: Mapping[str, object]) -> str:
+        """Create a record locally and queue it; return its permanent id."""
+        spec = self.schema.object(object_name)
+        canonical = self.schema.validate_new(object_name, values)
+        record_id = new_record_id()
+        doc = RecordDoc(spec, client_id=self.client_id)
+        doc.write(canonical)
+        with self.store.transaction():
+            self.store.put_record(
+                RecordRow(id=record_id, object=object_name, local=doc.full_update())
+            )
+            self.store.put_pending(
+                PendingRow(
+                    record_id=record_id,
+                    seq=self.store.next_counter("pending_seq"),
+                    object=object_name,
+                    kind=ChangeKind.CREATE,
+                    base_version=0,
+                    changes={
+                        name: [None, spec.fields[name].type.encode(value), 0]
+                        for name, value in canonical.items()
+                    },
+                    delta=doc.full_update(),
+                    status=Status.PENDING,
+                    change_id=_new_change_id(),
+                )
+            )
+        self._emit(PendingChanged(record_id, object_name, Status.PENDING))
+        return record_id
+
+    def update(self, record_id: str, values: Mapping[str, object]) -> None:
+        """Change fields of a record locally and queue the change (coalescing)."""
+        row, entry = self._editable(record_id)
+        spec = self.schema.object(row.object)
+        doc = self._load(spec, row.local, client_id=self.client_id)
+        current = doc.read()
+        canonical = self.schema.validate_update(row.object, current, values)
+        if not doc.write(canonical):
+            return
+        changes = dict(entry.changes) if entry else {}
+        for name, value in canonical.items():
+            field_type = spec.fields[name].type
+            if name in changes:
+                changes[name][1] = field_type.encode(value)
+            else:
+                changes[name] = [
+                    field_type.encode(current.get(name)),
+                    field_type.encode(value),
+                    row.version,
+                ]
+        syncing = entry is not None and entry.status == Status.SYNCING
+        sent = entry is not None and entry.inflight is not None
+        with self.store.transaction():
+            new_entry = PendingRow(
+                record_id=record_id,
+                seq=entry.seq if entry else self.store.next_counter("pending_seq"),
+                object=row.object,
+                kind=entry.kind if entry else ChangeKind.UPDATE,
+                base_version=entry.base_version if entry else row.version,
+                changes=changes,
+                delta=doc.delta(_state_of(row.server)),
+                status=Status.SYNCING if syncing else Status.PENDING,
+                change_id=entry.change_id if entry else _new_change_id(),
+                inflight=entry.inflight if entry else None,
+                sent_kind=entry.sent_kind if entry else None,
+                dirty=sent,
+                note=entry.note if entry else "",
+            )
+            self.store.put_record(attrs.evolve(row, local=doc.full_update()))
+            self.store.put_pending(new_entry)
+        self._emit(PendingChanged(record_id, row.object, Status(new_entry.status)))
+
+    def delete(self, record_id: str) -> None:
+        """Delete a record locally and queue the delete (a create not yet sent cancels out)."""
+        row, entry = self._editable(record_id)
+        with self.store.transaction():
+            never_sent = row.server is None and (entry is None or entry.inflight is None)
+            if entry is not None and entry.kind == ChangeKind.CREATE and never_sent:
+                self.store.remove_pending(record_id)
+                self.store.remove_record(record_id)
+                status: Status | None = None
+            else:
+                syncing = entry is not None and entry.status == Status.SYNCING
+                status = Status.SYNCING if syncing else Status.PENDING
+                self.store.put_record(attrs.evolve(row, deleted=True))
+                self.store.put_pending(
+                    PendingRow(
+                        record_id=record_id,
+                        seq=entry.seq if entry else self.store.next_counter("pending_seq"),
+                        object=row.object,
+                        kind=ChangeKind.DELETE,
+                        base_version=row.version,
+                        changes={},
+                        delta=b"",
+                        status=status,
+                        change_id=entry.change_id if entry else _new_change_id(),
+                        inflight=entry.inflight if entry else None,
+                        sent_kind=entry.sent_kind if entry else None,
+                        dirty=entry is not None and entry.inflight is not None,
+                    )
+                )
+        self._emit(PendingChanged(record_id, row.object, status))
+
+    def resolve(self, record_id: str, values: Mapping[str, object] | None = None) -> None:
+        """Re-apply the user's change, with ``values`` overriding it, on top of the latest
+        server version, and queue it again.
+
+        Fields the user changed keep their new value ("mine") unless ``values`` gives
+        another one (pass the conflict's ``theirs`` to take theirs). For a delete in
+        conflict, ``resolve`` means "delete anyway" and ``values`` must be empty;
+        ``dismiss`` keeps the record. ``ValidationError`` leaves the conflict as it was.
+        """
+        values = dict(values or {})
+        row = self._row(record_id)
+        entry = self.store.get_pending(record_id)
+        if entry is None or entry.status != Status.CONFLICT:
+            if entry is not None and entry.status == Status.UNRESOLVABLE:
+                raise InvalidOperation(
+                    f"record {record_id} is unresolvable: it can only be dismissed"
+                )
+            state = entry.status if entry else "synced"
+            raise InvalidOperation(f"record {record_id} has no conflict to resolve ({state})")
+        if entry.kind == ChangeKind.DELETE:
+            if values:
+                raise InvalidOperation(
+                    "a delete in conflict is resolved with no values (delete anyway); "
+                    "dismiss() keeps the record"
+                )
+            resolved = attrs.evolve(
+                entry,
+                base_version=row.version,
+                status=Status.PENDING,
+                problem=None,
+                change_id=_new_change_id(),
+                inflight=None,
+                dirty=False,
+            )
+            with self.store.transaction():
+                self.store.put_pending(resolved)
+            self._emit(PendingChanged(record_id, row.object, Status.PENDING))
+            return
+        spec = self.schema.object(row.object)
+        mine = {
+            name: spec.fields[name].type.decode(change[1])
+            for name, change in entry.changes.items()
+            if name in spec.fields
+        }
+        client_id = _new_client_id()
+        doc = self._load(spec, row.server or b"", client_id=client_id)
+        server_values = doc.read()
+        if row.server is None:
+            canonical = self.schema.validate_new(row.object, {**mine, **values})
+        else:
+            canonical = self.schema.validate_update(row.object, server_values, {**mine, **values})
+        doc.write(canonical)
+        changes = {
+            name: [
+                spec.fields[name].type.encode(server_values.get(name)),
+                spec.fields[name].type.encode(value),
+                row.version,
+            ]
+            for name, value in canonical.items()
+        }
+        resolved = attrs.evolve(
+            entry,
+            kind=ChangeKind.CREATE if row.server is None else ChangeKind.UPDATE,
+            base_version=row.version,
+            changes=changes,
+            delta=doc.delta(_state_of(row.server)),
+            status=Status.PENDING,
+            problem=None,
+            change_id=_new_change_id(),
+            inflight=None,
+            dirty=False,
+        )
+        with self.store.transaction():
+            self._rotate_client_id(client_id)
+            self.store.put_record(attrs.evolve(row, local=doc.full_update(), deleted=False))
+            self.store.put_pending(resolved)
+        self._emit(PendingChanged(record_id, row.object, Status.PENDING))
+
+    def dismiss(self, record_id: str) -> None:
+        """Discard the record's local changes: restore the server's version, or remove the
+        record locally if it never reached the relay, is gone there, or is no longer
+        readable."""
+        row = self._row(record_id)
+        entry = self.store.get_pending(record_id)
+        if entry is None:
+            raise InvalidOperation(f"record {record_id} has no local changes to dismiss")
+        if entry.status == Status.SYNCING:
+            raise InvalidOperation(f"record {record_id} is syncing: wait for its verdict")
+        gone = row.server is None or entry.status == Status.UNRESOLVABLE
+        with self.store.transaction():
+            self.store.remove_pending(record_id)
+            if gone:
+                self.store.remove_record(record_id)
+            else:
+                self._rotate_client_id(_new_client_id())
+                assert row.server is not None
+                self.store.put_record(attrs.evolve(row, local=row.server, deleted=False))
+        self._emit(PendingChanged(record_id, row.object, None))
+
+    # -- sync entry points ----------------------------------------------------------------
+
+    def outgoing(self, limit: int | None = None) -> list[OutgoingChange]:
+        """Mark the oldest ``pending`` changes ``syncing`` and return them to send.
+
+        A change that was sent before but whose verdict never arrived is sent again
+        with the same id and the same content.
+        """
+        entries = self.store.list_pending(Status.PENDING)[:limit]
+        out = []
+        with self.store.transaction():
+            for entry in entries:
+                if entry.inflight is None:
+                    entry = attrs.evolve(entry, inflight=entry.delta, sent_kind=entry.kind)
+                self.store.put_pending(attrs.evolve(entry, status=Status.SYNCING))
+                out.append(
+                    OutgoingChange(
+                        change_id=entry.change_id,
+                        record_id=entry.record_id,
+                        object=entry.object,
+                        kind=ChangeKind(entry.sent_kind or entry.kind),
+                        base_version=entry.base_version,
+                        field_bases={name: change[2] for name, change in entry.changes.items()},
+                        delta=entry.inflight or b"",
+                    )
+                )
+        for change in out:
+            self._emit(PendingChanged(change.record_id, change.object, Status.SYNCING))
+        return out
+
+    def requeue_inflight(self) -> int:
+        """After a lost connection: every ``syncing`` change becomes ``pending`` again,
+        keeping its id and sent content so a retransmission is applied once."""
+        entries = self.store.list_pending(Status.SYNCING)
+        with self.store.transaction():
+            for entry in entries:
+                self.store.put_pending(attrs.evolve(entry, status=Status.PENDING))
+        for entry in entries:
+            self._emit(PendingChanged(entry.record_id, entry.object, Status.PENDING))
+        return len(entries)
+
+    def apply_ack(self, change_id: str, version: int, update: bytes | None = None) -> bool:
+        """The relay accepted ``change_id`` as ``version``. ``update`` carries anything the
+        relay added (e.g. a default owner). Returns False for an unknown (duplicate) ack."""
+        entry = self.store.find_pending(change_id)
+        if entry is None or entry.status != Status.SYNCING:
+            return False
+        row = self._row(entry.record_id)
+        status: Status | None = None
+        with self.store.transaction():
+            if entry.sent_kind == ChangeKind.DELETE:
+                self.store.remove_pending(row.id)
+                self.store.remove_record(row.id)
+            else:
+                spec = self.schema.object(row.object)
+                server = self._load(spec, row.server or b"")
+                server.apply(entry.inflight or b"")
+                local = row.local
+                if update:
+                    server.apply(update)
+                    local_doc = self._load(spec, row.local)
+                    local_doc.apply(update)
+                    local = local_doc.full_update()
+                row = attrs.evolve(row, server=server.full_update(), version=version, local=local)
+                self.store.put_record(row)
+                if entry.dirty:
+                    status = Status.PENDING
+                    self.store.put_pending(self._remaining(row, entry, spec))
+                else:
+                    self.store.remove_pending(row.id)
+        self._emit(PendingChanged(row.id, row.object, status))
+        return True
+
+    def apply_conflict(
+        self, change_id: str, problem: Problem, *, version: int, update: bytes | None = None
+    ) -> bool:
+        """The relay refused ``change_id`` as a conflict; ``update`` brings this replica's
+        server version up to the relay's ``version``. The record is locked."""
+        return self._refused(change_id, Status.CONFLICT, problem, version=version, update=update)
+
+    def apply_unresolvable(self, change_id: str, problem: Problem) -> bool:
+        """The relay refused ``change_id`` for good (deleted elsewhere, or forbidden)."""
+        return self._refused(change_id, Status.UNRESOLVABLE, problem, version=None, update=None)
+
+    def apply_remote(
+        self,
+        record_id: str,
+        object_name: str,
+        version: int,
+        update: bytes | None = None,
+        *,
+        deleted: bool = False,
+    ) -> None:
+        """Another replica's change (or a deletion) reached this one at ``version``."""
+        spec = self.schema.object(object_name)
+        row = self.store.get_record(record_id)
+        entry = self.store.get_pending(record_id)
+        if row is not None and version <= row.version:
+            return
+        with self.store.transaction():
+            if deleted:
+                kind = ChangeKind.DELETE
+                if entry is None or entry.kind == ChangeKind.DELETE:
+                    self.store.remove_pending(record_id)
+                    self.store.remove_record(record_id)
+                elif entry.status == Status.PENDING:
+                    self.store.put_pending(
+                        attrs.evolve(
+                            entry,
+                            status=Status.UNRESOLVABLE,
+                            problem=_problem_to_wire(
+                                Problem(reason=UnresolvableReason.DELETED), spec
+                            ),
+                        )
+                    )
+            elif row is None:
+                kind = ChangeKind.CREATE
+                doc = self._load(spec, update or b"")
+                self.store.put_record(
+                    RecordRow(
+                        id=record_id,
+                        object=object_name,
+                        local=doc.full_update(),
+                        server=doc.full_update(),
+                        version=version,
+                    )
+                )
+            else:
+                kind = ChangeKind.UPDATE
+                server = self._load(spec, row.server or b"")
+                local = self._load(spec, row.local)
+                server.apply(update or b"")
+                local.apply(update or b"")
+                self.store.put_record(
+                    attrs.evolve(
+                        row, server=server.full_update(), local=local.full_update(), version=version
+                    )
+                )
+        self._emit(RemoteChangeArrived(record_id, object_name, kind))
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _refused(
+        self,
+        change_id: str,
+        status: Status,
+        problem: Problem,
+        *,
+        version: int | None,
+        update: bytes | None,
+    ) -> bool:
+        entry = self.store.find_pending(change_id)
+        if entry is None or entry.status != Status.SYNCING:
+            return False
+        row = self._row(entry.record_id)
+        with self.store.transaction():
+            if update or version is not None:
+                spec = self.schema.object(row.object)
+                server = self._load(spec, row.server or b"")
+                local = self._load(spec, row.local)
+                if update:
+                    server.apply(update)
+                    local.apply(update)
+                row = attrs.evolve(
+                    row,
+                    server=server.full_update() if row.server is not None or update else None,
+                    local=local.full_update(),
+                    version=version if version is not None else row.version,
+                )
+                self.store.put_record(row)
+            self.store.put_pending(
+                attrs.evolve(
+                    entry,
+                    status=status,
+                    problem=_problem_to_wire(problem, self.schema.object(row.object)),
+                    inflight=None,
+                    sent_kind=None,
+                    dirty=False,
+                )
+            )
+        self._emit(PendingChanged(row.id, row.object, status))
+        self._emit(RecordNeedsAttention(row.id, row.object, status, problem))
+        return True
+
+    def _remaining(self, row: RecordRow, entry: PendingRow, spec: ObjectSpec) -> PendingRow:
+        """What is left of a dirty entry once the part that was in flight is acknowledged."""
+        if entry.kind == ChangeKind.DELETE:
+            return attrs.evolve(
+                entry,
+                base_version=row.version,
+                status=Status.PENDING,
+                change_id=_new_change_id(),
+                inflight=None,
+                sent_kind=None,
+                dirty=False,
+            )
+        local = self._load(spec, row.local)
+        server_values = self._load(spec, row.server or b"").read()
+        local_values = local.read()
+        changes = {
+            name: [
+                field.type.encode(server_values.get(name)),
+                field.type.encode(local_values.get(name)),
+                row.version,
+            ]
+            for name, field in spec.fields.items()
+            if local_values.get(name) != server_values.get(name)
+        }
+        return attrs.evolve(
+            entry,
+            kind=ChangeKind.UPDATE,
+            base_version=row.version,
+            changes=changes,
+            delta=local.delta(_state_of(row.server)),
+            status=Status.PENDING,
+            change_id=_new_change_id(),
+            inflight=None,
+            sent_kind=None,
+            dirty=False,
+        )
+
+    def _row(self, record_id: str) -> RecordRow:
+        row = self.store.get_record(record_id)
+        if row is None:
+            raise RecordNotFound(f"no record {record_id!r} in this replica")
+        return row
+
+    def _editable(self, record_id: str) -> tuple[RecordRow, PendingRow | None]:
+        row = self._row(record_id)
+        entry = self.store.get_pending(record_id)
+        if entry is not None and Status(entry.status).locked:
+            raise RecordLocked(record_id, entry.status)
+        if row.deleted:
+            raise RecordDeleted(f"record {record_id} is deleted")
+        return row, entry
+
+    def _rotate_client_id(self, client_id: int) -> None:
+        self.client_id = client_id
+        self.store.set_meta("client_id", client_id)
+
+    @staticmethod
+    def _load(spec: ObjectSpec, update: bytes, *, client_id: int | None = None) -> RecordDoc:
+        try:
+            return RecordDoc.from_update(spec, update, client_id=client_id)
+        except Exception as exc:
+            raise StoreError(f"stored document of a {spec.name} does not decode: {exc}") from exc
+
+    def _record(self, row: RecordRow, entry: PendingRow | None) -> Record:
+        spec = self.schema.object(row.object)
+        return Record(
+            id=row.id,
+            object=row.object,
+            fields=self._load(spec, row.local).read(),
+            status=Status(entry.status) if entry else Status.SYNCED,
+            version=row.version,
+        )
+
+    def _pending_change(self, entry: PendingRow) -> PendingChange:
+        spec = self.schema.object(entry.object)
+        changes = {}
+        for name, (old, new, _base) in entry.changes.items():
+            field = spec.fields.get(name)
+            if field is not None:
+                changes[name] = FieldChange(field.type.decode(old), field.type.decode(new))
+        return PendingChange(
+            record_id=entry.record_id,
+            object=entry.object,
+            kind=ChangeKind(entry.kind),
+            changes=changes,
+            status=Status(entry.status),
+            problem=_problem_from_wire(entry.problem, spec),
+            base_version=entry.base_version,
+            change_id=entry.change_id,
+            note=entry.note,
+        )
+
+
+def _state_of(update: bytes | None) -> bytes | None:
+    """The state vector of a stored full update (``None``: nothing confirmed yet)."""
+    return None if not update else bytes(pycrdt.get_state(update))
+
+
+def _encode_value(spec: ObjectSpec, field: str, value: Any) -> Any:
+    known = spec.fields.get(field)
+    return value if known is None else known.type.encode(value)
+
+
+def _decode_value(spec: ObjectSpec, field: str, value: Any) -> Any:
+    known = spec.fields.get(field)
+    return value if known is None else known.type.decode(value)
+
+
+def _problem_to_wire(problem: Problem, spec: ObjectSpec) -> dict[str, Any]:
+    """A problem as plain data, values in their stored encoding (see :mod:`fieldtypes`)."""
+    return {
+        "conflicts": [
+            {
+                "field": c.field,
+                "base": _encode_value(spec, c.field, c.base),
+                "mine": _encode_value(spec, c.field, c.mine),
+                "theirs": _encode_value(spec, c.field, c.theirs),
+                "changed_by": c.changed_by,
+            }
+            for c in problem.conflicts
+        ],
+        "errors": [error.to_wire() for error in problem.errors],
+        "reason": None if problem.reason is None else problem.reason.value,
+        "message": problem.message,
+    }
+
+
+def _problem_from_wire(data: dict[str, Any] | None, spec: ObjectSpec) -> Problem | None:
+    if data is None:
+        return None
+    return Problem(
+        conflicts=tuple(
+            FieldConflict(
+                field=c["field"],
+                base=_decode_value(spec, c["field"], c["base"]),
+                mine=_decode_value(spec, c["field"], c["mine"]),
+                theirs=_decode_value(spec, c["field"], c["theirs"]),
+                changed_by=c["changed_by"],
+            )
+            for c in data.get("conflicts", [])
+        ),
+        errors=tuple(FieldError.from_wire(e) for e in data.get("errors", [])),
+        reason=None if data.get("reason") is None else UnresolvableReason(data["reason"]),
+        message=data.get("message", ""),
+    )

@@ -1,0 +1,316 @@
+"""The replica's durable local store: SQLite (stdlib ``sqlite3``) in WAL mode.
+
+Three tables hold everything a replica knows while offline:
+
+``records``
+    one row per record: its local document (``local``, the user's changes included),
+    the last version confirmed by the relay (``server`` and ``version``), and whether
+    the user deleted it locally.
+``pending``
+    the outbox, at most one row per record (successive edits coalesce into it), in the
+    order changes were first made (``seq``).
+``meta``
+    replica identity, counters and caches.
+
+Every public mutation of the replica runs inside one :meth:`LocalStore.transaction`,
+so a ``kill -9`` leaves either all or nothing of it. This module stores rows; the rules
+about what goes into them live in :mod:`crdtsync.replica`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import msgpack
+
+from .exceptions import StoreError
+
+FORMAT_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB
+);
+CREATE TABLE IF NOT EXISTS records (
+    id       TEXT PRIMARY KEY,
+    object   TEXT NOT NULL,
+    local    BLOB NOT NULL,
+    server   BLOB,
+    version  INTEGER NOT NULL DEFAULT 0,
+    deleted  INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS records_object ON records (object);
+CREATE TABLE IF NOT EXISTS pending (
+    record_id    TEXT PRIMARY KEY,
+    seq          INTEGER NOT NULL UNIQUE,
+    object       TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    base_version INTEGER NOT NULL,
+    changes      BLOB NOT NULL,
+    delta        BLOB NOT NULL,
+    status       TEXT NOT NULL,
+    problem      BLOB,
+    change_id    TEXT NOT NULL,
+    inflight     BLOB,
+    sent_kind    TEXT,
+    dirty        INTEGER NOT NULL DEFAULT 0,
+    note         TEXT NOT NULL DEFAULT ''
+);
+"""
+
+
+def _pack(value: Any) -> bytes:
+    return bytes(msgpack.packb(value, use_bin_type=True))
+
+
+def _unpack(blob: bytes | None) -> Any:
+    return None if blob is None else msgpack.unpackb(blob, raw=False, strict_map_key=False)
+
+
+@attrs.frozen(kw_only=True)
+class RecordRow:
+    """A stored record. ``server`` is ``None`` until the relay has confirmed a version."""
+
+    id: str
+    object: str
+    local: bytes
+    server: bytes | None = None
+    version: int = 0
+    deleted: bool = False
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> RecordRow:
+        return cls(
+            id=row["id"],
+            object=row["object"],
+            local=bytes(row["local"]),
+            server=None if row["server"] is None else bytes(row["server"]),
+            version=row["version"],
+            deleted=bool(row["deleted"]),
+        )
+
+
+@attrs.frozen(kw_only=True)
+class PendingRow:
+    """A stored outbox entry.
+
+    ``changes`` maps a field to ``[old, new, base_version]`` with values in their stored
+    encoding. ``inflight`` and ``sent_kind`` are what was sent to the relay (kept until
+    its verdict arrives, so a retransmission is identical); ``dirty`` says the user
+    changed the record again since.
+    """
+
+    record_id: str
+    seq: int
+    object: str
+    kind: str
+    base_version: int
+    changes: dict[str, list[Any]]
+    delta: bytes
+    status: str
+    problem: dict[str, Any] | None = None
+    change_id: str
+    inflight: bytes | None = None
+    sent_kind: str | None = None
+    dirty: bool = False
+    note: str = ""
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> PendingRow:
+        return cls(
+            record_id=row["record_id"],
+            seq=row["seq"],
+            object=row["object"],
+            kind=row["kind"],
+            base_version=row["base_version"],
+            changes=_unpack(row["changes"]),
+            delta=bytes(row["delta"]),
+            status=row["status"],
+            problem=_unpack(row["problem"]),
+            change_id=row["change_id"],
+            inflight=None if row["inflight"] is None else bytes(row["inflight"]),
+            sent_kind=row["sent_kind"],
+            dirty=bool(row["dirty"]),
+            note=row["note"],
+        )
+
+
+class LocalStore:
+    """Rows of one replica in one SQLite file (or ``":memory:"``).
+
+    Mutating methods must be called inside :meth:`transaction`; reads may be called
+    anywhere. Not thread-safe: one store belongs to one event loop.
+    """
+
+    def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
+        self.path = path
+        self._depth = 0
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            if path != ":memory:":
+                mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if mode != "wal":
+                    raise StoreError(f"{path}: cannot switch to WAL mode (got {mode})")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            with self.transaction():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._check_format()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: not a crdtsync store ({exc})") from None
+
+    def _check_format(self) -> None:
+        found = self.get_meta("format_version")
+        if found is None:
+            self.set_meta("format_version", FORMAT_VERSION)
+        elif found != FORMAT_VERSION:
+            raise StoreError(
+                f"{self.path}: store format {found} is not supported "
+                f"(this crdtsync reads format {FORMAT_VERSION})"
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All writes inside commit together or not at all. Nested calls join the outer one."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._depth = 1
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    # -- meta -------------------------------------------------------------------------
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else _unpack(row[0])
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, _pack(value)),
+        )
+
+    def next_counter(self, key: str) -> int:
+        """Increment and return a persistent counter (starts at 1)."""
+        value = int(self.get_meta(key, 0)) + 1
+        self.set_meta(key, value)
+        return value
+
+    # -- records ----------------------------------------------------------------------
+
+    def get_record(self, record_id: str) -> RecordRow | None:
+        row = self._db.execute("SELECT * FROM records WHERE id = ?", (record_id,)).fetchone()
+        return None if row is None else RecordRow.from_row(row)
+
+    def list_records(self, object_name: str | None = None) -> list[RecordRow]:
+        if object_name is None:
+            rows = self._db.execute("SELECT * FROM records ORDER BY rowid")
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM records WHERE object = ? ORDER BY rowid", (object_name,)
+            )
+        return [RecordRow.from_row(row) for row in rows]
+
+    def put_record(self, record: RecordRow) -> None:
+        self._db.execute(
+            "INSERT INTO records (id, object, local, server, version, deleted) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+            "object = excluded.object, local = excluded.local, server = excluded.server, "
+            "version = excluded.version, deleted = excluded.deleted",
+            (
+                record.id,
+                record.object,
+                record.local,
+                record.server,
+                record.version,
+                int(record.deleted),
+            ),
+        )
+
+    def remove_record(self, record_id: str) -> None:
+        self._db.execute("DELETE FROM records WHERE id = ?", (record_id,))
+
+    # -- pending ----------------------------------------------------------------------
+
+    def get_pending(self, record_id: str) -> PendingRow | None:
+        row = self._db.execute("SELECT * FROM pending WHERE record_id = ?", (record_id,)).fetchone()
+        return None if row is None else PendingRow.from_row(row)
+
+    def find_pending(self, change_id: str) -> PendingRow | None:
+        row = self._db.execute("SELECT * FROM pending WHERE change_id = ?", (change_id,)).fetchone()
+        return None if row is None else PendingRow.from_row(row)
+
+    def list_pending(self, status: str | None = None) -> list[PendingRow]:
+        if status is None:
+            rows = self._db.execute("SELECT * FROM pending ORDER BY seq")
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM pending WHERE status = ? ORDER BY seq", (status,)
+            )
+        return [PendingRow.from_row(row) for row in rows]
+
+    def put_pending(self, entry: PendingRow) -> None:
+        self._db.execute(
+            "INSERT INTO pending (record_id, seq, object, kind, base_version, changes, delta, "
+            "status, problem, change_id, inflight, sent_kind, dirty, note) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (record_id) DO UPDATE SET "
+            "seq = excluded.seq, object = excluded.object, kind = excluded.kind, "
+            "base_version = excluded.base_version, changes = excluded.changes, "
+            "delta = excluded.delta, status = excluded.status, problem = excluded.problem, "
+            "change_id = excluded.change_id, inflight = excluded.inflight, "
+            "sent_kind = excluded.sent_kind, "
+            "dirty = excluded.dirty, note = excluded.note",
+            (
+                entry.record_id,
+                entry.seq,
+                entry.object,
+                entry.kind,
+                entry.base_version,
+                _pack(entry.changes),
+                entry.delta,
+                entry.status,
+                None if entry.problem is None else _pack(entry.problem),
+                entry.change_id,
+                entry.inflight,
+                entry.sent_kind,
+                int(entry.dirty),
+                entry.note,
+            ),
+        )
+
+    def remove_pending(self, record_id: str) -> None:
+        self._db.execute("DELETE FROM pending WHERE record_id = ?", (record_id,))
+
+    def count_by_status(self) -> dict[tuple[str, str], int]:
+        """``{(object, status): count}`` over the outbox."""
+        rows = self._db.execute("SELECT object, status, COUNT(*) FROM pending GROUP BY 1, 2")
+        return {(row[0], row[1]): row[2] for row in rows}
+
+    def integrity_check(self) -> str:
+        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])

@@ -1,0 +1,1 @@
+"""The crdtsync relay server (installed as ``crdtsync_server``) and its example app."""

@@ -1,0 +1,1 @@
+"""The example CRM app: ``app.toml`` (schema, sharing, roles) and its custom rules."""
