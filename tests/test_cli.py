@@ -8,7 +8,7 @@ import sys
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "crdtsync.cli", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "crdtsync", *args], capture_output=True, text=True, timeout=60
     )
 
 
