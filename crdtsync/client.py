@@ -9,16 +9,27 @@ SQLite store before it returns. ``async with client`` starts the background sync
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import random
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from .events import EventBus, EventStream
-from .exceptions import InvalidOperation, SchemaError
-from .model import PendingChange, Record
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from .events import ConnectivityChanged, Event, EventBus, EventStream, PendingChanged
+from .exceptions import OfflineError, SchemaError
+from .model import PendingChange, Record, Status
+from .protocol import MAX_FRAME_BYTES, ErrorCode, ProtocolError
 from .replica import Replica
 from .schema import Schema
 from .store import LocalStore
+from .sync import SyncSession, SyncState
+
+log = logging.getLogger("crdtsync.client")
 
 
 class Client:
@@ -38,9 +49,15 @@ class Client:
         store: str | Path = ":memory:",
         schema: Schema | str | Path | None = None,
         durable: bool = False,
+        backoff_initial: float = 0.25,
+        backoff_max: float = 30.0,
+        batch_size: int = 200,
     ) -> None:
         self.url = url
         self.token = token
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.batch_size = batch_size
         self._store = LocalStore(str(store), synchronous="FULL" if durable else "NORMAL")
         try:
             self._schema = self._initial_schema(schema)
@@ -48,9 +65,20 @@ class Client:
             self._store.close()
             raise
         self._bus = EventBus()
-        self._replica = Replica(self._store, self._schema, on_event=self._bus.publish)
+        self._replica = Replica(self._store, self._schema, on_event=self._on_event)
         self._online = False
         self._closed = False
+        self._want_online = asyncio.Event()
+        self._want_online.set()
+        self._reconnect_now = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._wake: asyncio.Event | None = None
+        self._session: SyncSession | None = None
+        self._connection_task: asyncio.Task[None] | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self.last_error: str = ""
 
     def _initial_schema(self, schema: Schema | str | Path | None) -> Schema:
         if isinstance(schema, str | Path):
@@ -70,6 +98,12 @@ class Client:
     # -- lifecycle --------------------------------------------------------------------
 
     async def __aenter__(self) -> Client:
+        """Start syncing in the background (when a relay URL is given). Works offline:
+        the client keeps reconnecting with jittered backoff until the relay answers."""
+        if self.url is not None:
+            self._tasks = asyncio.TaskGroup()
+            await self._tasks.__aenter__()
+            self._runner = self._tasks.create_task(self._run(), name="crdtsync-sync")
         return self
 
     async def __aexit__(
@@ -78,6 +112,11 @@ class Client:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if self._tasks is not None:
+            if self._runner is not None:
+                self._runner.cancel()
+            await self._tasks.__aexit__(None, None, None)
+            self._tasks = None
         self.close()
 
     def close(self) -> None:
@@ -156,8 +195,161 @@ class Client:
         """A stream of the events emitted from now on (``async for event in ...``)."""
         return self._bus.subscribe()
 
-    async def sync(self) -> None:
-        """Push pending changes and pull remote ones now."""
-        if self.url is None:
-            raise InvalidOperation("this client has no relay URL: it works offline only")
-        raise InvalidOperation("sync with a relay is not available in this version")
+    # -- sync ---------------------------------------------------------------------------
+
+    def go_offline(self) -> None:
+        """The "work offline" switch: disconnect and stay disconnected."""
+        self._want_online.clear()
+        if self._connection_task is not None:
+            self._connection_task.cancel()
+
+    def go_online(self) -> None:
+        """Reconnect now (and keep reconnecting) after :meth:`go_offline`."""
+        self._want_online.set()
+        self._reconnect_now.set()
+
+    async def sync(self, timeout: float = 30.0) -> dict[str, dict[str, int]]:
+        """Push every pending change and wait until the relay has answered them all and
+        this replica has every remote change; return :meth:`summary`.
+
+        Raises :class:`OfflineError` if there is no relay URL, the client is switched
+        offline, or the relay cannot be reached within ``timeout`` seconds.
+        """
+        if self.url is None or self._tasks is None:
+            raise OfflineError(
+                "this client has no relay connection (no URL, or not started "
+                "with 'async with client')"
+            )
+        if not self._want_online.is_set():
+            raise OfflineError("the client is working offline: call go_online() first")
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
+                self._idle.clear()
+                self._poke()
+                await self._idle.wait()
+        except TimeoutError:
+            reason = f": {self.last_error}" if self.last_error else ""
+            raise OfflineError(
+                f"could not sync with {self.url} within {timeout} s{reason}"
+            ) from None
+        return self.summary()
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _on_event(self, event: Event) -> None:
+        self._bus.publish(event)
+        if isinstance(event, PendingChanged) and event.status is Status.PENDING:
+            self._poke()
+
+    def _set_online(self, online: bool, reason: str = "") -> None:
+        if online != self._online:
+            self._online = online
+            self._bus.publish(ConnectivityChanged(online, reason))
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            await self._want_online.wait()
+            assert self._tasks is not None
+            self._connection_task = self._tasks.create_task(self._connection())
+            try:
+                await self._connection_task
+                attempt = 0 if self.last_error == "" else attempt
+            except asyncio.CancelledError:
+                if self._runner is not None and self._runner.cancelling():
+                    raise
+            finally:
+                self._connection_task = None
+            self._reconnect_now.clear()
+            delay = random.uniform(0, min(self.backoff_max, self.backoff_initial * 2**attempt))
+            attempt += 1
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._reconnect_now.wait()
+
+    async def _connection(self) -> None:
+        """One connection: handshake, catch up, then push and receive until it ends."""
+        assert self.url is not None
+        session = SyncSession(
+            self._replica,
+            self.token or "",
+            batch_size=self.batch_size,
+            on_event=self._bus.publish,
+            on_schema=self._adopt_schema,
+        )
+        wake = asyncio.Event()
+        reason = ""
+        try:
+            async with connect(
+                self.url,
+                max_size=MAX_FRAME_BYTES,
+                compression=None,
+                open_timeout=10,
+                close_timeout=2,
+            ) as websocket:
+                self._session, self._wake = session, wake
+                wake.set()
+                async with asyncio.TaskGroup() as tasks:
+                    writer = tasks.create_task(self._write(websocket, session, wake))
+                    await self._read(websocket, session, wake)
+                    writer.cancel()
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        except ProtocolError as exc:
+            reason = f"the relay sent a bad frame: {exc}"
+            log.warning("disconnecting: %s", reason)
+        except Exception as exc:
+            reason = f"sync failed: {type(exc).__name__}: {exc}"
+            log.exception("sync connection failed")
+        finally:
+            if session.error is not None:
+                reason = f"{session.error.code}: {session.error.message}"
+            self.last_error = reason
+            self._session, self._wake = None, None
+            self._ready.clear()
+            session.connection_lost()
+            self._set_online(False, reason or "disconnected")
+
+    async def _read(
+        self, websocket: ClientConnection, session: SyncSession, wake: asyncio.Event
+    ) -> None:
+        async for message in websocket:
+            if isinstance(message, str):
+                raise ProtocolError(ErrorCode.MALFORMED_FRAME, "the relay sent a text frame")
+            session.receive(message)
+            if session.state is SyncState.FAILED:
+                return
+            if session.state is SyncState.READY and not self._ready.is_set():
+                self.last_error = ""
+                self._ready.set()
+                self._set_online(True)
+            wake.set()
+
+    async def _write(
+        self, websocket: ClientConnection, session: SyncSession, wake: asyncio.Event
+    ) -> None:
+        while True:
+            await wake.wait()
+            wake.clear()
+            session.push()
+            for data in session.data_to_send():
+                await websocket.send(data)
+            if session.idle:
+                self._idle.set()
+
+    def _adopt_schema(self, schema: Schema) -> None:
+        """The relay's schema replaces the cached one; rules this process can run keep
+        their functions (the relay enforces them all)."""
+        known = {rule.name: rule for spec in self._schema.objects.values() for rule in spec.rules}
+        objects = {}
+        for name, spec in schema.objects.items():
+            rules = tuple(known.get(rule.name, rule) for rule in spec.rules)
+            objects[name] = type(spec)(spec.name, spec.fields, rules, spec.sharing, spec.label)
+        adopted = Schema(objects)
+        self._schema = adopted
+        self._replica.schema = adopted
+        with self._store.transaction():
+            self._store.set_meta("schema", adopted.to_wire())

@@ -17,7 +17,7 @@ from .schema import Schema
 
 def example_config() -> Path:
     """The path of the example app's configuration (``server/example/app.toml``)."""
-    return Path(str(resources.files("crdtsync_server.example").joinpath("app.toml")))
+    return Path(str(resources.files("crdtsync_example").joinpath("app.toml")))
 
 
 def run_offline(out: TextIO, store: str | None = None) -> None:

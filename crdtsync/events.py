@@ -64,6 +64,7 @@ class RemoteChangeArrived:
     record_id: str
     object: str
     kind: ChangeKind
+    by: str | None = None
 
 
 @attrs.frozen

@@ -11,6 +11,7 @@ never exceptions. Exceptions are for misuse of the API and for faults::
      ├── RecordDeleted        the record is deleted (locally or on the relay)
      ├── RecordLocked         the record has a conflict or is unresolvable
      ├── InvalidOperation     the call does not fit the record's state
+     ├── OfflineError         a sync was asked for but the relay cannot be reached
      └── StoreError           the local store cannot be opened or is damaged
 """
 
@@ -94,6 +95,10 @@ class RecordLocked(CrdtsyncError):
 
 class InvalidOperation(CrdtsyncError):
     """The call does not fit the record's current state (e.g. resolving a clean record)."""
+
+
+class OfflineError(CrdtsyncError):
+    """``sync()`` could not reach the relay (no URL, switched offline, or unreachable)."""
 
 
 class StoreError(CrdtsyncError):

@@ -68,6 +68,32 @@ class RecordDoc:
                 values[name] = decoded
         return values
 
+    def read_checked(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """Like :meth:`read`, but a value that does not decode is reported, not raised:
+        returns ``(values, {field: problem})`` (how the relay reads a merged record)."""
+        values: dict[str, Any] = {}
+        problems: dict[str, str] = {}
+        for name, spec in self.spec.fields.items():
+            stored = self._fields.get(name)
+            if isinstance(stored, pycrdt.Text):
+                stored = str(stored) if spec.type is FieldType.TEXT else stored
+            elif spec.type is FieldType.TEXT and stored is not None:
+                problems[name] = "a text field must hold a collaborative text"
+                continue
+            try:
+                decoded = spec.type.decode(stored)
+            except (ValueError, TypeError) as exc:
+                problems[name] = str(exc)
+                continue
+            if decoded is not None:
+                values[name] = decoded
+        return values, problems
+
+    def stored_value(self, name: str) -> Any:
+        """The raw value of a field as the map holds it (``str`` for a text)."""
+        stored = self._fields.get(name)
+        return str(stored) if isinstance(stored, pycrdt.Text) else stored
+
     def write(self, values: Mapping[str, Any]) -> bytes:
         """Write canonical ``values`` in one transaction; return the update it produced.
 

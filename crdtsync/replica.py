@@ -347,7 +347,12 @@ class Replica:
             raise InvalidOperation(f"record {record_id} has no local changes to dismiss")
         if entry.status == Status.SYNCING:
             raise InvalidOperation(f"record {record_id} is syncing: wait for its verdict")
-        gone = row.server is None or entry.status == Status.UNRESOLVABLE
+        problem = _problem_from_wire(entry.problem, self.schema.object(row.object))
+        gone = row.server is None or (
+            entry.status == Status.UNRESOLVABLE
+            and problem is not None
+            and problem.reason is not None
+        )
         with self.store.transaction():
             self.store.remove_pending(record_id)
             if gone:
@@ -366,10 +371,17 @@ class Replica:
         A change that was sent before but whose verdict never arrived is sent again
         with the same id and the same content.
         """
-        entries = self.store.list_pending(Status.PENDING)[:limit]
-        out = []
+        out: list[OutgoingChange] = []
         with self.store.transaction():
-            for entry in entries:
+            for entry in self.store.list_pending(Status.PENDING):
+                if limit is not None and len(out) >= limit:
+                    break
+                waiting = self._waiting_for(entry)
+                if waiting != entry.note:
+                    entry = attrs.evolve(entry, note=waiting)
+                    self.store.put_pending(entry)
+                if waiting:
+                    continue
                 if entry.inflight is None:
                     entry = attrs.evolve(entry, inflight=entry.delta, sent_kind=entry.kind)
                 self.store.put_pending(attrs.evolve(entry, status=Status.SYNCING))
@@ -387,6 +399,48 @@ class Replica:
         for change in out:
             self._emit(PendingChanged(change.record_id, change.object, Status.SYNCING))
         return out
+
+    def has_pushable(self) -> bool:
+        """True if some pending change could be sent now (not waiting for another)."""
+        return any(
+            not self._waiting_for(entry) for entry in self.store.list_pending(Status.PENDING)
+        )
+
+    def count_unsynced(self) -> int:
+        """Changes waiting to sync or in flight."""
+        return len(self.store.list_pending(Status.PENDING)) + len(
+            self.store.list_pending(Status.SYNCING)
+        )
+
+    @property
+    def cursor(self) -> int:
+        """The last relay version this replica has seen everything up to."""
+        return int(self.store.get_meta("cursor", 0))
+
+    def advance_cursor(self, version: int) -> None:
+        if version > self.cursor:
+            with self.store.transaction():
+                self.store.set_meta("cursor", version)
+
+    def _waiting_for(self, entry: PendingRow) -> str:
+        """Why ``entry`` must wait (it references a record whose create has not been
+        accepted yet), or ``""``. A change is never sent before what it points to."""
+        if entry.kind == ChangeKind.DELETE:
+            return ""
+        spec = self.schema.objects.get(entry.object)
+        if spec is None:
+            return ""
+        for name, change in entry.changes.items():
+            field = spec.fields.get(name)
+            target = change[1]
+            if field is None or field.to is None or not isinstance(target, str):
+                continue
+            row = self.store.get_record(target)
+            if row is not None and row.server is None:
+                blocking = self.store.get_pending(target)
+                state = f" ({blocking.status})" if blocking is not None else ""
+                return f"waiting for {field.to} {target} to sync{state}"
+        return ""
 
     def requeue_inflight(self) -> int:
         """After a lost connection: every ``syncing`` change becomes ``pending`` again,
@@ -442,6 +496,21 @@ class Replica:
         """The relay refused ``change_id`` for good (deleted elsewhere, or forbidden)."""
         return self._refused(change_id, Status.UNRESOLVABLE, problem, version=None, update=None)
 
+    def apply_rejected(self, change_id: str, code: str, message: str) -> bool:
+        """The relay refused ``change_id`` as malformed (an ``error`` verdict). An
+        internal relay error is retried later; anything else cannot be saved as is and
+        becomes ``unresolvable`` with the relay's message."""
+        if code == "internal_error":
+            entry = self.store.find_pending(change_id)
+            if entry is None or entry.status != Status.SYNCING:
+                return False
+            with self.store.transaction():
+                self.store.put_pending(attrs.evolve(entry, status=Status.PENDING))
+            self._emit(PendingChanged(entry.record_id, entry.object, Status.PENDING))
+            return True
+        problem = Problem(message=f"the relay refused this change ({code}): {message}")
+        return self._refused(change_id, Status.UNRESOLVABLE, problem, version=None, update=None)
+
     def apply_remote(
         self,
         record_id: str,
@@ -450,6 +519,7 @@ class Replica:
         update: bytes | None = None,
         *,
         deleted: bool = False,
+        by: str | None = None,
     ) -> None:
         """Another replica's change (or a deletion) reached this one at ``version``."""
         spec = self.schema.object(object_name)
@@ -496,7 +566,7 @@ class Replica:
                         row, server=server.full_update(), local=local.full_update(), version=version
                     )
                 )
-        self._emit(RemoteChangeArrived(record_id, object_name, kind))
+        self._emit(RemoteChangeArrived(record_id, object_name, kind, by))
 
     # -- internals ------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,127 @@ def synced_account(client: Client) -> tuple[Client, str]:
     rid = client.create("Account", {"Name": "Acme"})
     assert push_and_ack(client) == [rid]
     return client, rid
+
+
+# -- relay fixtures (real server, real websockets on loopback, real SQLite files) ------
+
+
+class RelayHarness:
+    """Starts the relay on a free loopback port and makes clients for it."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        from crdtsync_server.app import RelayServer
+        from crdtsync_server.config import RelayConfig
+
+        self.tmp_path = tmp_path
+        self.config = RelayConfig.from_toml(
+            EXAMPLE_CONFIG, database=str(tmp_path / "relay.sqlite3"), port=0
+        )
+        self.server = RelayServer(self.config)
+        self.port = 0
+
+    async def start(self) -> None:
+        from crdtsync_server.app import RelayServer
+        from crdtsync_server.config import RelayConfig
+
+        if self.port:  # restart on the same port and database
+            self.config = RelayConfig.from_toml(
+                EXAMPLE_CONFIG, database=str(self.tmp_path / "relay.sqlite3"), port=self.port
+            )
+            self.server = RelayServer(self.config)
+        await self.server.start()
+        self.port = self.server.port
+
+    async def stop(self) -> None:
+        await self.server.close()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def token(self, user: str) -> str:
+        from crdtsync_server.auth import TokenAuthority
+
+        return TokenAuthority(self.config.secret).issue(user)
+
+    def client(self, user: str, store: str | None = None, **options: object) -> Client:
+        path = store or str(self.tmp_path / f"{user}.sqlite3")
+        options.setdefault("backoff_initial", 0.05)
+        options.setdefault("backoff_max", 0.5)
+        return Client(
+            self.url, token=self.token(user), store=path, schema=EXAMPLE_CONFIG, **options
+        )  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def relay(tmp_path: Path) -> AsyncIterator[RelayHarness]:
+    harness = RelayHarness(tmp_path)
+    await harness.start()
+    try:
+        yield harness
+    finally:
+        await harness.stop()
+
+
+async def eventually(check: Callable[[], object], timeout: float = 5.0) -> None:
+    """Wait until ``check()`` is truthy (polling), or fail with what it last returned."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = check()
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last: {result!r})")
+        await asyncio.sleep(0.02)
+
+
+class RawConnection:
+    """A hand-driven protocol connection, for frames a well-behaved client never sends."""
+
+    def __init__(self, websocket: object) -> None:
+        self.websocket = websocket
+
+    async def send(self, frame: object) -> None:
+        from crdtsync.protocol import encode
+
+        await self.websocket.send(frame if isinstance(frame, bytes | str) else encode(frame))  # type: ignore[attr-defined,arg-type]
+
+    async def receive(self, timeout: float = 5.0) -> object:
+        from crdtsync.protocol import decode
+
+        async with asyncio.timeout(timeout):
+            return decode(await self.websocket.recv())  # type: ignore[attr-defined]
+
+    async def receive_until(self, kind: type, timeout: float = 5.0) -> list[object]:
+        """Every frame up to and including the first of type ``kind``."""
+        frames = []
+        while True:
+            frame = await self.receive(timeout)
+            frames.append(frame)
+            if isinstance(frame, kind):
+                return frames
+
+    async def handshake(
+        self,
+        token: str,
+        replica: str = "raw-replica",
+        cursor: int = 0,
+        objects: tuple[str, ...] = ("Account", "Contact", "Opportunity", "Task"),
+    ) -> list[object]:
+        from crdtsync.protocol import CaughtUp, Hello, Subscribe, Welcome
+
+        await self.send(Hello((1,), token, replica))
+        welcome = await self.receive()
+        assert isinstance(welcome, Welcome), welcome
+        await self.send(Subscribe(objects, cursor))
+        return await self.receive_until(CaughtUp)
+
+
+@pytest.fixture
+def raw_connect(relay: RelayHarness) -> Callable[[], object]:
+    from websockets.asyncio.client import connect
+
+    def open_connection() -> object:
+        return connect(relay.url, max_size=None)
+
+    return open_connection

@@ -18,7 +18,7 @@ from crdtsync.schema import FieldSpec, ObjectSpec, Rule, Schema
 
 REPO_ROOT = Path(__file__).parent.parent
 EXAMPLE_TOML = REPO_ROOT / "server" / "example" / "app.toml"
-EMAIL_OR_PHONE = "crdtsync_server.example.rules:email_or_phone"
+EMAIL_OR_PHONE = "crdtsync_example.rules:email_or_phone"
 
 
 @pytest.fixture(scope="module")
@@ -375,14 +375,12 @@ def test_rule_module_with_syntax_error_is_a_schema_error(
 
 def test_rule_naming_a_missing_function_is_rejected() -> None:
     config = small_config()
-    config["objects"]["Thing"]["rules"] = [
-        {"function": "crdtsync_server.example.rules:no_such_rule"}
-    ]
+    config["objects"]["Thing"]["rules"] = [{"function": "crdtsync_example.rules:no_such_rule"}]
     message = schema_error(config)
     assert "has no function 'no_such_rule'" in message
 
 
-@pytest.mark.parametrize("name", ["crdtsync_server.example.rules", ":email_or_phone", "mod:"])
+@pytest.mark.parametrize("name", ["crdtsync_example.rules", ":email_or_phone", "mod:"])
 def test_rule_string_without_module_and_function_is_rejected(name: str) -> None:
     config = small_config()
     config["objects"]["Thing"]["rules"] = [{"function": name}]

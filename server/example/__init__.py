@@ -1,1 +1,1 @@
-"""The example CRM app: ``app.toml`` (schema, sharing, roles) and its custom rules."""
+"""The example CRM app (installed as ``crdtsync_example``): ``app.toml`` and its rules."""

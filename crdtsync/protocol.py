@@ -1,0 +1,627 @@
+"""The wire protocol: versioned msgpack frames between replicas and the relay.
+
+This module is sans-I/O: it turns frames into bytes (:func:`encode`) and bytes into
+frames (:func:`decode`), and nothing else. Every frame is one websocket binary
+message holding a msgpack map whose ``"type"`` names the frame; the full description
+is ``docs/protocol.md``.
+
+Replica → relay: :class:`Hello`, :class:`Subscribe`, :class:`Push`.
+Relay → replica: :class:`Welcome`, :class:`Changes`, :class:`CaughtUp`,
+:class:`Verdicts` (holding :class:`Ack`, :class:`Conflict`, :class:`Unresolvable`,
+:class:`Rejected`), :class:`Error`.
+
+:func:`decode` raises :class:`ProtocolError` with an :class:`ErrorCode` and a message
+that names the offending part of the frame (``push.changes[2].delta: expected bytes``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar
+
+import attrs
+import msgpack
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+MAX_FRAME_BYTES = 4 * 1024 * 1024
+
+
+class ErrorCode(enum.StrEnum):
+    """Machine-readable reasons in :class:`Error` frames and :class:`Rejected` verdicts."""
+
+    MALFORMED_FRAME = "malformed_frame"
+    UNKNOWN_FRAME_TYPE = "unknown_frame_type"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    AUTH_FAILED = "auth_failed"
+    NOT_AUTHENTICATED = "not_authenticated"
+    FRAME_TOO_LARGE = "frame_too_large"
+    INVALID_UPDATE = "invalid_update"
+    OTHER_ROOT = "other_root"
+    UNKNOWN_FIELD = "unknown_field"
+    READ_ONLY_FIELD = "read_only_field"
+    UNKNOWN_OBJECT = "unknown_object"
+    MISSING_DEPENDENCIES = "missing_dependencies"
+    FORGED_CLIENT_ID = "forged_client_id"
+    DUPLICATE_RECORD = "duplicate_record"
+    UNKNOWN_RECORD = "unknown_record"
+    INTERNAL_ERROR = "internal_error"
+    TOO_SLOW = "too_slow"
+
+
+class ProtocolError(Exception):
+    """A peer sent something the protocol does not allow. ``code`` says what kind."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+# -- validation helpers -----------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def _malformed(where: str, message: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.MALFORMED_FRAME, f"{where}: {message}")
+
+
+def _get(
+    data: Mapping[str, Any],
+    key: str,
+    kind: type[T],
+    where: str,
+    *,
+    optional: bool = False,
+    default: Any = None,
+) -> T:
+    if key not in data or data[key] is None:
+        if optional:
+            return default  # type: ignore[no-any-return]
+        raise _malformed(f"{where}.{key}", "missing")
+    value = data[key]
+    if kind is int and isinstance(value, bool):
+        raise _malformed(f"{where}.{key}", "expected an integer, got a boolean")
+    if not isinstance(value, kind):
+        raise _malformed(
+            f"{where}.{key}",
+            f"expected {_KIND_NAMES.get(kind, kind.__name__)}, got {type(value).__name__}",
+        )
+    return value
+
+
+_KIND_NAMES: dict[type, str] = {
+    int: "an integer",
+    str: "a string",
+    bytes: "bytes",
+    list: "a list",
+    dict: "a map",
+    bool: "a boolean",
+}
+
+
+def _map(value: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise _malformed(where, f"expected a map, got {type(value).__name__}")
+    return value
+
+
+def _list(
+    data: Mapping[str, Any], key: str, where: str, item: Callable[[object, str], T]
+) -> tuple[T, ...]:
+    values = _get(data, key, list, where)
+    return tuple(item(value, f"{where}.{key}[{index}]") for index, value in enumerate(values))
+
+
+def _str(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise _malformed(where, f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _non_negative(value: int, where: str) -> int:
+    if value < 0:
+        raise _malformed(where, f"must not be negative, got {value}")
+    return value
+
+
+# -- frames -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Hello:
+    """Replica → relay, first frame: the versions it speaks, its token and identity."""
+
+    TYPE: ClassVar[str] = "hello"
+    versions: tuple[int, ...]
+    token: str
+    replica_id: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            "versions": list(self.versions),
+            "token": self.token,
+            "replica": self.replica_id,
+        }
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Hello:
+        versions = _get(data, "versions", list, "hello")
+        if not versions or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in versions
+        ):
+            raise _malformed("hello.versions", "expected a non-empty list of integers")
+        replica = _get(data, "replica", str, "hello")
+        if not 1 <= len(replica) <= 128:
+            raise _malformed("hello.replica", "must be 1 to 128 characters")
+        return cls(tuple(versions), _get(data, "token", str, "hello"), replica)
+
+
+@attrs.frozen
+class Welcome:
+    """Relay → replica: the accepted version, who the connection is, and the schema."""
+
+    TYPE: ClassVar[str] = "welcome"
+    version: int
+    user: str
+    server_id: str
+    schema: Mapping[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            "version": self.version,
+            "user": self.user,
+            "server": self.server_id,
+            "schema": dict(self.schema),
+        }
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Welcome:
+        return cls(
+            _get(data, "version", int, "welcome"),
+            _get(data, "user", str, "welcome"),
+            _get(data, "server", str, "welcome"),
+            _get(data, "schema", dict, "welcome"),
+        )
+
+
+@attrs.frozen
+class Subscribe:
+    """Replica → relay: send me every change to these objects after ``cursor``."""
+
+    TYPE: ClassVar[str] = "subscribe"
+    objects: tuple[str, ...]
+    cursor: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "objects": list(self.objects), "cursor": self.cursor}
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Subscribe:
+        objects = _list(data, "objects", "subscribe", _str)
+        cursor = _non_negative(_get(data, "cursor", int, "subscribe"), "subscribe.cursor")
+        return cls(objects, cursor)
+
+
+@attrs.frozen(kw_only=True)
+class ChangeFrame:
+    """One pending change inside a :class:`Push`. ``change_id`` makes it idempotent."""
+
+    change_id: str
+    record_id: str
+    object: str
+    kind: str
+    base_version: int
+    field_bases: Mapping[str, int]
+    delta: bytes
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.change_id,
+            "record": self.record_id,
+            "object": self.object,
+            "kind": self.kind,
+            "base": self.base_version,
+            "bases": dict(self.field_bases),
+            "delta": self.delta,
+        }
+
+    @classmethod
+    def from_wire(cls, value: Any, where: str) -> ChangeFrame:
+        data = _map(value, where)
+        change_id = _get(data, "id", str, where)
+        record_id = _get(data, "record", str, where)
+        for name, text in (("id", change_id), ("record", record_id)):
+            if not 1 <= len(text) <= 128:
+                raise _malformed(f"{where}.{name}", "must be 1 to 128 characters")
+        kind = _get(data, "kind", str, where)
+        if kind not in ("create", "update", "delete"):
+            raise _malformed(f"{where}.kind", f"must be create, update or delete, got {kind!r}")
+        bases = _get(data, "bases", dict, where, optional=True, default={})
+        for name, base in bases.items():
+            if not isinstance(name, str) or isinstance(base, bool) or not isinstance(base, int):
+                raise _malformed(f"{where}.bases", "expected a map of field name to version")
+        return cls(
+            change_id=change_id,
+            record_id=record_id,
+            object=_get(data, "object", str, where),
+            kind=kind,
+            base_version=_non_negative(_get(data, "base", int, where), f"{where}.base"),
+            field_bases=bases,
+            delta=_get(data, "delta", bytes, where),
+        )
+
+
+@attrs.frozen
+class Push:
+    """Replica → relay: pending changes, in the order they must be applied."""
+
+    TYPE: ClassVar[str] = "push"
+    changes: tuple[ChangeFrame, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "changes": [change.to_wire() for change in self.changes]}
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Push:
+        return cls(_list(data, "changes", "push", ChangeFrame.from_wire))
+
+
+@attrs.frozen(kw_only=True)
+class RecordChange:
+    """A record as the relay changed it: ``update`` brings a replica from its previous
+    version of the record to ``version``; ``deleted`` marks a tombstone."""
+
+    record_id: str
+    object: str
+    version: int
+    update: bytes = b""
+    deleted: bool = False
+    by: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "record": self.record_id,
+            "object": self.object,
+            "version": self.version,
+            "update": self.update,
+        }
+        if self.deleted:
+            data["deleted"] = True
+        if self.by is not None:
+            data["by"] = self.by
+        return data
+
+    @classmethod
+    def from_wire(cls, value: Any, where: str) -> RecordChange:
+        data = _map(value, where)
+        return cls(
+            record_id=_get(data, "record", str, where),
+            object=_get(data, "object", str, where),
+            version=_get(data, "version", int, where),
+            update=_get(data, "update", bytes, where, optional=True, default=b""),
+            deleted=_get(data, "deleted", bool, where, optional=True, default=False),
+            by=_get(data, "by", str, where, optional=True),
+        )
+
+
+@attrs.frozen
+class Changes:
+    """Relay → replica: record changes (a fan-out, or a batch of a resume backlog)."""
+
+    TYPE: ClassVar[str] = "changes"
+    items: tuple[RecordChange, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "items": [item.to_wire() for item in self.items]}
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Changes:
+        return cls(_list(data, "items", "changes", RecordChange.from_wire))
+
+
+@attrs.frozen
+class CaughtUp:
+    """Relay → replica: the backlog after a subscribe is complete up to ``cursor``."""
+
+    TYPE: ClassVar[str] = "caught_up"
+    cursor: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "cursor": self.cursor}
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> CaughtUp:
+        return cls(_get(data, "cursor", int, "caught_up"))
+
+
+# -- verdicts ---------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Ack:
+    """Accepted as ``version``; ``update`` holds what the relay added (e.g. the owner)."""
+
+    KIND: ClassVar[str] = "ack"
+    change_id: str
+    record_id: str
+    version: int
+    update: bytes = b""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "verdict": self.KIND,
+            "id": self.change_id,
+            "record": self.record_id,
+            "version": self.version,
+            "update": self.update,
+        }
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any], where: str) -> Ack:
+        return cls(
+            change_id=_get(data, "id", str, where),
+            record_id=_get(data, "record", str, where),
+            version=_get(data, "version", int, where),
+            update=_get(data, "update", bytes, where, optional=True, default=b""),
+        )
+
+
+@attrs.frozen(kw_only=True)
+class WireConflict:
+    """One field in conflict; values in their stored encoding (see ``fieldtypes``)."""
+
+    field: str
+    base: Any
+    mine: Any
+    theirs: Any
+    changed_by: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "field": self.field,
+            "base": self.base,
+            "mine": self.mine,
+            "theirs": self.theirs,
+            "changed_by": self.changed_by,
+        }
+
+    @classmethod
+    def from_wire(cls, value: object, where: str) -> WireConflict:
+        data = _map(value, where)
+        return cls(
+            field=_get(data, "field", str, where),
+            base=data.get("base"),
+            mine=data.get("mine"),
+            theirs=data.get("theirs"),
+            changed_by=_get(data, "changed_by", str, where, optional=True),
+        )
+
+
+@attrs.frozen(kw_only=True)
+class WireFieldError:
+    field: str
+    message: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"field": self.field, "message": self.message}
+
+    @classmethod
+    def from_wire(cls, value: object, where: str) -> WireFieldError:
+        data = _map(value, where)
+        return cls(field=_get(data, "field", str, where), message=_get(data, "message", str, where))
+
+
+@attrs.frozen(kw_only=True)
+class Conflict:
+    """Not merged: same-field edits by someone else and/or validation errors. ``update``
+    is the relay's current state of the record (at ``version``) to rebase on."""
+
+    KIND: ClassVar[str] = "conflict"
+    change_id: str
+    record_id: str
+    version: int
+    update: bytes = b""
+    conflicts: tuple[WireConflict, ...] = ()
+    errors: tuple[WireFieldError, ...] = ()
+    message: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "verdict": self.KIND,
+            "id": self.change_id,
+            "record": self.record_id,
+            "version": self.version,
+            "update": self.update,
+            "conflicts": [c.to_wire() for c in self.conflicts],
+            "errors": [e.to_wire() for e in self.errors],
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any], where: str) -> Conflict:
+        return cls(
+            change_id=_get(data, "id", str, where),
+            record_id=_get(data, "record", str, where),
+            version=_get(data, "version", int, where),
+            update=_get(data, "update", bytes, where, optional=True, default=b""),
+            conflicts=_list(data, "conflicts", where, WireConflict.from_wire)
+            if "conflicts" in data
+            else (),
+            errors=_list(data, "errors", where, WireFieldError.from_wire)
+            if "errors" in data
+            else (),
+            message=_get(data, "message", str, where, optional=True, default=""),
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Unresolvable:
+    """Not merged, for good: ``reason`` is ``deleted`` or ``forbidden``."""
+
+    KIND: ClassVar[str] = "unresolvable"
+    change_id: str
+    record_id: str
+    reason: str
+    message: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "verdict": self.KIND,
+            "id": self.change_id,
+            "record": self.record_id,
+            "reason": self.reason,
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any], where: str) -> Unresolvable:
+        reason = _get(data, "reason", str, where)
+        if reason not in ("deleted", "forbidden"):
+            raise _malformed(f"{where}.reason", f"must be deleted or forbidden, got {reason!r}")
+        return cls(
+            change_id=_get(data, "id", str, where),
+            record_id=_get(data, "record", str, where),
+            reason=reason,
+            message=_get(data, "message", str, where, optional=True, default=""),
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Rejected:
+    """The change itself is malformed or hostile (an ``error`` verdict with a code)."""
+
+    KIND: ClassVar[str] = "error"
+    change_id: str
+    record_id: str
+    code: ErrorCode
+    message: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "verdict": self.KIND,
+            "id": self.change_id,
+            "record": self.record_id,
+            "code": self.code.value,
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any], where: str) -> Rejected:
+        code = _get(data, "code", str, where)
+        try:
+            error_code = ErrorCode(code)
+        except ValueError:
+            raise _malformed(f"{where}.code", f"unknown error code {code!r}") from None
+        return cls(
+            change_id=_get(data, "id", str, where),
+            record_id=_get(data, "record", str, where),
+            code=error_code,
+            message=_get(data, "message", str, where),
+        )
+
+
+Verdict = Ack | Conflict | Unresolvable | Rejected
+_VERDICTS: dict[str, Any] = {v.KIND: v for v in (Ack, Conflict, Unresolvable, Rejected)}
+
+
+def _verdict(value: object, where: str) -> Verdict:
+    data = _map(value, where)
+    kind = _get(data, "verdict", str, where)
+    if kind not in _VERDICTS:
+        raise _malformed(f"{where}.verdict", f"unknown verdict {kind!r}")
+    verdict: Verdict = _VERDICTS[kind].from_wire(data, where)
+    return verdict
+
+
+@attrs.frozen
+class Verdicts:
+    """Relay → replica: one verdict per pushed change, in push order."""
+
+    TYPE: ClassVar[str] = "verdicts"
+    items: tuple[Verdict, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "items": [item.to_wire() for item in self.items]}
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Verdicts:
+        return cls(_list(data, "items", "verdicts", _verdict))
+
+
+@attrs.frozen
+class Error:
+    """Relay → replica: the connection did something wrong. ``fatal``: it is closed next."""
+
+    TYPE: ClassVar[str] = "error"
+    code: ErrorCode
+    message: str
+    fatal: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            "code": self.code.value,
+            "message": self.message,
+            "fatal": self.fatal,
+        }
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Error:
+        code = _get(data, "code", str, "error")
+        try:
+            error_code = ErrorCode(code)
+        except ValueError:
+            error_code = ErrorCode.INTERNAL_ERROR
+        return cls(
+            error_code,
+            _get(data, "message", str, "error"),
+            _get(data, "fatal", bool, "error", optional=True, default=False),
+        )
+
+
+Frame = Hello | Welcome | Subscribe | Push | Changes | CaughtUp | Verdicts | Error
+FRAME_TYPES: dict[str, Any] = {
+    cls.TYPE: cls for cls in (Hello, Welcome, Subscribe, Push, Changes, CaughtUp, Verdicts, Error)
+}
+
+
+def encode(frame: Frame) -> bytes:
+    """The bytes of one frame (one websocket binary message)."""
+    return bytes(msgpack.packb(frame.to_wire(), use_bin_type=True))
+
+
+def decode(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
+    """Parse one frame; :class:`ProtocolError` says precisely what is wrong."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ProtocolError(ErrorCode.MALFORMED_FRAME, "frames are binary messages, got text")
+    if len(data) > max_bytes:
+        raise ProtocolError(
+            ErrorCode.FRAME_TOO_LARGE, f"frame of {len(data)} bytes exceeds {max_bytes}"
+        )
+    try:
+        payload = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=max_bytes,
+            max_str_len=max_bytes,
+            max_array_len=100_000,
+            max_map_len=100_000,
+        )
+    except Exception as exc:  # noqa: BLE001 - msgpack raises many types for bad input
+        raise ProtocolError(ErrorCode.MALFORMED_FRAME, f"not msgpack: {exc}") from None
+    if not isinstance(payload, dict):
+        raise ProtocolError(
+            ErrorCode.MALFORMED_FRAME, f"a frame is a map, got {type(payload).__name__}"
+        )
+    frame_type = payload.get("type")
+    cls = FRAME_TYPES.get(frame_type) if isinstance(frame_type, str) else None
+    if cls is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_FRAME_TYPE, f"unknown frame type {frame_type!r}")
+    frame: Frame = cls.from_wire(payload)
+    return frame

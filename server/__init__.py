@@ -1,1 +1,0 @@
-"""The crdtsync relay server (installed as ``crdtsync_server``) and its example app."""

@@ -1,0 +1,1 @@
+"""The crdtsync relay server: ``crdtsync serve --config app.toml``."""

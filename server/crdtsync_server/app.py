@@ -1,0 +1,179 @@
+"""``RelayServer``: the relay on a websockets server, with ``/healthz`` and ``/metrics``.
+
+The transport only moves bytes between sockets and :class:`RelaySession` objects.
+``async with RelayServer(config) as server`` starts it (``port=0`` picks a free port:
+see :attr:`RelayServer.url`); leaving the block, or SIGTERM under
+:meth:`RelayServer.serve_forever`, stops accepting, lets the push in progress commit,
+and closes every connection with 1001 (going away).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from http import HTTPStatus
+from types import TracebackType
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from .auth import TokenAuthority
+from .config import RelayConfig
+from .relay import Relay
+from .session import RelaySession
+from .storage import RelayStorage
+
+log = logging.getLogger("crdtsync.server")
+
+SEND_TIMEOUT = 30.0
+
+
+class RelayServer:
+    """A running relay. Use as ``async with RelayServer(config) as server: ...``."""
+
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+        self.authority = TokenAuthority(config.secret)
+        self.storage: RelayStorage | None = None
+        self.relay: Relay | None = None
+        self._server: Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "the server is not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.config.host}:{self.port}"
+
+    async def __aenter__(self) -> RelayServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        self.storage = RelayStorage(self.config.database)
+        self.relay = Relay(
+            schema=self.config.schema,
+            policy=self.config.policy,
+            storage=self.storage,
+            cache_records=self.config.cache_records,
+        )
+        self._server = await serve(
+            self._handle,
+            self.config.host,
+            self.config.port,
+            process_request=self._http,
+            max_size=self.config.max_frame_bytes,
+            compression=None,
+        )
+        log.info("relay listening on %s (database %s)", self.url, self.config.database)
+        if len(self.config.secret) < 32:
+            log.warning(
+                "the token secret is short (%d bytes): set a long random [server] secret "
+                "or CRDTSYNC_SECRET for anything but a demo",
+                len(self.config.secret),
+            )
+
+    async def close(self) -> None:
+        """Stop accepting, close connections with 1001, then close the database."""
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            await self._server.wait_closed()
+            self._server = None
+        if self.storage is not None:
+            self.storage.close()
+            self.storage = None
+
+    async def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT, then shut down gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        async with self:
+            print(f"crdtsync relay listening on {self.url}", flush=True)
+            await stop.wait()
+            print("crdtsync relay shutting down", flush=True)
+
+    # -- HTTP -------------------------------------------------------------------------
+
+    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.path == "/healthz":
+            return connection.respond(HTTPStatus.OK, "ok\n")
+        if request.path == "/metrics":
+            assert self.relay is not None
+            response = connection.respond(HTTPStatus.OK, self.relay.metrics.render())
+            response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+            return response
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return connection.respond(
+                HTTPStatus.NOT_FOUND, "crdtsync relay: websocket on /, or GET /healthz, /metrics\n"
+            )
+        return None
+
+    # -- websocket ----------------------------------------------------------------------
+
+    async def _handle(self, websocket: ServerConnection) -> None:
+        assert self.relay is not None
+        wake = asyncio.Event()
+        session = RelaySession(
+            self.relay,
+            self.authority,
+            max_frame_bytes=self.config.max_frame_bytes,
+            max_queued_bytes=self.config.max_queued_bytes,
+            wake=wake.set,
+        )
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                writer = tasks.create_task(self._write(websocket, session, wake))
+                try:
+                    async for message in websocket:
+                        session.receive(message)
+                        if session.close_code is not None:
+                            break
+                except ConnectionClosed:
+                    pass
+                wake.set()
+                if session.close_code is None:
+                    writer.cancel()
+        finally:
+            session.connection_lost()
+
+    async def _write(
+        self, websocket: ServerConnection, session: RelaySession, wake: asyncio.Event
+    ) -> None:
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                for data in session.data_to_send():
+                    async with asyncio.timeout(SEND_TIMEOUT):
+                        await websocket.send(data)
+                if session.close_code is not None:
+                    await websocket.close(session.close_code, _reason(session.close_reason))
+                    return
+        except ConnectionClosed:
+            return
+        except TimeoutError:
+            log.warning("closing a replica that stopped reading for %.0f s", SEND_TIMEOUT)
+            with contextlib.suppress(Exception):
+                websocket.transport.abort()
+
+
+def _reason(text: str) -> str:
+    """A close reason fits in 123 bytes of UTF-8."""
+    data = text.encode("utf-8")[:123]
+    return data.decode("utf-8", errors="ignore")

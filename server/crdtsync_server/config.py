@@ -1,0 +1,85 @@
+"""The relay's configuration: the TOML shape of SPEC §4, plus command-line overrides.
+
+``[server]`` (host, port, database, secret, limits), ``[objects.*]`` (the schema, see
+:class:`crdtsync.Schema`) and ``[roles.*]`` (see :class:`RolePolicy`). The secret can
+be overridden by ``CRDTSYNC_SECRET``; ``--db``, ``--host`` and ``--port`` override the
+file. Relative database paths are relative to the current directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from crdtsync.exceptions import SchemaError
+from crdtsync.protocol import MAX_FRAME_BYTES
+from crdtsync.schema import Schema
+
+from .policy import ConfigError, RolePolicy
+
+_SERVER_KEYS = frozenset(
+    {"host", "port", "database", "secret", "max_frame_bytes", "max_queued_bytes", "cache_records"}
+)
+
+
+@attrs.frozen(kw_only=True)
+class RelayConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    database: str = "crdtsync.sqlite3"
+    secret: str = attrs.field(default="change-me", repr=False)
+    max_frame_bytes: int = MAX_FRAME_BYTES
+    max_queued_bytes: int = 64 * 1024 * 1024
+    cache_records: int = 10_000
+    schema: Schema
+    policy: RolePolicy
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], **overrides: Any) -> RelayConfig:
+        server = data.get("server", {})
+        if not isinstance(server, Mapping):
+            raise ConfigError("[server] must be a table")
+        unknown = sorted(set(server) - _SERVER_KEYS)
+        if unknown:
+            raise ConfigError(f"[server]: unknown key(s) {', '.join(unknown)}")
+        try:
+            schema = Schema.from_dict(data)
+        except SchemaError as exc:
+            raise ConfigError(str(exc)) from None
+        roles = data.get("roles", {})
+        if not isinstance(roles, Mapping):
+            raise ConfigError("[roles] must be a table of role tables")
+        policy = RolePolicy.from_config(roles, schema.objects)
+        settings: dict[str, Any] = {key: server[key] for key in _SERVER_KEYS if key in server}
+        if os.environ.get("CRDTSYNC_SECRET"):
+            settings["secret"] = os.environ["CRDTSYNC_SECRET"]
+        settings.update({key: value for key, value in overrides.items() if value is not None})
+        for key, kind in (("host", str), ("database", str), ("secret", str)):
+            if key in settings and not isinstance(settings[key], kind):
+                raise ConfigError(f"[server] {key} must be a string")
+        for key in ("port", "max_frame_bytes", "max_queued_bytes", "cache_records"):
+            value = settings.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0
+            ):
+                raise ConfigError(f"[server] {key} must be a non-negative integer")
+        return cls(schema=schema, policy=policy, **settings)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> RelayConfig:
+        try:
+            with open(path, "rb") as file:
+                data = tomllib.load(file)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        try:
+            return cls.from_dict(data, **overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None

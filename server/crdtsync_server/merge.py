@@ -1,0 +1,489 @@
+"""The merge decision: one function from (stored record, incoming change, principal,
+policy) to a verdict.
+
+:func:`decide` is where the relay refuses to auto-merge what breaks the rules. It
+
+1. checks the object, the record's existence and the principal's permission;
+2. parses the CRDT update and derives what it touches **from the update itself**
+   (:mod:`anatomy`), refusing other roots, unknown or read-only fields, shapes the
+   record model does not allow, CRDT client ids that belong to another replica, and
+   missing dependencies;
+3. detects concurrent edits: a non-text field that another replica changed since this
+   change's base version, to a value other than this change's, is a conflict (equal
+   values are not; ``text`` fields merge and never conflict);
+4. applies the update to the record's document and validates the **merged** record:
+   types and constraints of the touched fields, required fields, custom rules,
+   ``unique`` and ``reference``.
+
+It applies speculatively into the cached document (no per-change copy): when it
+returns :class:`Refused` with ``dirty=True`` the caller must drop that document and
+rebuild it from the store, so a refused update leaves no trace. pycrdt faults,
+including ``pyo3_runtime.PanicException`` (a ``BaseException``), are contained here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import attrs
+import pycrdt
+
+from crdtsync.exceptions import FieldError
+from crdtsync.fieldtypes import FieldType
+from crdtsync.protocol import (
+    ChangeFrame,
+    Conflict,
+    ErrorCode,
+    Rejected,
+    Unresolvable,
+    WireConflict,
+    WireFieldError,
+)
+from crdtsync.record import RecordDoc
+from crdtsync.schema import ObjectSpec, Schema
+from crdtsync.yupdate import ParsedUpdate, UpdateDecodeError, parse_update
+
+from .anatomy import TEXT, Anatomy, ItemIndex, SharedType
+from .policy import Action, Policy, Principal
+from .storage import ChangeRow, StoredRecord
+
+
+class MergeContext(Protocol):
+    """The read-only lookups the decision needs (the relay's storage provides them)."""
+
+    def changes_of(self, record_id: str, after: int = 0) -> list[ChangeRow]: ...
+    def field_value_at(self, record_id: str, field: str, version: int) -> Any: ...
+    def unique_holder(self, object_name: str, field: str, value: Any) -> str | None: ...
+    def live_record_exists(self, object_name: str, record_id: str) -> bool: ...
+    def client_id_owner(self, client_id: int) -> str | None: ...
+
+
+@attrs.define
+class RecordState:
+    """The relay's live view of one stored record: its document and item index."""
+
+    stored: StoredRecord
+    doc: RecordDoc
+    index: ItemIndex
+
+    @classmethod
+    def load(cls, stored: StoredRecord, spec: ObjectSpec, relay_client_id: int) -> RecordState:
+        doc = RecordDoc.from_update(spec, stored.state, client_id=relay_client_id)
+        return cls(stored, doc, ItemIndex.from_state(stored.state))
+
+
+@attrs.frozen(kw_only=True)
+class Accepted:
+    """Merge it. ``update`` is what to log and fan out (the change plus the relay's own
+    additions, which are also in ``relay_update`` for the ack)."""
+
+    kind: str
+    fields: Mapping[str, Any]  #: touched field -> its stored value afterwards (None: text)
+    values: Mapping[str, Any]  #: the merged record, canonical values
+    update: bytes
+    relay_update: bytes = b""
+    parsed: ParsedUpdate | None = None
+    doc: RecordDoc | None = None  #: the merged document (a new one for a create)
+
+
+@attrs.frozen
+class AlreadyDone:
+    """Nothing to merge: the change's effect is already there (e.g. deleting a deleted
+    record). Acknowledge with ``version``."""
+
+    version: int
+
+
+@attrs.frozen
+class Refused:
+    """Do not merge. ``dirty``: the cached document was touched and must be rebuilt."""
+
+    verdict: Conflict | Unresolvable | Rejected
+    dirty: bool = False
+
+
+Decision = Accepted | AlreadyDone | Refused
+
+
+def decide(
+    change: ChangeFrame,
+    state: RecordState | None,
+    *,
+    principal: Principal,
+    schema: Schema,
+    policy: Policy,
+    context: MergeContext,
+    relay_client_id: int,
+) -> Decision:
+    """Decide what to do with ``change`` to the record in ``state`` (None: unknown)."""
+
+    def rejected(code: ErrorCode, message: str, *, dirty: bool = False) -> Refused:
+        return Refused(
+            Rejected(
+                change_id=change.change_id, record_id=change.record_id, code=code, message=message
+            ),
+            dirty,
+        )
+
+    spec = schema.objects.get(change.object)
+    if spec is None:
+        return rejected(ErrorCode.UNKNOWN_OBJECT, f"no object type {change.object!r}")
+    if state is not None and state.stored.object != change.object:
+        return rejected(
+            ErrorCode.UNKNOWN_RECORD,
+            f"record {change.record_id} is a {state.stored.object}, not a {change.object}",
+        )
+    if change.kind == "create":
+        if state is not None:
+            return rejected(ErrorCode.DUPLICATE_RECORD, f"record {change.record_id} already exists")
+        if not policy.allows(principal, Action.CREATE, change.object):
+            return _forbidden(change, f"you may not create {change.object} records")
+        return _merge(
+            change,
+            None,
+            spec,
+            principal=principal,
+            schema=schema,
+            context=context,
+            relay_client_id=relay_client_id,
+        )
+    if state is None:
+        return rejected(ErrorCode.UNKNOWN_RECORD, f"no record {change.record_id}")
+    if state.stored.deleted:
+        if change.kind == "delete":
+            return AlreadyDone(state.stored.version)
+        return Refused(
+            Unresolvable(
+                change_id=change.change_id,
+                record_id=change.record_id,
+                reason="deleted",
+                message="deleted by someone else",
+            )
+        )
+    current = state.doc.read_checked()[0]
+    if not policy.allows(principal, Action.READ, change.object, current):
+        return _forbidden(change, "you no longer have access to this record")
+    if change.kind == "delete":
+        if not policy.allows(principal, Action.DELETE, change.object, current):
+            return _forbidden(change, f"you may not delete this {change.object}")
+        if change.delta:
+            return rejected(ErrorCode.MALFORMED_FRAME, "a delete carries no delta")
+        return _delete(change, state, spec, principal, context)
+    if not policy.allows(principal, Action.UPDATE, change.object, current):
+        return _forbidden(change, f"you may not edit this {change.object}")
+    return _merge(
+        change,
+        state,
+        spec,
+        principal=principal,
+        schema=schema,
+        context=context,
+        relay_client_id=relay_client_id,
+    )
+
+
+def _forbidden(change: ChangeFrame, message: str) -> Refused:
+    return Refused(
+        Unresolvable(
+            change_id=change.change_id,
+            record_id=change.record_id,
+            reason="forbidden",
+            message=message,
+        )
+    )
+
+
+def _delete(
+    change: ChangeFrame,
+    state: RecordState,
+    spec: ObjectSpec,
+    principal: Principal,
+    context: MergeContext,
+) -> Decision:
+    since = [
+        c
+        for c in context.changes_of(change.record_id, after=change.base_version)
+        if c.replica != principal.replica_id
+    ]
+    if not since:
+        return Accepted(kind="delete", fields={}, values={}, update=b"")
+    changed = sorted({name for c in since for name in c.fields if name in spec.fields})
+    conflicts = tuple(
+        WireConflict(
+            field=name,
+            base=context.field_value_at(change.record_id, name, change.base_version),
+            mine=None,
+            theirs=state.doc.stored_value(name),
+            changed_by=next(c.user for c in reversed(since) if name in c.fields),
+        )
+        for name in changed
+    )
+    who = ", ".join(sorted({c.user or "someone else" for c in since}))
+    return Refused(
+        Conflict(
+            change_id=change.change_id,
+            record_id=change.record_id,
+            version=state.stored.version,
+            update=state.stored.state,
+            conflicts=conflicts,
+            message=f"changed by {who} since you deleted it",
+        )
+    )
+
+
+def _merge(
+    change: ChangeFrame,
+    state: RecordState | None,
+    spec: ObjectSpec,
+    *,
+    principal: Principal,
+    schema: Schema,
+    context: MergeContext,
+    relay_client_id: int,
+) -> Decision:
+    creating = state is None
+
+    def rejected(code: ErrorCode, message: str, *, dirty: bool = False) -> Refused:
+        return Refused(
+            Rejected(
+                change_id=change.change_id, record_id=change.record_id, code=code, message=message
+            ),
+            dirty,
+        )
+
+    if not change.delta:
+        return rejected(ErrorCode.INVALID_UPDATE, "the change carries no CRDT update")
+    try:
+        parsed = parse_update(change.delta)
+    except UpdateDecodeError as exc:
+        return rejected(ErrorCode.INVALID_UPDATE, f"undecodable CRDT update: {exc}")
+    for client in parsed.clients():
+        owner = context.client_id_owner(client)
+        if client == relay_client_id or (owner is not None and owner != principal.replica_id):
+            return rejected(
+                ErrorCode.FORGED_CLIENT_ID, f"CRDT client id {client} belongs to another replica"
+            )
+    index = state.index if state is not None else ItemIndex()
+    anatomy = index.analyse(parsed)
+    problem = _shape_problem(anatomy, spec, creating=creating)
+    if problem is not None:
+        return rejected(*problem)
+    for client, (start, _end) in parsed.client_ranges().items():
+        if start > index.end_clock(client):
+            anatomy = attrs.evolve(anatomy, missing=True)
+    if anatomy.missing:
+        return rejected(
+            ErrorCode.MISSING_DEPENDENCIES, "the update depends on changes the relay does not have"
+        )
+
+    if state is not None:
+        conflicts = _concurrent_edits(change, state, spec, anatomy, principal, context)
+        if conflicts:
+            return Refused(
+                Conflict(
+                    change_id=change.change_id,
+                    record_id=change.record_id,
+                    version=state.stored.version,
+                    update=state.stored.state,
+                    conflicts=conflicts,
+                )
+            )
+
+    doc = state.doc if state is not None else RecordDoc(spec, client_id=relay_client_id)
+    try:
+        doc.apply(change.delta)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        return rejected(ErrorCode.INVALID_UPDATE, f"pycrdt refused the update: {exc}", dirty=True)
+    after = decode_state_vector(doc.state())
+    for client, (_start, end) in parsed.client_ranges().items():
+        if after.get(client, 0) < end:
+            return rejected(
+                ErrorCode.MISSING_DEPENDENCIES,
+                "the update depends on changes the relay does not have",
+                dirty=True,
+            )
+
+    values, decode_problems = doc.read_checked()
+    relay_update = b""
+    if creating:
+        defaults = {
+            name: principal.user
+            for name, field in spec.fields.items()
+            if field.type is FieldType.OWNER and values.get(name) is None
+        }
+        if defaults:
+            relay_update = doc.write(defaults)
+            values.update(defaults)
+    touched = set(anatomy.fields)
+    if creating:
+        touched |= set(values) | set(decode_problems)
+    errors = [FieldError(name, message) for name, message in decode_problems.items()]
+    canonical_touched = {name: values.get(name) for name in touched if name not in decode_problems}
+    _canonical, field_errors = spec.check_changes(canonical_touched, creating=True)
+    errors += field_errors
+    if not errors:
+        errors += spec.check_record(values)
+        errors += _unique_and_reference_errors(change, spec, schema, values, touched, context)
+    if errors:
+        version = state.stored.version if state is not None else 0
+        return Refused(
+            Conflict(
+                change_id=change.change_id,
+                record_id=change.record_id,
+                version=version,
+                update=state.stored.state if state is not None else b"",
+                errors=tuple(WireFieldError(field=e.field, message=e.message) for e in errors),
+            ),
+            dirty=True,
+        )
+    fields = {
+        name: None
+        if spec.fields[name].type is FieldType.TEXT
+        else spec.fields[name].type.encode(values.get(name))
+        for name in touched
+    }
+    update = pycrdt.merge_updates(change.delta, relay_update) if relay_update else change.delta
+    return Accepted(
+        kind=change.kind,
+        fields=fields,
+        values=values,
+        update=bytes(update),
+        relay_update=relay_update,
+        parsed=parsed,
+        doc=doc,
+    )
+
+
+def _shape_problem(
+    anatomy: Anatomy, spec: ObjectSpec, *, creating: bool
+) -> tuple[ErrorCode, str] | None:
+    if anatomy.other_roots:
+        roots = ", ".join(sorted(anatomy.other_roots))
+        return ErrorCode.OTHER_ROOT, f"the update writes to other roots than 'fields': {roots}"
+    unknown = sorted(name for name in anatomy.fields if name not in spec.fields)
+    if unknown:
+        return ErrorCode.UNKNOWN_FIELD, f"no such field on {spec.name}: {', '.join(unknown)}"
+    if not creating:
+        read_only = sorted(name for name in anatomy.fields if spec.fields[name].read_only)
+        if read_only:
+            return ErrorCode.READ_ONLY_FIELD, f"read-only: {', '.join(read_only)}"
+    if anatomy.bad_shape:
+        return ErrorCode.INVALID_UPDATE, "; ".join(anatomy.bad_shape)
+    for name, value in anatomy.written.items():
+        is_text = spec.fields[name].type is FieldType.TEXT
+        if is_text and value is not None and value != TEXT:
+            return ErrorCode.INVALID_UPDATE, f"{name}: a text field must hold a collaborative text"
+        if not is_text and isinstance(value, SharedType):
+            return (
+                ErrorCode.INVALID_UPDATE,
+                f"{name}: a {spec.fields[name].type.value} field holds a plain value",
+            )
+    for name in anatomy.nested:
+        if spec.fields[name].type is not FieldType.TEXT:
+            return ErrorCode.INVALID_UPDATE, f"{name}: nested content in a non-text field"
+    return None
+
+
+def _concurrent_edits(
+    change: ChangeFrame,
+    state: RecordState,
+    spec: ObjectSpec,
+    anatomy: Anatomy,
+    principal: Principal,
+    context: MergeContext,
+) -> tuple[WireConflict, ...]:
+    plain = [
+        name for name in sorted(anatomy.fields) if spec.fields[name].type is not FieldType.TEXT
+    ]
+    if not plain:
+        return ()
+    bases = {name: change.field_bases.get(name, change.base_version) for name in plain}
+    since = [
+        c
+        for c in context.changes_of(change.record_id, after=min(bases.values()))
+        if c.replica != principal.replica_id
+    ]
+    conflicts = []
+    for name in plain:
+        theirs_changes = [c for c in since if c.seq > bases[name] and name in c.fields]
+        if not theirs_changes:
+            continue
+        field_type = spec.fields[name].type
+        theirs = state.doc.stored_value(name)
+        mine = anatomy.written.get(name)
+        if _same_value(field_type, mine, theirs):
+            continue
+        conflicts.append(
+            WireConflict(
+                field=name,
+                base=context.field_value_at(change.record_id, name, bases[name]),
+                mine=field_type.encode(_decoded(field_type, mine)),
+                theirs=field_type.encode(_decoded(field_type, theirs)),
+                changed_by=theirs_changes[-1].user,
+            )
+        )
+    return tuple(conflicts)
+
+
+def _decoded(field_type: FieldType, value: Any) -> Any:
+    try:
+        return field_type.decode(value)
+    except (ValueError, TypeError):
+        return None
+
+
+def _same_value(field_type: FieldType, mine: Any, theirs: Any) -> bool:
+    try:
+        a, b = field_type.decode(mine), field_type.decode(theirs)
+    except (ValueError, TypeError):
+        return False
+    return bool(a == b and type(a) is type(b))
+
+
+def _unique_and_reference_errors(
+    change: ChangeFrame,
+    spec: ObjectSpec,
+    schema: Schema,
+    values: Mapping[str, Any],
+    touched: set[str] | frozenset[str],
+    context: MergeContext,
+) -> list[FieldError]:
+    errors = []
+    for name in sorted(touched):
+        field = spec.fields[name]
+        value = values.get(name)
+        if value is None:
+            continue
+        if field.unique:
+            holder = context.unique_holder(spec.name, name, field.type.encode(value))
+            if holder is not None and holder != change.record_id:
+                errors.append(FieldError(name, f"{value!r} is already used by another {spec.name}"))
+        is_reference = field.type is FieldType.REFERENCE and field.to is not None
+        if is_reference and not context.live_record_exists(str(field.to), value):
+            errors.append(FieldError(name, f"no {field.to} with id {value}"))
+    return errors
+
+
+def decode_state_vector(state: bytes) -> dict[int, int]:
+    """``{client: clock}`` from an encoded state vector."""
+    out: dict[int, int] = {}
+    pos = 0
+
+    def varuint() -> int:
+        nonlocal pos
+        result = shift = 0
+        while True:
+            byte = state[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return result
+            shift += 7
+
+    for _ in range(varuint()):
+        client = varuint()
+        out[client] = varuint()
+    return out

@@ -1,0 +1,76 @@
+"""Relay counters, exposed as Prometheus text on ``GET /metrics``."""
+
+from __future__ import annotations
+
+import attrs
+
+from crdtsync.protocol import Ack, Conflict, Rejected, Unresolvable, Verdict
+
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_VERDICT_NAMES = {
+    Ack: "accepted",
+    Conflict: "conflicted",
+    Unresolvable: "unresolvable",
+    Rejected: "errored",
+}
+
+
+@attrs.define
+class Metrics:
+    """What the relay counts. Plain attributes; rendered by :meth:`render`."""
+
+    connections: int = 0
+    changes: dict[str, int] = attrs.field(
+        factory=lambda: {"accepted": 0, "conflicted": 0, "unresolvable": 0, "errored": 0}
+    )
+    frames_rejected: int = 0
+    merge_seconds_sum: float = 0.0
+    merge_count: int = 0
+    merge_buckets: list[int] = attrs.field(factory=lambda: [0] * len(_BUCKETS))
+
+    def count(self, outcome: str, n: int = 1) -> None:
+        self.changes[outcome] = self.changes.get(outcome, 0) + n
+
+    def count_verdict(self, verdict: Verdict) -> None:
+        self.count(_VERDICT_NAMES[type(verdict)])
+
+    def observe_merge(self, seconds: float, changes: int) -> None:
+        """One push frame of ``changes`` changes took ``seconds`` to decide and commit."""
+        if changes <= 0:
+            return
+        per_change = seconds / changes
+        self.merge_seconds_sum += seconds
+        self.merge_count += changes
+        for i, bound in enumerate(_BUCKETS):
+            if per_change <= bound:
+                self.merge_buckets[i] += changes
+
+    def render(self) -> str:
+        lines = [
+            "# HELP crdtsync_connections Open replica connections.",
+            "# TYPE crdtsync_connections gauge",
+            f"crdtsync_connections {self.connections}",
+            "# HELP crdtsync_changes_total Pushed changes by verdict.",
+            "# TYPE crdtsync_changes_total counter",
+        ]
+        lines += [
+            f'crdtsync_changes_total{{verdict="{name}"}} {count}'
+            for name, count in sorted(self.changes.items())
+        ]
+        lines += [
+            "# HELP crdtsync_frames_rejected_total Frames refused as malformed.",
+            "# TYPE crdtsync_frames_rejected_total counter",
+            f"crdtsync_frames_rejected_total {self.frames_rejected}",
+            "# HELP crdtsync_merge_seconds Time to decide and commit one change.",
+            "# TYPE crdtsync_merge_seconds histogram",
+        ]
+        lines += [
+            f'crdtsync_merge_seconds_bucket{{le="{bound}"}} {count}'
+            for bound, count in zip(_BUCKETS, self.merge_buckets, strict=True)
+        ]
+        lines += [
+            f'crdtsync_merge_seconds_bucket{{le="+Inf"}} {self.merge_count}',
+            f"crdtsync_merge_seconds_sum {self.merge_seconds_sum}",
+            f"crdtsync_merge_seconds_count {self.merge_count}",
+        ]
+        return "\n".join(lines) + "\n"

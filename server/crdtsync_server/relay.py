@@ -1,0 +1,323 @@
+"""The relay's core: merges pushed changes, persists them, and fans them out.
+
+:class:`Relay` owns the storage, a bounded cache of record documents, and the set of
+connected :class:`~crdtsync_server.session.RelaySession` objects. It does no network
+I/O: transports feed bytes into sessions and send what sessions queue. Every push is
+decided change by change (:func:`~crdtsync_server.merge.decide`), committed in one
+transaction (one fsync per push frame: group commit), and only then acknowledged and
+fanned out, so an acknowledged change survives ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+import attrs
+import pycrdt
+
+from crdtsync.protocol import (
+    Ack,
+    CaughtUp,
+    ChangeFrame,
+    Changes,
+    ErrorCode,
+    Frame,
+    RecordChange,
+    Rejected,
+    Verdict,
+    Verdicts,
+)
+from crdtsync.schema import Schema
+
+from .merge import Accepted, AlreadyDone, RecordState, Refused, decide
+from .metrics import Metrics
+from .policy import Action, Policy, Principal
+from .storage import ChangeRow, RelayStorage, StoredRecord
+
+if TYPE_CHECKING:
+    from .session import RelaySession
+
+log = logging.getLogger("crdtsync.relay")
+
+BACKLOG_BATCH = 500
+
+
+class Relay:
+    """The relay's state. Not thread-safe: one relay belongs to one event loop."""
+
+    def __init__(
+        self,
+        *,
+        schema: Schema,
+        policy: Policy,
+        storage: RelayStorage,
+        cache_records: int = 10_000,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.schema = schema
+        self.policy = policy
+        self.storage = storage
+        self.metrics = metrics or Metrics()
+        self._cache: OrderedDict[str, RecordState] = OrderedDict()
+        self._cache_records = cache_records
+        self.sessions: set[RelaySession] = set()
+        with storage.transaction():
+            self.server_id: str = storage.get_meta("server_id") or uuid.uuid4().hex
+            storage.set_meta("server_id", self.server_id)
+            self.client_id: int = storage.get_meta("client_id") or (secrets.randbits(53) or 1)
+            storage.set_meta("client_id", self.client_id)
+            storage.bind_client_id(self.client_id, "relay")
+
+    # -- sessions ---------------------------------------------------------------------
+
+    def attach(self, session: RelaySession) -> None:
+        self.sessions.add(session)
+        self.metrics.connections = len(self.sessions)
+
+    def detach(self, session: RelaySession) -> None:
+        self.sessions.discard(session)
+        self.metrics.connections = len(self.sessions)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def backlog(self, principal: Principal, objects: Iterable[str], cursor: int) -> Iterator[Frame]:
+        """What a replica that has seen everything up to ``cursor`` is missing, as
+        :class:`Changes` frames, then :class:`CaughtUp`. With ``cursor`` 0 (or a cursor
+        this relay never issued) every live record is sent whole; otherwise one merged
+        update per record changed since, so the cost grows with what was missed."""
+        readable = [name for name in objects if self.policy.allows(principal, Action.READ, name)]
+        if cursor > self.storage.seq:
+            cursor = 0
+        batch: list[RecordChange] = []
+        for stored in self.storage.records_since(readable, cursor):
+            item = self._catch_up_item(principal, stored, cursor)
+            if item is None:
+                continue
+            batch.append(item)
+            if len(batch) >= BACKLOG_BATCH:
+                yield Changes(tuple(batch))
+                batch = []
+        if batch:
+            yield Changes(tuple(batch))
+        yield CaughtUp(self.storage.seq)
+
+    def _catch_up_item(
+        self, principal: Principal, stored: StoredRecord, cursor: int
+    ) -> RecordChange | None:
+        if stored.deleted:
+            if cursor == 0:
+                return None
+            return RecordChange(
+                record_id=stored.id, object=stored.object, version=stored.version, deleted=True
+            )
+        values = self._state(stored.id, stored).doc.read_checked()[0]
+        if not self.policy.allows(principal, Action.READ, stored.object, values):
+            return None
+        if cursor == 0:
+            update = stored.state
+        else:
+            updates = [c.update for c in self.storage.changes_of(stored.id, after=cursor)]
+            update = (
+                bytes(pycrdt.merge_updates(*updates))
+                if len(updates) > 1
+                else (updates[0] if updates else stored.state)
+            )
+        return RecordChange(
+            record_id=stored.id, object=stored.object, version=stored.version, update=update
+        )
+
+    # -- pushing ------------------------------------------------------------------------
+
+    def push(self, origin: RelaySession, changes: Iterable[ChangeFrame]) -> Verdicts:
+        """Decide, persist (one transaction) and fan out a batch of changes."""
+        assert origin.principal is not None
+        principal = origin.principal
+        verdicts: list[Verdict] = []
+        accepted: list[tuple[StoredRecord, ChangeRow]] = []
+        touched_cache: list[str] = []
+        started = time.perf_counter()
+        try:
+            with self.storage.transaction():
+                for change in changes:
+                    verdict, outcome = self._push_one(principal, change, touched_cache)
+                    verdicts.append(verdict)
+                    if outcome is not None:
+                        accepted.append(outcome)
+        except Exception:
+            log.exception("push of %d changes failed; nothing was stored", len(verdicts))
+            for record_id in touched_cache:
+                self._cache.pop(record_id, None)
+            self.metrics.count("errored", len(verdicts))
+            return Verdicts(
+                tuple(
+                    Rejected(
+                        change_id=change.change_id,
+                        record_id=change.record_id,
+                        code=ErrorCode.INTERNAL_ERROR,
+                        message="the relay could not store this change; retry later",
+                    )
+                    for change in changes
+                )
+            )
+        self.metrics.observe_merge(time.perf_counter() - started, len(verdicts))
+        for verdict in verdicts:
+            self.metrics.count_verdict(verdict)
+        if accepted:
+            self._fan_out(origin, accepted)
+        return Verdicts(tuple(verdicts))
+
+    def _push_one(
+        self, principal: Principal, change: ChangeFrame, touched_cache: list[str]
+    ) -> tuple[Verdict, tuple[StoredRecord, ChangeRow] | None]:
+        known = self.storage.find_change(change.change_id)
+        if known is not None:
+            if known.record_id != change.record_id:
+                return Rejected(
+                    change_id=change.change_id,
+                    record_id=change.record_id,
+                    code=ErrorCode.MALFORMED_FRAME,
+                    message="this change id was used for another record",
+                ), None
+            return Ack(
+                change_id=change.change_id,
+                record_id=change.record_id,
+                version=known.seq,
+                update=known.update,
+            ), None
+        stored = self.storage.get_record(change.record_id)
+        state = self._state(change.record_id, stored) if stored is not None else None
+        decision = decide(
+            change,
+            state,
+            principal=principal,
+            schema=self.schema,
+            policy=self.policy,
+            context=self.storage,
+            relay_client_id=self.client_id,
+        )
+        if isinstance(decision, Refused):
+            if decision.dirty:
+                self._cache.pop(change.record_id, None)
+            return decision.verdict, None
+        if isinstance(decision, AlreadyDone):
+            return Ack(
+                change_id=change.change_id, record_id=change.record_id, version=decision.version
+            ), None
+        touched_cache.append(change.record_id)
+        return self._store_accepted(principal, change, stored, state, decision)
+
+    def _store_accepted(
+        self,
+        principal: Principal,
+        change: ChangeFrame,
+        stored: StoredRecord | None,
+        state: RecordState | None,
+        decision: Accepted,
+    ) -> tuple[Verdict, tuple[StoredRecord, ChangeRow]]:
+        seq = self.storage.next_seq()
+        spec = self.schema.objects[change.object]
+        if decision.kind == "delete":
+            assert stored is not None
+            new = attrs.evolve(stored, version=seq, deleted=True)
+            self.storage.set_uniques(change.object, change.record_id, {})
+            self._cache.pop(change.record_id, None)
+        else:
+            assert decision.doc is not None
+            new = StoredRecord(
+                id=change.record_id,
+                object=change.object,
+                state=decision.doc.full_update(),
+                version=seq,
+                created_by=stored.created_by if stored is not None else principal.user,
+            )
+            unique = {
+                name: spec.fields[name].type.encode(decision.values.get(name))
+                for name, field in spec.fields.items()
+                if field.unique
+            }
+            self.storage.set_uniques(change.object, change.record_id, unique)
+            if decision.parsed is not None:
+                for client in decision.parsed.clients():
+                    self.storage.bind_client_id(client, principal.replica_id)
+            if state is None:
+                state = RecordState.load(new, spec, self.client_id)
+            else:
+                state.stored = new
+                if decision.parsed is not None:
+                    state.index.commit(decision.parsed)
+                if decision.relay_update:
+                    state.index.commit_bytes(decision.relay_update)
+            self._remember(change.record_id, state)
+        row = ChangeRow(
+            seq=seq,
+            record_id=change.record_id,
+            object=change.object,
+            change_id=change.change_id,
+            replica=principal.replica_id,
+            user=principal.user,
+            kind=decision.kind,
+            fields=dict(decision.fields),
+            update=decision.update,
+            at=time.time(),
+        )
+        self.storage.put_record(new)
+        self.storage.add_change(row)
+        verdict = Ack(
+            change_id=change.change_id,
+            record_id=change.record_id,
+            version=seq,
+            update=decision.relay_update,
+        )
+        return verdict, (new, row)
+
+    def _fan_out(
+        self, origin: RelaySession, accepted: list[tuple[StoredRecord, ChangeRow]]
+    ) -> None:
+        for session in list(self.sessions):
+            if session is origin or session.principal is None:
+                continue
+            items = []
+            for stored, row in accepted:
+                if stored.object not in session.subscriptions:
+                    continue
+                if not stored.deleted:
+                    values = self._state(stored.id, stored).doc.read_checked()[0]
+                    if not self.policy.allows(
+                        session.principal, Action.READ, stored.object, values
+                    ):
+                        continue
+                items.append(
+                    RecordChange(
+                        record_id=stored.id,
+                        object=stored.object,
+                        version=stored.version,
+                        update=row.update,
+                        deleted=stored.deleted,
+                        by=row.user,
+                    )
+                )
+            if items:
+                session.deliver(Changes(tuple(items)))
+
+    # -- record cache -------------------------------------------------------------------
+
+    def _state(self, record_id: str, stored: StoredRecord) -> RecordState:
+        state = self._cache.get(record_id)
+        if state is not None and state.stored.version == stored.version:
+            self._cache.move_to_end(record_id)
+            return state
+        state = RecordState.load(stored, self.schema.objects[stored.object], self.client_id)
+        self._remember(record_id, state)
+        return state
+
+    def _remember(self, record_id: str, state: RecordState) -> None:
+        self._cache[record_id] = state
+        self._cache.move_to_end(record_id)
+        while len(self._cache) > self._cache_records:
+            self._cache.popitem(last=False)

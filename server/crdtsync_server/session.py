@@ -1,0 +1,184 @@
+"""One replica's connection to the relay, sans I/O.
+
+A transport calls :meth:`RelaySession.receive` with each message it reads and sends
+whatever :meth:`RelaySession.data_to_send` returns afterwards; the relay may also
+queue frames into a session at any time (fan-out), after which the session calls its
+``wake`` callback so the transport sends them. When :attr:`RelaySession.close_code`
+is set the transport must send what is queued, then close with that code and
+:attr:`RelaySession.close_reason`.
+
+States::
+
+    AWAITING_HELLO ──hello ok──▶ READY ──fatal error / too slow──▶ CLOSING
+          └──bad hello / auth failed / unsupported version──▶ CLOSING
+
+In ``READY`` a malformed frame gets a non-fatal ``error`` frame and the connection
+carries on; only a broken handshake or a consumer too slow to keep up ends it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import deque
+from collections.abc import Callable
+
+from crdtsync.protocol import (
+    SUPPORTED_VERSIONS,
+    Error,
+    ErrorCode,
+    Frame,
+    Hello,
+    ProtocolError,
+    Push,
+    Subscribe,
+    Welcome,
+    decode,
+    encode,
+)
+
+from .auth import AuthError, TokenAuthority
+from .policy import Principal
+from .relay import Relay
+
+log = logging.getLogger("crdtsync.session")
+
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_PROTOCOL_ERROR = 1002
+
+
+class SessionState(enum.Enum):
+    AWAITING_HELLO = "awaiting_hello"
+    READY = "ready"
+    CLOSING = "closing"
+
+
+class RelaySession:
+    """The relay's side of one connection."""
+
+    def __init__(
+        self,
+        relay: Relay,
+        authority: TokenAuthority,
+        *,
+        max_frame_bytes: int,
+        max_queued_bytes: int = 64 * 1024 * 1024,
+        wake: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.relay = relay
+        self.authority = authority
+        self.max_frame_bytes = max_frame_bytes
+        self.max_queued_bytes = max_queued_bytes
+        self.wake = wake
+        self.state = SessionState.AWAITING_HELLO
+        self.principal: Principal | None = None
+        self.subscriptions: set[str] = set()
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._outbox: deque[bytes] = deque()
+        self._queued_bytes = 0
+
+    # -- output -------------------------------------------------------------------------
+
+    def data_to_send(self) -> list[bytes]:
+        """Every queued message, in order; the queue is emptied."""
+        out = list(self._outbox)
+        self._outbox.clear()
+        self._queued_bytes = 0
+        return out
+
+    def deliver(self, frame: Frame) -> None:
+        """Queue a frame (used by the relay for fan-out). A session whose queue outgrows
+        its bound is closed as too slow instead of growing memory."""
+        if self.state is SessionState.CLOSING:
+            return
+        data = encode(frame)
+        if self._queued_bytes + len(data) > self.max_queued_bytes:
+            self._fail(
+                ErrorCode.TOO_SLOW,
+                "too slow: the replica does not read its frames",
+                CLOSE_TRY_AGAIN_LATER,
+            )
+            self.wake()
+            return
+        self._outbox.append(data)
+        self._queued_bytes += len(data)
+        self.wake()
+
+    # -- input --------------------------------------------------------------------------
+
+    def receive(self, data: bytes | str) -> None:
+        """Handle one message from the replica."""
+        if self.state is SessionState.CLOSING:
+            return
+        try:
+            if isinstance(data, str):
+                raise ProtocolError(
+                    ErrorCode.MALFORMED_FRAME, "frames are binary messages, got text"
+                )
+            frame = decode(data, max_bytes=self.max_frame_bytes)
+            self._handle(frame)
+        except ProtocolError as exc:
+            self.relay.metrics.frames_rejected += 1
+            if self.state is SessionState.AWAITING_HELLO:
+                self._fail(exc.code, exc.message, CLOSE_PROTOCOL_ERROR)
+            else:
+                self.deliver(Error(exc.code, exc.message))
+
+    def _handle(self, frame: Frame) -> None:
+        if self.state is SessionState.AWAITING_HELLO:
+            if not isinstance(frame, Hello):
+                raise ProtocolError(ErrorCode.NOT_AUTHENTICATED, "the first frame must be hello")
+            self._hello(frame)
+        elif isinstance(frame, Subscribe):
+            self._subscribe(frame)
+        elif isinstance(frame, Push):
+            assert self.principal is not None
+            self.deliver(self.relay.push(self, frame.changes))
+        elif isinstance(frame, Hello):
+            raise ProtocolError(ErrorCode.MALFORMED_FRAME, "hello was already received")
+        else:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_FRAME_TYPE, f"a replica does not send {type(frame).TYPE!r} frames"
+            )
+
+    def _hello(self, hello: Hello) -> None:
+        versions = sorted(set(hello.versions) & set(SUPPORTED_VERSIONS))
+        if not versions:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"no common protocol version: replica speaks {list(hello.versions)}, "
+                f"relay speaks {list(SUPPORTED_VERSIONS)}",
+            )
+        try:
+            identity = self.authority.verify(hello.token)
+        except AuthError as exc:
+            self._fail(ErrorCode.AUTH_FAILED, str(exc), CLOSE_POLICY_VIOLATION)
+            return
+        self.principal = Principal(identity.user, hello.replica_id, ("default", *identity.roles))
+        self.state = SessionState.READY
+        self.relay.attach(self)
+        self.deliver(
+            Welcome(versions[-1], identity.user, self.relay.server_id, self.relay.schema.to_wire())
+        )
+
+    def _subscribe(self, subscribe: Subscribe) -> None:
+        assert self.principal is not None
+        unknown = [name for name in subscribe.objects if name not in self.relay.schema.objects]
+        if unknown:
+            raise ProtocolError(ErrorCode.UNKNOWN_OBJECT, f"no object type(s) {', '.join(unknown)}")
+        self.subscriptions.update(subscribe.objects)
+        for frame in self.relay.backlog(self.principal, subscribe.objects, subscribe.cursor):
+            self.deliver(frame)
+
+    def _fail(self, code: ErrorCode, message: str, close_code: int) -> None:
+        self._outbox.append(encode(Error(code, message, fatal=True)))
+        self.state = SessionState.CLOSING
+        self.close_code = close_code
+        self.close_reason = message[:120]
+
+    def connection_lost(self) -> None:
+        """The transport closed; the relay forgets this session."""
+        self.state = SessionState.CLOSING
+        self.relay.detach(self)

@@ -1,0 +1,331 @@
+"""The relay's durable store: SQLite in WAL mode with ``synchronous=FULL``.
+
+An acknowledgement is sent only after the transaction holding the change has
+committed, so an acknowledged change survives ``kill -9`` of the relay (and power
+loss). Tables:
+
+``records``   the current full state of every record, its version and tombstone flag
+``changes``   every accepted change, in sequence order: the resume log and the history
+              the conflict check reads (who changed which field, to what, when)
+``uniques``   the values of ``unique`` fields, one row per (object, field, value)
+``client_ids`` which replica first used each CRDT client id (forged ids are refused)
+``meta``      the sequence counter, the relay's own id and CRDT client id
+
+Sequence numbers (versions) are server-wide and strictly increasing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import attrs
+import msgpack
+
+FORMAT_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB);
+CREATE TABLE IF NOT EXISTS records (
+    id         TEXT PRIMARY KEY,
+    object     TEXT NOT NULL,
+    state      BLOB NOT NULL,
+    version    INTEGER NOT NULL,
+    deleted    INTEGER NOT NULL DEFAULT 0,
+    created_by TEXT
+);
+CREATE INDEX IF NOT EXISTS records_object_version ON records (object, version);
+CREATE TABLE IF NOT EXISTS changes (
+    seq       INTEGER PRIMARY KEY,
+    record_id TEXT NOT NULL,
+    object    TEXT NOT NULL,
+    change_id TEXT UNIQUE,
+    replica   TEXT,
+    user      TEXT,
+    kind      TEXT NOT NULL,
+    fields    BLOB NOT NULL,
+    update_   BLOB NOT NULL,
+    at        REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS changes_record ON changes (record_id, seq);
+CREATE TABLE IF NOT EXISTS uniques (
+    object    TEXT NOT NULL,
+    field     TEXT NOT NULL,
+    value     BLOB NOT NULL,
+    record_id TEXT NOT NULL,
+    PRIMARY KEY (object, field, value)
+);
+CREATE INDEX IF NOT EXISTS uniques_record ON uniques (record_id);
+CREATE TABLE IF NOT EXISTS client_ids (client_id TEXT PRIMARY KEY, replica TEXT NOT NULL);
+"""
+
+
+def _pack(value: Any) -> bytes:
+    return bytes(msgpack.packb(value, use_bin_type=True))
+
+
+def _unpack(blob: bytes) -> Any:
+    return msgpack.unpackb(blob, raw=False, strict_map_key=False)
+
+
+class StorageError(Exception):
+    """The relay's database cannot be opened or is not a crdtsync relay database."""
+
+
+@attrs.frozen(kw_only=True)
+class StoredRecord:
+    id: str
+    object: str
+    state: bytes
+    version: int
+    deleted: bool = False
+    created_by: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ChangeRow:
+    """An accepted change. ``fields`` maps each field it touched to the value the record
+    held for it afterwards (stored encoding; ``None`` for ``text`` fields)."""
+
+    seq: int
+    record_id: str
+    object: str
+    change_id: str | None
+    replica: str | None
+    user: str | None
+    kind: str
+    fields: Mapping[str, Any]
+    update: bytes
+    at: float = 0.0
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> ChangeRow:
+        return cls(
+            seq=row["seq"],
+            record_id=row["record_id"],
+            object=row["object"],
+            change_id=row["change_id"],
+            replica=row["replica"],
+            user=row["user"],
+            kind=row["kind"],
+            fields=_unpack(row["fields"]),
+            update=bytes(row["update_"]),
+            at=row["at"],
+        )
+
+
+class RelayStorage:
+    """The relay's rows in one SQLite file. Writes happen inside :meth:`transaction`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            if path != ":memory:":
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            with self.transaction():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                found = self.get_meta("format_version")
+                if found is None:
+                    self.set_meta("format_version", FORMAT_VERSION)
+                elif found != FORMAT_VERSION:
+                    raise StorageError(f"{path}: relay database format {found} is not supported")
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"{path}: not a crdtsync relay database ({exc})") from None
+        self._seq: int = self.get_meta("seq", 0)
+        self._in_transaction = False
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Commit everything inside at once (one fsync), or nothing."""
+        if getattr(self, "_in_transaction", False):
+            yield
+            return
+        self._in_transaction = True
+        seq_before = getattr(self, "_seq", 0)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            if getattr(self, "_seq", 0) != seq_before:
+                self.set_meta("seq", self._seq)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            self._seq = seq_before
+            raise
+        else:
+            self._db.execute("COMMIT")
+        finally:
+            self._in_transaction = False
+
+    # -- meta and sequence ------------------------------------------------------------
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else _unpack(row[0])
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, _pack(value)),
+        )
+
+    @property
+    def seq(self) -> int:
+        """The last sequence number handed out (0: nothing accepted yet)."""
+        return self._seq
+
+    def next_seq(self) -> int:
+        """The next sequence number; persisted with the transaction that uses it."""
+        self._seq += 1
+        return self._seq
+
+    # -- records ----------------------------------------------------------------------
+
+    def get_record(self, record_id: str) -> StoredRecord | None:
+        row = self._db.execute("SELECT * FROM records WHERE id = ?", (record_id,)).fetchone()
+        if row is None:
+            return None
+        return StoredRecord(
+            id=row["id"],
+            object=row["object"],
+            state=bytes(row["state"]),
+            version=row["version"],
+            deleted=bool(row["deleted"]),
+            created_by=row["created_by"],
+        )
+
+    def put_record(self, record: StoredRecord) -> None:
+        self._db.execute(
+            "INSERT INTO records (id, object, state, version, deleted, created_by) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+            "state = excluded.state, version = excluded.version, deleted = excluded.deleted",
+            (
+                record.id,
+                record.object,
+                record.state,
+                record.version,
+                int(record.deleted),
+                record.created_by,
+            ),
+        )
+
+    def live_record_exists(self, object_name: str, record_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM records WHERE id = ? AND object = ? AND deleted = 0",
+            (record_id, object_name),
+        ).fetchone()
+        return row is not None
+
+    def records_since(self, objects: Iterable[str], version: int) -> Iterator[StoredRecord]:
+        """Records of ``objects`` changed after ``version``, oldest change first."""
+        names = list(objects)
+        if not names:
+            return
+        marks = ", ".join("?" for _ in names)
+        rows = self._db.execute(
+            f"SELECT * FROM records WHERE object IN ({marks}) AND version > ? ORDER BY version",
+            (*names, version),
+        )
+        for row in rows:
+            yield StoredRecord(
+                id=row["id"],
+                object=row["object"],
+                state=bytes(row["state"]),
+                version=row["version"],
+                deleted=bool(row["deleted"]),
+                created_by=row["created_by"],
+            )
+
+    def count_records(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM records WHERE deleted = 0").fetchone()[0])
+
+    # -- changes ----------------------------------------------------------------------
+
+    def add_change(self, change: ChangeRow) -> None:
+        self._db.execute(
+            "INSERT INTO changes (seq, record_id, object, change_id, replica, user, kind, "
+            "fields, update_, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                change.seq,
+                change.record_id,
+                change.object,
+                change.change_id,
+                change.replica,
+                change.user,
+                change.kind,
+                _pack(dict(change.fields)),
+                change.update,
+                change.at or time.time(),
+            ),
+        )
+
+    def find_change(self, change_id: str) -> ChangeRow | None:
+        row = self._db.execute("SELECT * FROM changes WHERE change_id = ?", (change_id,)).fetchone()
+        return None if row is None else ChangeRow.from_row(row)
+
+    def changes_of(self, record_id: str, after: int = 0) -> list[ChangeRow]:
+        """The record's accepted changes with ``seq > after``, in order."""
+        rows = self._db.execute(
+            "SELECT * FROM changes WHERE record_id = ? AND seq > ? ORDER BY seq",
+            (record_id, after),
+        )
+        return [ChangeRow.from_row(row) for row in rows]
+
+    def field_value_at(self, record_id: str, field: str, version: int) -> Any:
+        """The value ``field`` had at ``version`` (stored encoding; None if unset)."""
+        rows = self._db.execute(
+            "SELECT fields FROM changes WHERE record_id = ? AND seq <= ? ORDER BY seq DESC",
+            (record_id, version),
+        )
+        for row in rows:
+            fields = _unpack(row[0])
+            if field in fields:
+                return fields[field]
+        return None
+
+    # -- uniques ----------------------------------------------------------------------
+
+    def unique_holder(self, object_name: str, field: str, value: Any) -> str | None:
+        row = self._db.execute(
+            "SELECT record_id FROM uniques WHERE object = ? AND field = ? AND value = ?",
+            (object_name, field, _pack(value)),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_uniques(self, object_name: str, record_id: str, values: Mapping[str, Any]) -> None:
+        """Replace the record's unique values by ``values`` (``None`` values are skipped)."""
+        self._db.execute("DELETE FROM uniques WHERE record_id = ?", (record_id,))
+        for field, value in values.items():
+            if value is not None:
+                self._db.execute(
+                    "INSERT INTO uniques (object, field, value, record_id) VALUES (?, ?, ?, ?)",
+                    (object_name, field, _pack(value), record_id),
+                )
+
+    # -- CRDT client ids ----------------------------------------------------------------
+
+    def client_id_owner(self, client_id: int) -> str | None:
+        row = self._db.execute(
+            "SELECT replica FROM client_ids WHERE client_id = ?", (str(client_id),)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def bind_client_id(self, client_id: int, replica: str) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO client_ids (client_id, replica) VALUES (?, ?)",
+            (str(client_id), replica),
+        )
+
+    def integrity_check(self) -> str:
+        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
