@@ -20,6 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     stories = demo.add_subparsers(dest="story", required=True)
     offline = stories.add_parser("offline", help="create, edit and delete records offline")
     offline.add_argument("--store", help="SQLite file for the local store (default: temporary)")
+    stories.add_parser("sync", help="a relay and two users through every sync scenario")
 
     serve = commands.add_parser("serve", help="run the relay server")
     serve.add_argument("--config", required=True, help="the app's TOML configuration")
@@ -45,6 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import run_offline
 
             run_offline(sys.stdout, store=args.store)
+        elif args.command == "demo" and args.story == "sync":
+            import asyncio
+            import logging
+
+            from .demo import run_sync
+
+            logging.basicConfig(level=logging.ERROR)
+            asyncio.run(run_sync(sys.stdout))
         elif args.command == "serve":
             return _serve(args)
         elif args.command == "token":

@@ -40,3 +40,39 @@ def test_demo_on_a_file_that_is_not_a_store_prints_one_clear_error(tmp_path: obj
     assert result.returncode == 2
     assert "crdtsync: error:" in result.stderr and "bogus.sqlite3" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_sync_demo_walks_two_users_through_every_scenario() -> None:
+    result = run("demo", "sync")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Relay on ws://127.0.0.1:" in out
+    assert "Industry=Energy, Employees=150" in out  # different fields merged
+    assert "Name: changed by bob to 'Acme Corp'" in out  # same field: conflict
+    assert "is locked" in out
+    assert "both now see 'Acme Energy Corp'" in out  # resolved everywhere
+    assert "already used by another Contact" in out  # unique
+    assert "unresolvable" in out and "deleted by someone else" in out
+    assert "since you deleted it" in out
+    assert "Traceback" not in out + result.stderr
+
+
+def test_token_command_prints_a_token_the_relay_accepts() -> None:
+    from crdtsync_server.auth import TokenAuthority
+    from crdtsync_server.config import RelayConfig
+
+    from .conftest import EXAMPLE_CONFIG
+
+    result = run("token", "--config", str(EXAMPLE_CONFIG), "--user", "alice", "--role", "sales")
+    assert result.returncode == 0, result.stderr
+    identity = TokenAuthority(RelayConfig.from_toml(EXAMPLE_CONFIG).secret).verify(
+        result.stdout.strip()
+    )
+    assert (identity.user, identity.roles) == ("alice", ("sales",))
+
+
+def test_serve_with_a_missing_config_is_one_clear_error() -> None:
+    result = run("serve", "--config", "/nonexistent/app.toml")
+    assert result.returncode == 2
+    assert "cannot read /nonexistent/app.toml" in result.stderr
+    assert "Traceback" not in result.stderr

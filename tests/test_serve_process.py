@@ -1,0 +1,146 @@
+"""``crdtsync serve`` as a real process: health and metrics, graceful SIGTERM, and
+acknowledged changes surviving ``kill -9``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crdtsync import Client
+
+from .conftest import EXAMPLE_CONFIG
+
+SECRET = "a-long-enough-test-secret-of-32-bytes!"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServeProcess:
+    def __init__(self, database: Path, port: int) -> None:
+        self.database, self.port = database, port
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "CRDTSYNC_SECRET": SECRET}
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "crdtsync",
+                "serve",
+                "--config",
+                str(EXAMPLE_CONFIG),
+                "--db",
+                str(self.database),
+                "--port",
+                str(self.port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        assert "listening" in line, line
+
+    def get(self, path: str) -> tuple[int, str]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as reply:
+            return reply.status, reply.read().decode()
+
+    def token(self, user: str) -> str:
+        from crdtsync_server.auth import TokenAuthority
+
+        return TokenAuthority(SECRET).issue(user)
+
+    def client(self, user: str, store: Path) -> Client:
+        return Client(
+            f"ws://127.0.0.1:{self.port}",
+            token=self.token(user),
+            store=str(store),
+            schema=EXAMPLE_CONFIG,
+            backoff_initial=0.05,
+            backoff_max=0.3,
+        )
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[ServeProcess]:
+    process = ServeProcess(tmp_path / "relay.sqlite3", free_port())
+    process.start()
+    yield process
+    process.stop()
+
+
+def test_healthz_and_metrics_answer_on_the_websocket_port(served: ServeProcess) -> None:
+    assert served.get("/healthz") == (200, "ok\n")
+
+    async def push_one() -> None:
+        async with served.client("alice", served.database.parent / "a.sqlite3") as alice:
+            alice.create("Account", {"Name": "Counted"})
+            await alice.sync(timeout=10)
+
+    asyncio.run(push_one())
+    status, text = served.get("/metrics")
+    assert status == 200
+    assert 'crdtsync_changes_total{verdict="accepted"} 1' in text
+    assert "crdtsync_merge_seconds_count 1" in text
+
+
+def test_sigterm_shuts_down_gracefully_closing_connections_with_1001(
+    served: ServeProcess,
+) -> None:
+    from websockets.asyncio.client import connect
+
+    async def connect_then_terminate() -> int | None:
+        async with connect(f"ws://127.0.0.1:{served.port}") as websocket:
+            assert served.process is not None
+            served.process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(websocket.wait_closed(), 10)
+            return websocket.close_code
+
+    assert asyncio.run(connect_then_terminate()) == 1001
+    assert served.process is not None
+    assert served.process.wait(timeout=10) == 0
+
+
+def test_acknowledged_changes_survive_kill_9_of_the_relay(served: ServeProcess) -> None:
+    store = served.database.parent / "alice.sqlite3"
+
+    async def write() -> list[str]:
+        async with served.client("alice", store) as alice:
+            ids = [alice.create("Account", {"Name": f"Durable {i}"}) for i in range(25)]
+            await alice.sync(timeout=10)
+            assert alice.pending() == []
+            return ids
+
+    ids = asyncio.run(write())
+    assert served.process is not None
+    served.process.send_signal(signal.SIGKILL)
+    served.process.wait()
+    served.start()  # same database, same port
+
+    async def read() -> set[str]:
+        async with served.client("bob", served.database.parent / "bob.sqlite3") as bob:
+            await bob.sync(timeout=10)
+            return {record.id for record in bob.records("Account")}
+
+    assert set(ids) <= asyncio.run(read())
