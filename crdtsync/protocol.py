@@ -46,6 +46,7 @@ class ErrorCode(enum.StrEnum):
     FORGED_CLIENT_ID = "forged_client_id"
     DUPLICATE_RECORD = "duplicate_record"
     UNKNOWN_RECORD = "unknown_record"
+    REFUSED_OPS = "refused_ops"
     INTERNAL_ERROR = "internal_error"
     TOO_SLOW = "too_slow"
 

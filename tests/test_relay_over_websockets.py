@@ -225,3 +225,67 @@ async def test_identity_comes_from_the_token_not_from_the_frame(
     async with bob:
         await bob.sync()
         assert bob.get("r-who").fields["Owner"] == "alice"  # type: ignore[union-attr]
+
+
+async def test_relay_refuses_operations_it_rejected_when_they_come_back(
+    relay: RelayHarness, raw_connect: Callable[[], Any]
+) -> None:
+    """A replica that keeps a rejected write (no rebuild) and pushes it again inside a
+    later change must not see it win on the relay (the zombie-op scenario)."""
+    schema = relay.config.schema.object("Account")
+    bob = relay.client("bob")
+    async with bob, raw_connect() as websocket:
+        raw = RawConnection(websocket)
+        await raw.handshake(relay.token("mallory"), replica="zombie-phone")
+        zombie = RecordDoc(schema, client_id=2**52)  # higher than bob's: it would win
+        zombie.write({"Name": "Acme"})
+        create = ChangeFrame(
+            change_id="z-1",
+            record_id="r-z",
+            object="Account",
+            kind="create",
+            base_version=0,
+            field_bases={},
+            delta=zombie.full_update(),
+        )
+        await raw.send(Push((create,)))
+        [ack] = (await raw.receive_until(Verdicts))[-1].items  # type: ignore[attr-defined]
+        assert isinstance(ack, Ack)
+        await bob.sync()
+        bob.update("r-z", {"Name": "Bob's name"})
+        await bob.sync()
+        relay_state = relay.server.storage.get_record("r-z").state  # type: ignore[union-attr]
+        before = zombie.state()
+        zombie.write({"Name": "Rejected name"})
+        rejected_write = zombie.delta(before)
+        conflict = ChangeFrame(
+            change_id="z-2",
+            record_id="r-z",
+            object="Account",
+            kind="update",
+            base_version=1,
+            field_bases={},
+            delta=rejected_write,
+        )
+        await raw.send(Push((conflict,)))
+        [verdict] = (await raw.receive_until(Verdicts))[-1].items  # type: ignore[attr-defined]
+        assert verdict.__class__.__name__ == "Conflict"
+        # No rebuild: learn bob's version, edit another field, push everything since.
+        zombie.apply(relay_state)
+        zombie.write({"Industry": "Energy"})
+        relay_view = RecordDoc.from_update(schema, relay_state)
+        sneaky = ChangeFrame(
+            change_id="z-3",
+            record_id="r-z",
+            object="Account",
+            kind="update",
+            base_version=2,
+            field_bases={},
+            delta=zombie.delta(relay_view.state()),
+        )
+        await raw.send(Push((sneaky,)))
+        [verdict] = (await raw.receive_until(Verdicts))[-1].items  # type: ignore[attr-defined]
+        assert isinstance(verdict, Rejected) and verdict.code is ErrorCode.REFUSED_OPS
+        await bob.sync()
+        assert bob.get("r-z").fields["Name"] == "Bob's name"  # type: ignore[union-attr]
+        assert "Industry" not in bob.get("r-z").fields  # type: ignore[union-attr]

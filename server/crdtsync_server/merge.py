@@ -15,6 +15,10 @@ policy) to a verdict.
    types and constraints of the touched fields, required fields, custom rules,
    ``unique`` and ``reference``.
 
+Operations of a change refused as a conflict are remembered (``refused_ops``): a later
+change carrying any of them again (a "zombie" op kept by a replica that did not rebuild
+its document) is refused with ``refused_ops``, so a rejected write never takes effect.
+
 It applies speculatively into the cached document (no per-change copy): when it
 returns :class:`Refused` with ``dirty=True`` the caller must drop that document and
 rebuild it from the store, so a refused update leaves no trace. pycrdt faults,
@@ -57,6 +61,7 @@ class MergeContext(Protocol):
     def unique_holder(self, object_name: str, field: str, value: Any) -> str | None: ...
     def live_record_exists(self, object_name: str, record_id: str) -> bool: ...
     def client_id_owner(self, client_id: int) -> str | None: ...
+    def refused_by(self, client_id: int, start: int, end: int) -> str | None: ...
 
 
 @attrs.define
@@ -101,6 +106,7 @@ class Refused:
 
     verdict: Conflict | Unresolvable | Rejected
     dirty: bool = False
+    refused_ops: ParsedUpdate | None = None  #: operations to refuse from now on (no zombies)
 
 
 Decision = Accepted | AlreadyDone | Refused
@@ -264,6 +270,14 @@ def _merge(
             return rejected(
                 ErrorCode.FORGED_CLIENT_ID, f"CRDT client id {client} belongs to another replica"
             )
+    for client, (start, end) in parsed.client_ranges().items():
+        earlier = context.refused_by(client, start, end)
+        if earlier is not None and earlier != change.change_id:
+            return rejected(
+                ErrorCode.REFUSED_OPS,
+                f"the update carries operations the relay refused in change {earlier}; "
+                "rebuild the record from the relay's version",
+            )
     index = state.index if state is not None else ItemIndex()
     anatomy = index.analyse(parsed)
     problem = _shape_problem(anatomy, spec, creating=creating)
@@ -287,7 +301,8 @@ def _merge(
                     version=state.stored.version,
                     update=state.stored.state,
                     conflicts=conflicts,
-                )
+                ),
+                refused_ops=parsed,
             )
 
     doc = state.doc if state is not None else RecordDoc(spec, client_id=relay_client_id)
@@ -338,6 +353,7 @@ def _merge(
                 errors=tuple(WireFieldError(field=e.field, message=e.message) for e in errors),
             ),
             dirty=True,
+            refused_ops=parsed,
         )
     fields = {
         name: None

@@ -204,6 +204,8 @@ class Relay:
         if isinstance(decision, Refused):
             if decision.dirty:
                 self._cache.pop(change.record_id, None)
+            if decision.refused_ops is not None:
+                self.storage.add_refused(change.change_id, decision.refused_ops.client_ranges())
             return decision.verdict, None
         if isinstance(decision, AlreadyDone):
             return Ack(

@@ -9,6 +9,7 @@ loss). Tables:
               the conflict check reads (who changed which field, to what, when)
 ``uniques``   the values of ``unique`` fields, one row per (object, field, value)
 ``client_ids`` which replica first used each CRDT client id (forged ids are refused)
+``refused_ops`` the CRDT operations of refused changes (they may never come back)
 ``meta``      the sequence counter, the relay's own id and CRDT client id
 
 Sequence numbers (versions) are server-wide and strictly increasing.
@@ -60,6 +61,13 @@ CREATE TABLE IF NOT EXISTS uniques (
 );
 CREATE INDEX IF NOT EXISTS uniques_record ON uniques (record_id);
 CREATE TABLE IF NOT EXISTS client_ids (client_id TEXT PRIMARY KEY, replica TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS refused_ops (
+    client_id TEXT NOT NULL,
+    start     INTEGER NOT NULL,
+    end_      INTEGER NOT NULL,
+    change_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS refused_ops_client ON refused_ops (client_id, start);
 """
 
 
@@ -326,6 +334,23 @@ class RelayStorage:
             "INSERT OR IGNORE INTO client_ids (client_id, replica) VALUES (?, ?)",
             (str(client_id), replica),
         )
+
+    def add_refused(self, change_id: str, ranges: Mapping[int, tuple[int, int]]) -> None:
+        """Remember the operations (client, clock range) of a refused change."""
+        for client, (start, end) in ranges.items():
+            self._db.execute(
+                "INSERT INTO refused_ops (client_id, start, end_, change_id) VALUES (?, ?, ?, ?)",
+                (str(client), start, end, change_id),
+            )
+
+    def refused_by(self, client_id: int, start: int, end: int) -> str | None:
+        """The id of a refused change whose operations overlap ``[start, end)``."""
+        row = self._db.execute(
+            "SELECT change_id FROM refused_ops WHERE client_id = ? AND start < ? AND end_ > ? "
+            "LIMIT 1",
+            (str(client_id), end, start),
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
