@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from .events import ConnectivityChanged, Event, EventBus, EventStream, PendingChanged
 from .exceptions import OfflineError, SchemaError
 from .model import PendingChange, Record, Status
-from .protocol import MAX_FRAME_BYTES, ErrorCode, ProtocolError
+from .protocol import MAX_RELAY_FRAME_BYTES, ErrorCode, ProtocolError
 from .replica import Replica
 from .schema import Schema
 from .store import LocalStore
@@ -285,7 +285,7 @@ class Client:
         try:
             async with connect(
                 self.url,
-                max_size=MAX_FRAME_BYTES,
+                max_size=MAX_RELAY_FRAME_BYTES,
                 compression=None,
                 open_timeout=10,
                 close_timeout=2,

@@ -25,7 +25,8 @@ import msgpack
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
-MAX_FRAME_BYTES = 4 * 1024 * 1024
+MAX_FRAME_BYTES = 4 * 1024 * 1024  #: what a relay accepts from a replica
+MAX_RELAY_FRAME_BYTES = 64 * 1024 * 1024  #: what a replica accepts from the relay
 
 
 class ErrorCode(enum.StrEnum):
@@ -516,8 +517,8 @@ class Rejected:
         code = _get(data, "code", str, where)
         try:
             error_code = ErrorCode(code)
-        except ValueError:
-            raise _malformed(f"{where}.code", f"unknown error code {code!r}") from None
+        except ValueError:  # a newer relay's code: still an error, say which
+            error_code = ErrorCode.INTERNAL_ERROR
         return cls(
             change_id=_get(data, "id", str, where),
             record_id=_get(data, "record", str, where),

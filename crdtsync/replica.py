@@ -417,6 +417,12 @@ class Replica:
         """The last relay version this replica has seen everything up to."""
         return int(self.store.get_meta("cursor", 0))
 
+    def reset_cursor(self, server_id: str) -> None:
+        """Forget the cursor: the relay (``server_id``) is not the one it was issued by."""
+        with self.store.transaction():
+            self.store.set_meta("cursor", 0)
+            self.store.set_meta("server_id", server_id)
+
     def advance_cursor(self, version: int) -> None:
         if version > self.cursor:
             with self.store.transaction():

@@ -26,6 +26,7 @@ from .events import Event, SyncFinished, SyncProgress, SyncStarted
 from .exceptions import FieldError
 from .model import FieldConflict, Problem, UnresolvableReason
 from .protocol import (
+    MAX_RELAY_FRAME_BYTES,
     SUPPORTED_VERSIONS,
     Ack,
     CaughtUp,
@@ -109,7 +110,7 @@ class SyncSession:
     def receive(self, data: bytes) -> None:
         """Handle one message from the relay. A malformed frame from the relay is a
         protocol error: :class:`ProtocolError` is raised and the transport should close."""
-        frame = decode(data)
+        frame = decode(data, max_bytes=MAX_RELAY_FRAME_BYTES)
         self._handle(frame)
 
     def connection_lost(self) -> None:
@@ -156,6 +157,11 @@ class SyncSession:
             if frame.fatal:
                 self.state = SyncState.FAILED
                 self.error = frame
+            elif self._inflight:
+                # The relay could not read our push: it will not answer those changes.
+                for change_id in list(self._inflight):
+                    self.replica.apply_rejected(change_id, frame.code.value, frame.message)
+                self._inflight.clear()
             return
         if isinstance(frame, Welcome):
             self._welcome(frame)
@@ -171,7 +177,10 @@ class SyncSession:
                     deleted=item.deleted,
                     by=item.by,
                 )
-                self.replica.advance_cursor(item.version)
+                # A backlog is ordered by record, not by version: the cursor moves only
+                # at caught_up. Live fan-out arrives in version order.
+                if self.state is SyncState.READY:
+                    self.replica.advance_cursor(item.version)
         elif isinstance(frame, CaughtUp):
             self.replica.advance_cursor(frame.cursor)
             self.state = SyncState.READY
@@ -187,6 +196,9 @@ class SyncSession:
         if self.state is not SyncState.HELLO_SENT:
             raise ProtocolError(ErrorCode.MALFORMED_FRAME, "welcome received twice")
         self.user = welcome.user
+        if self.replica.store.get_meta("server_id") != welcome.server_id:
+            # Another relay (or a relay whose database was replaced): start over.
+            self.replica.reset_cursor(welcome.server_id)
         schema = Schema.from_wire(welcome.schema)
         self._on_schema(schema)
         self.state = SyncState.CATCHING_UP

@@ -345,3 +345,39 @@ async def test_schema_from_the_relay_is_cached_for_offline_use(relay: RelayHarne
     reopened = Client(store=store)  # no schema given, no relay
     assert set(reopened.schema.objects) == {"Account", "Contact", "Opportunity", "Task"}
     reopened.close()
+
+
+async def test_other_records_still_sync_while_one_is_in_conflict(relay: RelayHarness) -> None:
+    alice, bob = relay.client("alice"), relay.client("bob")
+    async with alice, bob:
+        rid = alice.create("Account", {"Name": "Acme"})
+        await alice.sync()
+        await bob.sync()
+        alice.go_offline()
+        alice.update(rid, {"Name": "Mine"})
+        bob.update(rid, {"Name": "Theirs"})
+        await bob.sync()
+        alice.go_online()
+        await alice.sync()
+        assert alice.get(rid).status is Status.CONFLICT  # type: ignore[union-attr]
+        other = alice.create("Account", {"Name": "Unrelated"})
+        await alice.sync()
+        assert alice.get(other).status is Status.SYNCED  # type: ignore[union-attr]
+
+
+async def test_a_replica_id_belongs_to_the_user_who_first_used_it(
+    relay: RelayHarness, raw_connect: object
+) -> None:
+    from crdtsync.protocol import Error, ErrorCode, Hello
+
+    from .conftest import RawConnection
+
+    alice = relay.client("alice")
+    async with alice:
+        await alice.sync()
+        async with raw_connect() as websocket:  # type: ignore[operator]
+            raw = RawConnection(websocket)
+            await raw.send(Hello((1,), relay.token("mallory"), alice.replica_id))
+            error = await raw.receive()
+            assert isinstance(error, Error) and error.code is ErrorCode.AUTH_FAILED
+            assert "another user" in error.message

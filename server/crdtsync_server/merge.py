@@ -61,7 +61,7 @@ class MergeContext(Protocol):
     def unique_holder(self, object_name: str, field: str, value: Any) -> str | None: ...
     def live_record_exists(self, object_name: str, record_id: str) -> bool: ...
     def client_id_owner(self, client_id: int) -> str | None: ...
-    def refused_by(self, client_id: int, start: int, end: int) -> str | None: ...
+    def refused_by(self, record_id: str, client_id: int, start: int, end: int) -> str | None: ...
 
 
 @attrs.define
@@ -220,7 +220,7 @@ def _delete(
             field=name,
             base=context.field_value_at(change.record_id, name, change.base_version),
             mine=None,
-            theirs=state.doc.stored_value(name),
+            theirs=_canonical_stored(spec.fields[name].type, state.doc.stored_value(name)),
             changed_by=next(c.user for c in reversed(since) if name in c.fields),
         )
         for name in changed
@@ -271,7 +271,7 @@ def _merge(
                 ErrorCode.FORGED_CLIENT_ID, f"CRDT client id {client} belongs to another replica"
             )
     for client, (start, end) in parsed.client_ranges().items():
-        earlier = context.refused_by(client, start, end)
+        earlier = context.refused_by(change.record_id, client, start, end)
         if earlier is not None and earlier != change.change_id:
             return rejected(
                 ErrorCode.REFUSED_OPS,
@@ -442,6 +442,11 @@ def _concurrent_edits(
             )
         )
     return tuple(conflicts)
+
+
+def _canonical_stored(field_type: FieldType, value: Any) -> Any:
+    """A stored value re-encoded the way the schema writes it (ints back from floats)."""
+    return field_type.encode(_decoded(field_type, value))
 
 
 def _decoded(field_type: FieldType, value: Any) -> Any:

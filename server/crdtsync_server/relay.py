@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("crdtsync.relay")
 
 BACKLOG_BATCH = 500
+BACKLOG_BATCH_BYTES = 1024 * 1024
 
 
 class Relay:
@@ -95,14 +96,16 @@ class Relay:
         if cursor > self.storage.seq:
             cursor = 0
         batch: list[RecordChange] = []
+        size = 0
         for stored in self.storage.records_since(readable, cursor):
             item = self._catch_up_item(principal, stored, cursor)
             if item is None:
                 continue
             batch.append(item)
-            if len(batch) >= BACKLOG_BATCH:
+            size += len(item.update) + 128
+            if len(batch) >= BACKLOG_BATCH or size >= BACKLOG_BATCH_BYTES:
                 yield Changes(tuple(batch))
-                batch = []
+                batch, size = [], 0
         if batch:
             yield Changes(tuple(batch))
         yield CaughtUp(self.storage.seq)
@@ -205,7 +208,9 @@ class Relay:
             if decision.dirty:
                 self._cache.pop(change.record_id, None)
             if decision.refused_ops is not None:
-                self.storage.add_refused(change.change_id, decision.refused_ops.client_ranges())
+                self.storage.add_refused(
+                    change.record_id, change.change_id, decision.refused_ops.client_ranges()
+                )
             return decision.verdict, None
         if isinstance(decision, AlreadyDone):
             return Ack(

@@ -156,6 +156,15 @@ class RelaySession:
         except AuthError as exc:
             self._fail(ErrorCode.AUTH_FAILED, str(exc), CLOSE_POLICY_VIOLATION)
             return
+        owner = self.relay.storage.replica_user(hello.replica_id)
+        if owner is not None and owner != identity.user:
+            self._fail(
+                ErrorCode.AUTH_FAILED,
+                "this replica id belongs to another user: use a store of your own",
+                CLOSE_POLICY_VIOLATION,
+            )
+            return
+        self.relay.storage.bind_replica(hello.replica_id, identity.user)
         self.principal = Principal(identity.user, hello.replica_id, ("default", *identity.roles))
         self.state = SessionState.READY
         self.relay.attach(self)

@@ -62,12 +62,14 @@ CREATE TABLE IF NOT EXISTS uniques (
 CREATE INDEX IF NOT EXISTS uniques_record ON uniques (record_id);
 CREATE TABLE IF NOT EXISTS client_ids (client_id TEXT PRIMARY KEY, replica TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS refused_ops (
+    record_id TEXT NOT NULL,
     client_id TEXT NOT NULL,
     start     INTEGER NOT NULL,
     end_      INTEGER NOT NULL,
     change_id TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS refused_ops_client ON refused_ops (client_id, start);
+CREATE INDEX IF NOT EXISTS refused_ops_client ON refused_ops (record_id, client_id, start);
+CREATE TABLE IF NOT EXISTS replicas (replica_id TEXT PRIMARY KEY, user TEXT NOT NULL);
 """
 
 
@@ -335,22 +337,41 @@ class RelayStorage:
             (str(client_id), replica),
         )
 
-    def add_refused(self, change_id: str, ranges: Mapping[int, tuple[int, int]]) -> None:
-        """Remember the operations (client, clock range) of a refused change."""
+    def add_refused(
+        self, record_id: str, change_id: str, ranges: Mapping[int, tuple[int, int]]
+    ) -> None:
+        """Remember the operations (client, clock range) of a refused change to a record
+        (clocks count per record document)."""
         for client, (start, end) in ranges.items():
             self._db.execute(
-                "INSERT INTO refused_ops (client_id, start, end_, change_id) VALUES (?, ?, ?, ?)",
-                (str(client), start, end, change_id),
+                "INSERT INTO refused_ops (record_id, client_id, start, end_, change_id) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (record_id, str(client), start, end, change_id),
             )
 
-    def refused_by(self, client_id: int, start: int, end: int) -> str | None:
-        """The id of a refused change whose operations overlap ``[start, end)``."""
+    def refused_by(self, record_id: str, client_id: int, start: int, end: int) -> str | None:
+        """The id of a refused change to the record whose operations overlap
+        ``[start, end)`` of ``client_id``."""
         row = self._db.execute(
-            "SELECT change_id FROM refused_ops WHERE client_id = ? AND start < ? AND end_ > ? "
-            "LIMIT 1",
-            (str(client_id), end, start),
+            "SELECT change_id FROM refused_ops WHERE record_id = ? AND client_id = ? "
+            "AND start < ? AND end_ > ? LIMIT 1",
+            (record_id, str(client_id), end, start),
         ).fetchone()
         return None if row is None else str(row[0])
+
+    def replica_user(self, replica_id: str) -> str | None:
+        row = self._db.execute(
+            "SELECT user FROM replicas WHERE replica_id = ?", (replica_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def bind_replica(self, replica_id: str, user: str) -> None:
+        """A replica id belongs to the first user who connects with it."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO replicas (replica_id, user) VALUES (?, ?)",
+                (replica_id, user),
+            )
 
     def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
