@@ -48,6 +48,7 @@ class ErrorCode(enum.StrEnum):
     DUPLICATE_RECORD = "duplicate_record"
     UNKNOWN_RECORD = "unknown_record"
     REFUSED_OPS = "refused_ops"
+    UNKNOWN_ERROR = "unknown_error"  #: a code this side does not know (a newer peer's)
     INTERNAL_ERROR = "internal_error"
     TOO_SLOW = "too_slow"
 
@@ -452,10 +453,10 @@ class Conflict:
             version=_get(data, "version", int, where),
             update=_get(data, "update", bytes, where, optional=True, default=b""),
             conflicts=_list(data, "conflicts", where, WireConflict.from_wire)
-            if "conflicts" in data
+            if data.get("conflicts") is not None
             else (),
             errors=_list(data, "errors", where, WireFieldError.from_wire)
-            if "errors" in data
+            if data.get("errors") is not None
             else (),
             message=_get(data, "message", str, where, optional=True, default=""),
         )
@@ -517,8 +518,8 @@ class Rejected:
         code = _get(data, "code", str, where)
         try:
             error_code = ErrorCode(code)
-        except ValueError:  # a newer relay's code: still an error, say which
-            error_code = ErrorCode.INTERNAL_ERROR
+        except ValueError:  # a newer relay's code: a permanent error all the same
+            error_code = ErrorCode.UNKNOWN_ERROR
         return cls(
             change_id=_get(data, "id", str, where),
             record_id=_get(data, "record", str, where),
@@ -577,8 +578,8 @@ class Error:
         code = _get(data, "code", str, "error")
         try:
             error_code = ErrorCode(code)
-        except ValueError:
-            error_code = ErrorCode.INTERNAL_ERROR
+        except ValueError:  # a newer relay's code
+            error_code = ErrorCode.UNKNOWN_ERROR
         return cls(
             error_code,
             _get(data, "message", str, "error"),
