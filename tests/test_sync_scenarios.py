@@ -3,12 +3,14 @@ files, two or more clients. One test per scenario of the product brief."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from crdtsync import (
     ChangeKind,
+    Client,
     ConnectivityChanged,
     FieldChange,
     OfflineError,
@@ -23,6 +25,28 @@ from .conftest import RelayHarness, eventually
 pytestmark = pytest.mark.asyncio
 
 
+async def shared_record(
+    alice: Client, bob: Client, object_name: str, values: dict[str, object]
+) -> str:
+    """A record Alice created and both replicas have synced."""
+    record_id = alice.create(object_name, values)
+    await alice.sync()
+    await bob.sync()
+    return record_id
+
+
+async def while_alice_offline(
+    alice: Client, bob: Client, alice_edit: Callable[[], None], bob_edit: Callable[[], None]
+) -> None:
+    """Alice edits offline while Bob edits and syncs; then Alice comes back and syncs."""
+    alice.go_offline()
+    alice_edit()
+    bob_edit()
+    await bob.sync()
+    alice.go_online()
+    await alice.sync()
+
+
 async def test_offline_create_edit_delete_sync_on_reconnect(relay: RelayHarness) -> None:
     alice, bob = relay.client("alice"), relay.client("bob")
     async with alice, bob:
@@ -31,7 +55,6 @@ async def test_offline_create_edit_delete_sync_on_reconnect(relay: RelayHarness)
         keep = alice.create("Account", {"Name": "Acme", "Employees": 10})
         alice.update(keep, {"Industry": "Energy"})
         gone = alice.create("Account", {"Name": "Temp"})
-        await alice.sync() if False else None
         assert [c.record_id for c in alice.pending()] == [keep, gone]
         alice.go_online()
         await alice.sync()
@@ -56,15 +79,13 @@ async def test_different_fields_edited_on_both_sides_merge_without_conflict(
 ) -> None:
     alice, bob = relay.client("alice"), relay.client("bob")
     async with alice, bob:
-        rid = alice.create("Account", {"Name": "Acme"})
-        await alice.sync()
-        await bob.sync()
-        alice.go_offline()
-        alice.update(rid, {"Industry": "Retail"})
-        bob.update(rid, {"Employees": 42})
-        await bob.sync()
-        alice.go_online()
-        await alice.sync()
+        rid = await shared_record(alice, bob, "Account", {"Name": "Acme"})
+        await while_alice_offline(
+            alice,
+            bob,
+            lambda: alice.update(rid, {"Industry": "Retail"}),
+            lambda: bob.update(rid, {"Employees": 42}),
+        )
         await bob.sync()
         expected = {"Name": "Acme", "Industry": "Retail", "Employees": 42, "Owner": "alice"}
         assert alice.get(rid).fields == expected  # type: ignore[union-attr]
@@ -78,15 +99,13 @@ async def test_same_field_edited_on_both_sides_is_a_conflict_resolved_by_the_use
     alice, bob = relay.client("alice"), relay.client("bob")
     async with alice, bob:
         events = alice.events()
-        rid = alice.create("Account", {"Name": "Acme"})
-        await alice.sync()
-        await bob.sync()
-        alice.go_offline()
-        alice.update(rid, {"Name": "Acme Alice"})
-        bob.update(rid, {"Name": "Acme Bob"})
-        await bob.sync()
-        alice.go_online()
-        await alice.sync()
+        rid = await shared_record(alice, bob, "Account", {"Name": "Acme"})
+        await while_alice_offline(
+            alice,
+            bob,
+            lambda: alice.update(rid, {"Name": "Acme Alice"}),
+            lambda: bob.update(rid, {"Name": "Acme Bob"}),
+        )
         [change] = alice.pending()
         assert change.status is Status.CONFLICT
         assert change.problem is not None
@@ -115,15 +134,13 @@ async def test_same_field_edited_on_both_sides_is_a_conflict_resolved_by_the_use
 async def test_equal_values_on_both_sides_are_not_a_conflict(relay: RelayHarness) -> None:
     alice, bob = relay.client("alice"), relay.client("bob")
     async with alice, bob:
-        rid = alice.create("Account", {"Name": "Acme"})
-        await alice.sync()
-        await bob.sync()
-        alice.go_offline()
-        alice.update(rid, {"Industry": "Energy"})
-        bob.update(rid, {"Industry": "Energy"})
-        await bob.sync()
-        alice.go_online()
-        await alice.sync()
+        rid = await shared_record(alice, bob, "Account", {"Name": "Acme"})
+        await while_alice_offline(
+            alice,
+            bob,
+            lambda: alice.update(rid, {"Industry": "Energy"}),
+            lambda: bob.update(rid, {"Industry": "Energy"}),
+        )
         assert alice.pending() == []
 
 
@@ -175,15 +192,10 @@ async def test_edit_of_record_deleted_elsewhere_is_unresolvable_and_dismissed(
 ) -> None:
     alice, bob = relay.client("alice"), relay.client("bob")
     async with alice, bob:
-        rid = alice.create("Account", {"Name": "Acme"})
-        await alice.sync()
-        await bob.sync()
-        alice.go_offline()
-        alice.update(rid, {"Name": "Acme Corp"})
-        bob.delete(rid)
-        await bob.sync()
-        alice.go_online()
-        await alice.sync()
+        rid = await shared_record(alice, bob, "Account", {"Name": "Acme"})
+        await while_alice_offline(
+            alice, bob, lambda: alice.update(rid, {"Name": "Acme Corp"}), lambda: bob.delete(rid)
+        )
         [change] = alice.pending()
         assert change.status is Status.UNRESOLVABLE
         assert change.problem is not None and change.problem.reason is UnresolvableReason.DELETED
@@ -194,15 +206,10 @@ async def test_edit_of_record_deleted_elsewhere_is_unresolvable_and_dismissed(
 async def test_delete_of_record_changed_elsewhere_is_a_conflict(relay: RelayHarness) -> None:
     alice, bob = relay.client("alice"), relay.client("bob")
     async with alice, bob:
-        rid = alice.create("Account", {"Name": "Acme"})
-        await alice.sync()
-        await bob.sync()
-        alice.go_offline()
-        alice.delete(rid)
-        bob.update(rid, {"Employees": 7})
-        await bob.sync()
-        alice.go_online()
-        await alice.sync()
+        rid = await shared_record(alice, bob, "Account", {"Name": "Acme"})
+        await while_alice_offline(
+            alice, bob, lambda: alice.delete(rid), lambda: bob.update(rid, {"Employees": 7})
+        )
         [change] = alice.pending()
         assert (change.kind, change.status) == (ChangeKind.DELETE, Status.CONFLICT)
         assert change.problem is not None and "bob" in change.problem.message
@@ -261,15 +268,15 @@ async def test_pending_changes_survive_a_client_restart(relay: RelayHarness) -> 
 async def test_text_fields_edited_on_both_sides_merge_character_wise(relay: RelayHarness) -> None:
     alice, bob = relay.client("alice"), relay.client("bob")
     async with alice, bob:
-        rid = alice.create("Task", {"Subject": "Call", "Notes": "Ask about wind farms."})
-        await alice.sync()
-        await bob.sync()
-        alice.go_offline()
-        alice.update(rid, {"Notes": "Ask about solar and wind farms."})
-        bob.update(rid, {"Notes": "Ask about wind farms. Bring the contract."})
-        await bob.sync()
-        alice.go_online()
-        await alice.sync()
+        rid = await shared_record(
+            alice, bob, "Task", {"Subject": "Call", "Notes": "Ask about wind farms."}
+        )
+        await while_alice_offline(
+            alice,
+            bob,
+            lambda: alice.update(rid, {"Notes": "Ask about solar and wind farms."}),
+            lambda: bob.update(rid, {"Notes": "Ask about wind farms. Bring the contract."}),
+        )
         await bob.sync()
         merged = "Ask about solar and wind farms. Bring the contract."
         assert alice.pending() == []
@@ -316,15 +323,13 @@ async def test_dependent_change_waits_while_its_reference_is_in_conflict(
 async def test_rejected_write_does_not_come_back_after_dismiss(relay: RelayHarness) -> None:
     alice, bob = relay.client("alice"), relay.client("bob")
     async with alice, bob:
-        rid = alice.create("Account", {"Name": "Acme"})
-        await alice.sync()
-        await bob.sync()
-        alice.go_offline()
-        alice.update(rid, {"Name": "Zombie"})
-        bob.update(rid, {"Name": "Bob's"})
-        await bob.sync()
-        alice.go_online()
-        await alice.sync()
+        rid = await shared_record(alice, bob, "Account", {"Name": "Acme"})
+        await while_alice_offline(
+            alice,
+            bob,
+            lambda: alice.update(rid, {"Name": "Zombie"}),
+            lambda: bob.update(rid, {"Name": "Bob's"}),
+        )
         assert alice.pending()[0].status is Status.CONFLICT
         alice.dismiss(rid)
         alice.update(rid, {"Industry": "Energy"})
@@ -350,15 +355,13 @@ async def test_schema_from_the_relay_is_cached_for_offline_use(relay: RelayHarne
 async def test_other_records_still_sync_while_one_is_in_conflict(relay: RelayHarness) -> None:
     alice, bob = relay.client("alice"), relay.client("bob")
     async with alice, bob:
-        rid = alice.create("Account", {"Name": "Acme"})
-        await alice.sync()
-        await bob.sync()
-        alice.go_offline()
-        alice.update(rid, {"Name": "Mine"})
-        bob.update(rid, {"Name": "Theirs"})
-        await bob.sync()
-        alice.go_online()
-        await alice.sync()
+        rid = await shared_record(alice, bob, "Account", {"Name": "Acme"})
+        await while_alice_offline(
+            alice,
+            bob,
+            lambda: alice.update(rid, {"Name": "Mine"}),
+            lambda: bob.update(rid, {"Name": "Theirs"}),
+        )
         assert alice.get(rid).status is Status.CONFLICT  # type: ignore[union-attr]
         other = alice.create("Account", {"Name": "Unrelated"})
         await alice.sync()
