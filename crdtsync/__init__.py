@@ -5,6 +5,8 @@ See ``README.md`` for a tour and ``docs/`` for the contracts.
 
 from .client import Client
 from .events import (
+    AccessLost,
+    AuthenticationFailed,
     ConnectivityChanged,
     Event,
     EventsDropped,
@@ -44,6 +46,8 @@ from .schema import FieldSpec, ObjectSpec, Rule, Schema
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessLost",
+    "AuthenticationFailed",
     "ChangeKind",
     "Client",
     "ConnectivityChanged",

@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .exceptions import CrdtsyncError
+
+if TYPE_CHECKING:
+    from crdtsync_server.auth import TokenAuthority
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,11 +32,42 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to listen on (overrides [server] host)")
     serve.add_argument("--port", type=int, help="port (overrides [server] port; 0: any free)")
 
+    admin = commands.add_parser("admin", help="administer records on a running relay")
+    admin.add_argument("--config", required=True, help="the app's TOML configuration")
+    admin.add_argument("--url", help="the relay (default: ws://[server] host:port)")
+    admin.add_argument("--as", dest="as_user", default="admin", help="the administrator's name")
+    admin.add_argument("--private-key", metavar="PEM", help="sign with this key (RS256/ES256)")
+    admin.add_argument("--algorithm", choices=["HS256", "RS256", "ES256"])
+    actions = admin.add_subparsers(dest="action", required=True)
+    share = actions.add_parser("share", help="share one record with a user")
+    share.add_argument("record")
+    share.add_argument("user")
+    share.add_argument("--access", choices=["read", "edit"], default="read")
+    for name, text in (("unshare", "remove a user's share"), ("set-owner", "change the owner")):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("record")
+        action.add_argument("user")
+    actions.add_parser("delete", help="delete a record").add_argument("record")
+    actions.add_parser("access", help="print who may read / edit a record").add_argument("record")
+
     token = commands.add_parser("token", help="print a signed token for a user")
     token.add_argument("--config", required=True, help="the app's TOML configuration")
     token.add_argument("--user", required=True, help="the user the token names")
     token.add_argument("--role", action="append", default=[], help="a role (repeatable)")
-    token.add_argument("--ttl", type=float, help="lifetime in seconds (default: no expiry)")
+    token.add_argument(
+        "--ttl", help="lifetime: 8h, 30m, 45s, 2d, 1h30m or seconds (default: no expiry)"
+    )
+    token.add_argument("--admin", action="store_true", help="an administrator token")
+    token.add_argument(
+        "--private-key",
+        metavar="PEM",
+        help="sign with this private key (needs --algorithm) instead of the config's secret",
+    )
+    token.add_argument(
+        "--algorithm",
+        choices=["HS256", "RS256", "ES256"],
+        help="HS256 (the default: the config's secret) or, with --private-key, RS256 / ES256",
+    )
     return parser
 
 
@@ -57,14 +92,89 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "serve":
             return _serve(args)
         elif args.command == "token":
-            from crdtsync_server.auth import TokenAuthority
-            from crdtsync_server.config import RelayConfig
-
-            config = RelayConfig.from_toml(args.config)
-            print(TokenAuthority(config.secret).issue(args.user, args.role, args.ttl))
+            return _token(args)
+        elif args.command == "admin":
+            return _admin(args)
     except (CrdtsyncError, ConfigError, StorageError) as exc:
         print(f"crdtsync: error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"crdtsync: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _authority(args: argparse.Namespace) -> TokenAuthority:
+    """The authority that signs tokens: the config's secret, or --private-key."""
+    from crdtsync_server.auth import TokenAuthority
+    from crdtsync_server.config import RelayConfig
+
+    if args.private_key is None:
+        return TokenAuthority(RelayConfig.from_toml(args.config).secret)
+    return TokenAuthority.from_key_files(args.algorithm, private_key_path=args.private_key)
+
+
+def _keys_mismatch(args: argparse.Namespace) -> bool:
+    return (args.private_key is None) != (args.algorithm in (None, "HS256"))
+
+
+_KEYS_MESSAGE = (
+    "--private-key and --algorithm RS256|ES256 go together "
+    "(without them the token is signed HS256 with the config's secret)"
+)
+
+
+def _token(args: argparse.Namespace) -> int:
+    from crdtsync_server.auth import parse_duration
+
+    try:
+        ttl = None if args.ttl is None else parse_duration(args.ttl)
+    except ValueError as exc:
+        return _fail(f"--ttl: {exc}")
+    if _keys_mismatch(args):
+        return _fail(_KEYS_MESSAGE)
+    try:
+        print(_authority(args).issue(args.user, args.role, ttl, admin=args.admin))
+    except ValueError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def _admin(args: argparse.Namespace) -> int:
+    """Run one admin action against the running relay and print its result."""
+    import asyncio
+    import json
+
+    from crdtsync_server.admin import AdminClient, AdminError
+    from crdtsync_server.config import RelayConfig
+
+    if _keys_mismatch(args):
+        return _fail(_KEYS_MESSAGE)
+    config = RelayConfig.from_toml(args.config)
+    url = args.url or f"ws://{config.host}:{config.port}"
+    token = _authority(args).issue(args.as_user, admin=True, ttl=300)
+
+    async def run() -> object:
+        async with AdminClient(url, token) as admin:
+            if args.action == "share":
+                return (await admin.share(args.record, args.user, args.access)).details
+            if args.action == "unshare":
+                return (await admin.unshare(args.record, args.user)).details
+            if args.action == "set-owner":
+                return (await admin.set_owner(args.record, args.user)).details
+            if args.action == "delete":
+                return (await admin.delete(args.record)).details
+            return await admin.access(args.record)
+
+    try:
+        result = asyncio.run(run())
+    except AdminError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot reach the relay at {url}: {exc.strerror or exc}")
+    print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 
 

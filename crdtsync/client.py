@@ -20,7 +20,14 @@ from types import TracebackType
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from .events import ConnectivityChanged, Event, EventBus, EventStream, PendingChanged
+from .events import (
+    AuthenticationFailed,
+    ConnectivityChanged,
+    Event,
+    EventBus,
+    EventStream,
+    PendingChanged,
+)
 from .exceptions import OfflineError, SchemaError
 from .model import PendingChange, Record, Status
 from .protocol import MAX_RELAY_FRAME_BYTES, ErrorCode, ProtocolError
@@ -79,6 +86,7 @@ class Client:
         self._tasks: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
         self.last_error: str = ""
+        self._auth_failed = False
 
     def _initial_schema(self, schema: Schema | str | Path | None) -> Schema:
         if isinstance(schema, str | Path):
@@ -203,6 +211,14 @@ class Client:
         if self._connection_task is not None:
             self._connection_task.cancel()
 
+    def set_token(self, token: str) -> None:
+        """Use a new token (e.g. after :class:`AuthenticationFailed`) and reconnect now."""
+        self.token = token
+        self._auth_failed = False
+        if self._connection_task is not None:
+            self._connection_task.cancel()
+        self._reconnect_now.set()
+
     def go_online(self) -> None:
         """Reconnect now (and keep reconnecting) after :meth:`go_offline`."""
         self._want_online.set()
@@ -264,7 +280,10 @@ class Client:
             finally:
                 self._connection_task = None
             self._reconnect_now.clear()
-            delay = random.uniform(0, min(self.backoff_max, self.backoff_initial * 2**attempt))
+            ceiling = self.backoff_initial * 2**attempt
+            if self._auth_failed:  # the same token will not work: wait for set_token()
+                ceiling = self.backoff_max
+            delay = random.uniform(0, min(self.backoff_max, ceiling))
             attempt += 1
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -307,6 +326,9 @@ class Client:
         finally:
             if session.error is not None:
                 reason = f"{session.error.code}: {session.error.message}"
+                if session.error.code is ErrorCode.AUTH_FAILED:
+                    self._auth_failed = True
+                    self._bus.publish(AuthenticationFailed(session.error.message))
             self.last_error = reason
             self._session, self._wake = None, None
             self._ready.clear()

@@ -12,12 +12,15 @@ from collections.abc import Callable
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from .client import Client
 from .console import pending_table, records_table, summary_table
 from .exceptions import RecordLocked, RecordNotFound, ValidationError
 from .schema import Schema
+
+if TYPE_CHECKING:
+    from crdtsync_server.app import RelayServer
 
 
 def example_config() -> Path:
@@ -107,6 +110,8 @@ async def run_sync(out: TextIO) -> None:
             )
             async with alice, bob:
                 await _sync_story(say, alice, bob)
+                await _access_story(say, alice, bob, server)
+            say("\nDone: every change either merged or came back to its user; nothing was lost.")
 
 
 async def _sync_story(say: Callable[[str], None], alice: Client, bob: Client) -> None:
@@ -122,9 +127,7 @@ async def _sync_story(say: Callable[[str], None], alice: Client, bob: Client) ->
     say("\n1. Alice works offline: creates an Account and a Contact for it")
     alice.go_offline()
     acme = alice.create("Account", {"Name": "Acme", "Employees": 120})
-    ada = alice.create(
-        "Contact", {"LastName": "Lovelace", "Email": "ada@acme.example", "Account": acme}
-    )
+    alice.create("Contact", {"LastName": "Lovelace", "Email": "ada@acme.example", "Account": acme})
     show("while offline")
     alice.go_online()
     await both()
@@ -165,16 +168,18 @@ async def _sync_story(say: Callable[[str], None], alice: Client, bob: Client) ->
     await bob.sync()
     say("bob fixed the email; synced")
 
-    say("\n5. Alice edits Ada offline while Bob deletes her → unresolvable")
+    say("\n5. Alice edits Globex offline while Bob deletes it → unresolvable")
+    globex = bob.create("Account", {"Name": "Globex"})
+    await both()
     alice.go_offline()
-    alice.update(ada, {"Phone": "+44 20 0000"})
-    bob.delete(ada)
+    alice.update(globex, {"Industry": "Retail"})
+    bob.delete(globex)
     await bob.sync()
     alice.go_online()
     await alice.sync()
     show("after alice syncs")
-    alice.dismiss(ada)
-    say(f"alice dismissed it; Ada is gone locally: {alice.get(ada) is None}")
+    alice.dismiss(globex)
+    say(f"alice dismissed it; Globex is gone locally: {alice.get(globex) is None}")
 
     say("\n6. Alice deletes Acme offline while Bob edits it → conflict (keep or delete)")
     alice.go_offline()
@@ -186,4 +191,47 @@ async def _sync_story(say: Callable[[str], None], alice: Client, bob: Client) ->
     show("after alice syncs")
     alice.dismiss(acme)
     say(f"alice keeps it (dismiss): Website={alice.get(acme).fields.get('Website')}")  # type: ignore[union-attr]
-    say("\nDone: every change either merged or came back to its user; nothing was lost.")
+
+
+async def _access_story(
+    say: Callable[[str], None], alice: Client, bob: Client, server: RelayServer
+) -> None:
+    from crdtsync_server.admin import AdminClient
+
+    admin_token = server.authority.issue("root", admin=True)
+    say("\n7. Access: Opportunities are private to their owner")
+    deal = alice.create(
+        "Opportunity",
+        {
+            "Name": "Acme wind farm",
+            "Account": alice.records("Account")[0].id,
+            "Stage": "Proposal",
+            "Amount": "250000",
+        },
+    )
+    await alice.sync()
+    await bob.sync()
+    say(f"bob sees alice's opportunity: {bob.get(deal) is not None}")
+    async with AdminClient(server.url, admin_token) as admin:
+        await admin.share(deal, "bob", access="edit")
+        await bob.sync()
+        say(f"an administrator shares it with bob (edit): bob sees it: {bob.get(deal) is not None}")
+        bob.go_offline()
+        bob.update(deal, {"Amount": "300000"})
+        say("bob, offline, raises the amount; meanwhile the administrator removes his share")
+        await admin.unshare(deal, "bob")
+        access = await admin.access(deal)
+        say(f"access now: owner={access['owner']}, shares={access['shares']}")
+    bob.go_online()
+    await bob.sync()
+    show_pending(say, "bob", bob)
+    bob.dismiss(deal)
+    say(f"bob dismissed it; the opportunity is gone from his device: {bob.get(deal) is None}")
+    say(f"alice's amount is untouched: {alice.get(deal).fields['Amount']}")  # type: ignore[union-attr]
+
+
+def show_pending(say: Callable[[str], None], name: str, client: Client) -> None:
+    say(f"{name}'s Pending Changes:\n" + pending_table(client.pending()))
+
+
+__all__ = ["example_config", "run_offline", "run_sync"]

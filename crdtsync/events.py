@@ -68,6 +68,23 @@ class RemoteChangeArrived:
 
 
 @attrs.frozen
+class AccessLost:
+    """This user may no longer read the record: it was removed from this replica (a
+    pending change of it stays listed as unresolvable until dismissed)."""
+
+    record_id: str
+    object: str
+
+
+@attrs.frozen
+class AuthenticationFailed:
+    """The relay refused the token (expired, revoked, malformed). Pending changes are
+    kept; give the client a new token with ``set_token``."""
+
+    message: str
+
+
+@attrs.frozen
 class EventsDropped:
     """This subscriber fell behind and ``count`` older events were discarded."""
 
@@ -82,6 +99,8 @@ Event = (
     | PendingChanged
     | RecordNeedsAttention
     | RemoteChangeArrived
+    | AccessLost
+    | AuthenticationFailed
     | EventsDropped
 )
 

@@ -92,12 +92,12 @@ class Problem:
             for c in self.conflicts
         ]
         parts += [str(error) for error in self.errors]
-        if self.reason is UnresolvableReason.DELETED:
+        if self.message:
+            parts.append(self.message)
+        elif self.reason is UnresolvableReason.DELETED:
             parts.append("deleted by someone else")
         elif self.reason is UnresolvableReason.FORBIDDEN:
             parts.append("you no longer have access to this record")
-        if self.message:
-            parts.append(self.message)
         return "; ".join(parts)
 
 

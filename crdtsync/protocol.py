@@ -277,13 +277,15 @@ class Push:
 @attrs.frozen(kw_only=True)
 class RecordChange:
     """A record as the relay changed it: ``update`` brings a replica from its previous
-    version of the record to ``version``; ``deleted`` marks a tombstone."""
+    version of the record to ``version``; ``deleted`` marks a tombstone; ``revoked``
+    says this replica may no longer read the record (it must forget it)."""
 
     record_id: str
     object: str
     version: int
     update: bytes = b""
     deleted: bool = False
+    revoked: bool = False
     by: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
@@ -295,6 +297,8 @@ class RecordChange:
         }
         if self.deleted:
             data["deleted"] = True
+        if self.revoked:
+            data["revoked"] = True
         if self.by is not None:
             data["by"] = self.by
         return data
@@ -308,6 +312,7 @@ class RecordChange:
             version=_get(data, "version", int, where),
             update=_get(data, "update", bytes, where, optional=True, default=b""),
             deleted=_get(data, "deleted", bool, where, optional=True, default=False),
+            revoked=_get(data, "revoked", bool, where, optional=True, default=False),
             by=_get(data, "by", str, where, optional=True),
         )
 
@@ -587,9 +592,98 @@ class Error:
         )
 
 
-Frame = Hello | Welcome | Subscribe | Push | Changes | CaughtUp | Verdicts | Error
+ADMIN_ACTIONS = ("share", "unshare", "set_owner", "delete", "access")
+
+
+@attrs.frozen(kw_only=True)
+class Admin:
+    """Administrator → relay: an admin action on one record (``share``, ``unshare``,
+    ``set_owner``, ``delete``, ``access``). Only a connection whose token carries the
+    ``admin`` claim may send it."""
+
+    TYPE: ClassVar[str] = "admin"
+    request_id: str
+    action: str
+    record_id: str
+    user: str | None = None
+    access: str | None = None  #: for ``share``: ``read`` or ``edit``
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            "id": self.request_id,
+            "action": self.action,
+            "record": self.record_id,
+            "user": self.user,
+            "access": self.access,
+        }
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Admin:
+        action = _get(data, "action", str, "admin")
+        if action not in ADMIN_ACTIONS:
+            raise _malformed("admin.action", f"must be one of {', '.join(ADMIN_ACTIONS)}")
+        access = _get(data, "access", str, "admin", optional=True)
+        if access is not None and access not in ("read", "edit"):
+            raise _malformed("admin.access", f"must be read or edit, got {access!r}")
+        return cls(
+            request_id=_get(data, "id", str, "admin"),
+            action=action,
+            record_id=_get(data, "record", str, "admin"),
+            user=_get(data, "user", str, "admin", optional=True),
+            access=access,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class AdminResult:
+    """Relay → administrator: the outcome of an :class:`Admin` request."""
+
+    TYPE: ClassVar[str] = "admin_result"
+    request_id: str
+    ok: bool
+    message: str = ""
+    version: int = 0
+    details: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            "id": self.request_id,
+            "ok": self.ok,
+            "message": self.message,
+            "version": self.version,
+            "details": dict(self.details),
+        }
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> AdminResult:
+        return cls(
+            request_id=_get(data, "id", str, "admin_result"),
+            ok=_get(data, "ok", bool, "admin_result"),
+            message=_get(data, "message", str, "admin_result", optional=True, default=""),
+            version=_get(data, "version", int, "admin_result", optional=True, default=0),
+            details=_get(data, "details", dict, "admin_result", optional=True, default={}),
+        )
+
+
+Frame = (
+    Hello | Welcome | Subscribe | Push | Changes | CaughtUp | Verdicts | Error | Admin | AdminResult
+)
 FRAME_TYPES: dict[str, Any] = {
-    cls.TYPE: cls for cls in (Hello, Welcome, Subscribe, Push, Changes, CaughtUp, Verdicts, Error)
+    cls.TYPE: cls
+    for cls in (
+        Hello,
+        Welcome,
+        Subscribe,
+        Push,
+        Changes,
+        CaughtUp,
+        Verdicts,
+        Error,
+        Admin,
+        AdminResult,
+    )
 }
 
 

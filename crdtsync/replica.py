@@ -36,7 +36,13 @@ from typing import Any
 import attrs
 import pycrdt
 
-from .events import Event, PendingChanged, RecordNeedsAttention, RemoteChangeArrived
+from .events import (
+    AccessLost,
+    Event,
+    PendingChanged,
+    RecordNeedsAttention,
+    RemoteChangeArrived,
+)
 from .exceptions import (
     FieldError,
     InvalidOperation,
@@ -516,6 +522,30 @@ class Replica:
             return True
         problem = Problem(message=f"the relay refused this change ({code}): {message}")
         return self._refused(change_id, Status.UNRESOLVABLE, problem, version=None, update=None)
+
+    def apply_revoked(self, record_id: str, object_name: str, version: int) -> None:
+        """This user lost access to the record: forget it, unless a change of it is
+        pending, which becomes ``unresolvable`` (forbidden) and is kept until dismissed."""
+        row = self.store.get_record(record_id)
+        if row is None:
+            return
+        entry = self.store.get_pending(record_id)
+        problem = Problem(
+            reason=UnresolvableReason.FORBIDDEN, message="you no longer have access to this record"
+        )
+        spec = self.schema.objects.get(row.object)
+        with self.store.transaction():
+            if entry is None:
+                self.store.remove_record(record_id)
+            elif entry.status != Status.SYNCING and spec is not None:
+                self.store.put_pending(
+                    attrs.evolve(
+                        entry, status=Status.UNRESOLVABLE, problem=_problem_to_wire(problem, spec)
+                    )
+                )
+        self._emit(AccessLost(record_id, object_name))
+        if entry is not None and entry.status != Status.SYNCING:
+            self._emit(RecordNeedsAttention(record_id, object_name, Status.UNRESOLVABLE, problem))
 
     def apply_remote(
         self,

@@ -40,7 +40,19 @@ RuleFunction = Callable[[Mapping[str, Any]], Iterable[FieldError]]
 
 SHARING_MODES = ("private", "read", "read_write")
 _FIELD_KEYS = frozenset(
-    {"type", "required", "max_length", "min", "max", "values", "unique", "to", "read_only", "label"}
+    {
+        "type",
+        "required",
+        "max_length",
+        "min",
+        "max",
+        "values",
+        "unique",
+        "to",
+        "read_only",
+        "hidden",
+        "label",
+    }
 )
 _OBJECT_KEYS = frozenset({"fields", "rules", "sharing", "label"})
 
@@ -59,6 +71,8 @@ class FieldSpec:
     unique: bool = False
     to: str | None = None
     read_only: bool = False
+    read_only_roles: tuple[str, ...] = ()  #: read-only only for users with one of these roles
+    hidden_roles: tuple[str, ...] = ()  #: users with one of these roles may not read it
     label: str | None = None
 
     def check(self, value: object) -> tuple[Any, list[str]]:
@@ -86,6 +100,10 @@ class FieldSpec:
         for key in ("required", "unique", "read_only"):
             if getattr(self, key):
                 data[key] = True
+        if self.read_only_roles and not self.read_only:
+            data["read_only"] = list(self.read_only_roles)
+        if self.hidden_roles:
+            data["hidden"] = list(self.hidden_roles)
         for key in ("max_length", "to", "label"):
             if getattr(self, key) is not None:
                 data[key] = getattr(self, key)
@@ -146,12 +164,25 @@ class FieldSpec:
                 bounds[key] = field_type.coerce(raw)
             except ValueError as exc:
                 raise SchemaError(f"{where}: {key}: {exc}") from None
-        flags = {}
-        for key in ("required", "unique", "read_only"):
+        flags: dict[str, Any] = {}
+        for key in ("required", "unique"):
             flag = data.get(key, False)
             if not isinstance(flag, bool):
                 raise SchemaError(f"{where}: {key!r} must be true or false")
             flags[key] = flag
+        read_only = data.get("read_only", False)
+        if isinstance(read_only, list) and all(isinstance(r, str) for r in read_only):
+            flags["read_only_roles"] = tuple(read_only)
+        elif isinstance(read_only, bool):
+            flags["read_only"] = read_only
+        else:
+            raise SchemaError(f"{where}: 'read_only' must be true, false or a list of roles")
+        hidden = data.get("hidden", [])
+        if not isinstance(hidden, list) or not all(isinstance(r, str) for r in hidden):
+            raise SchemaError(f"{where}: 'hidden' must be a list of roles that may not read it")
+        if hidden and flags["required"]:
+            raise SchemaError(f"{where}: a required field cannot be hidden from a role")
+        flags["hidden_roles"] = tuple(hidden)
         label = data.get("label")
         if label is not None and not isinstance(label, str):
             raise SchemaError(f"{where}: 'label' must be a string")
@@ -247,6 +278,9 @@ class ObjectSpec:
             if spec.read_only and not creating:
                 errors.append(FieldError(name, "is read-only"))
                 continue
+            if spec.type is FieldType.OWNER and not creating:
+                errors.append(FieldError(name, "is read-only (an administrator changes owners)"))
+                continue
             value_out, problems = spec.check(value)
             errors.extend(FieldError(name, problem) for problem in problems)
             if value_out is None and spec.required and not problems:
@@ -268,6 +302,27 @@ class ObjectSpec:
             for rule in self.rules:
                 errors.extend(rule.run(values))
         return errors
+
+    def for_roles(self, roles: frozenset[str]) -> ObjectSpec:
+        """This object as users with ``roles`` see it: fields hidden from any of their
+        roles left out, fields read-only for any of them marked read-only."""
+        fields = {
+            name: attrs.evolve(
+                spec,
+                read_only=spec.read_only or bool(roles & set(spec.read_only_roles)),
+                read_only_roles=(),
+                hidden_roles=(),
+            )
+            for name, spec in self.fields.items()
+            if not roles & set(spec.hidden_roles)
+        }
+        return attrs.evolve(self, fields=fields)
+
+    def hidden_for(self, roles: frozenset[str]) -> frozenset[str]:
+        """The fields users with ``roles`` may not read."""
+        return frozenset(
+            name for name, spec in self.fields.items() if roles & set(spec.hidden_roles)
+        )
 
     def to_wire(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -344,6 +399,10 @@ class Schema:
         if errors:
             raise ValidationError(object_name, errors)
         return canonical
+
+    def for_roles(self, roles: frozenset[str]) -> Schema:
+        """The schema as users with ``roles`` see it (see :meth:`ObjectSpec.for_roles`)."""
+        return Schema({name: spec.for_roles(roles) for name, spec in self.objects.items()})
 
     def to_wire(self) -> dict[str, Any]:
         """The schema as plain data (the ``objects`` tables), e.g. to send to replicas."""

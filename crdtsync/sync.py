@@ -169,14 +169,17 @@ class SyncSession:
             for item in frame.items:
                 if item.object not in self.replica.schema.objects:
                     continue
-                self.replica.apply_remote(
-                    item.record_id,
-                    item.object,
-                    item.version,
-                    item.update,
-                    deleted=item.deleted,
-                    by=item.by,
-                )
+                if item.revoked:
+                    self.replica.apply_revoked(item.record_id, item.object, item.version)
+                else:
+                    self.replica.apply_remote(
+                        item.record_id,
+                        item.object,
+                        item.version,
+                        item.update,
+                        deleted=item.deleted,
+                        by=item.by,
+                    )
                 # A backlog is ordered by record, not by version: the cursor moves only
                 # at caught_up. Live fan-out arrives in version order.
                 if self.state is SyncState.READY:

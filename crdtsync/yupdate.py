@@ -154,6 +154,12 @@ class StructInfo:
     span: tuple[int, int] | None = None
     """For ``content == "any"``: where its values are in the update's bytes (see
     :meth:`ParsedUpdate.any_values`); decoded only on demand, off the hot path."""
+    byte_span: tuple[int, int] | None = attrs.field(default=None, eq=False)
+    """Where the whole struct is in the update's bytes: ``(offset of its info byte, end
+    offset)``, so ``data[start:end]`` is the struct exactly as encoded (used to splice
+    structs out of an update, see ``ItemIndex.project`` in the relay).  ``None`` only for
+    a struct built by hand.  Not compared: two structs that describe the same thing are
+    equal wherever they sit in a buffer."""
 
 
 @attrs.frozen
@@ -165,6 +171,9 @@ class ParsedUpdate:
     """client -> ((clock, length), ...), in encoded order."""
     data: bytes = attrs.field(default=b"", repr=False)
     """The update's bytes (for :meth:`any_values`)."""
+    delete_set_at: int | None = attrs.field(default=None, eq=False, repr=False)
+    """Byte offset where the delete set starts in :attr:`data` (``None`` if built by
+    hand), so the delete set can be rewritten without touching the structs."""
 
     def any_values(self, struct: StructInfo) -> list[Any]:
         """The values an ``any`` item holds (a map entry holds one), decoded as pycrdt
@@ -422,6 +431,8 @@ def _parse(buf: bytes, max_structs: int) -> ParsedUpdate:
                         None,
                         "",
                         None,
+                        None,
+                        (start, pos),
                     )
                 )
                 clock += length
@@ -612,6 +623,7 @@ def _parse(buf: bytes, max_structs: int) -> ParsedUpdate:
                     _CONTENT[ref],
                     type_ref,
                     (content_at, pos) if ref == 8 else None,
+                    (start, pos),
                 )
             )
             clock += length
@@ -669,7 +681,7 @@ def _parse(buf: bytes, max_structs: int) -> ParsedUpdate:
     if pos != n:
         # pycrdt: yrs ignores trailing bytes; we refuse them.
         raise UpdateDecodeError(f"{n - pos} trailing bytes after the delete set", pos)
-    return ParsedUpdate(tuple(structs), delete_set, buf)
+    return ParsedUpdate(tuple(structs), delete_set, buf, ds_at)
 
 
 def _decode_any(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:

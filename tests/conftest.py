@@ -52,13 +52,14 @@ def synced_account(client: Client) -> tuple[Client, str]:
 class RelayHarness:
     """Starts the relay on a free loopback port and makes clients for it."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, **overrides: object) -> None:
         from crdtsync_server.app import RelayServer
         from crdtsync_server.config import RelayConfig
 
         self.tmp_path = tmp_path
+        self.overrides = overrides
         self.config = RelayConfig.from_toml(
-            EXAMPLE_CONFIG, database=str(tmp_path / "relay.sqlite3"), port=0
+            EXAMPLE_CONFIG, database=str(tmp_path / "relay.sqlite3"), port=0, **overrides
         )
         self.server = RelayServer(self.config)
         self.port = 0
@@ -69,7 +70,10 @@ class RelayHarness:
 
         if self.port:  # restart on the same port and database
             self.config = RelayConfig.from_toml(
-                EXAMPLE_CONFIG, database=str(self.tmp_path / "relay.sqlite3"), port=self.port
+                EXAMPLE_CONFIG,
+                database=str(self.tmp_path / "relay.sqlite3"),
+                port=self.port,
+                **self.overrides,
             )
             self.server = RelayServer(self.config)
         await self.server.start()

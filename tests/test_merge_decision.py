@@ -25,7 +25,7 @@ from crdtsync_server.merge import (
     Refused,
     decide,
 )
-from crdtsync_server.policy import Policy, Principal, RolePolicy
+from crdtsync_server.policy import Access, AccessPolicy, Policy, Principal
 from crdtsync_server.relay import Relay
 from crdtsync_server.storage import RelayStorage
 
@@ -121,6 +121,7 @@ class Harness:
             policy=policy or self.policy,
             context=self.storage,
             relay_client_id=self.relay.client_id,
+            facts=self.relay.facts(state.stored, state) if state is not None else None,
         )
 
     def push(self, principal: Principal, change: ChangeFrame) -> Verdict:
@@ -270,13 +271,16 @@ def account(h: Harness, alice: Replica, bob: Replica) -> str:
 
 @pytest.fixture
 def contact(h: Harness, alice: Replica, bob: Replica) -> str:
-    """A Contact with an Email and a Phone, created by alice, opened by bob."""
+    """A Contact with an Email and a Phone, created by alice, shared with bob for
+    editing (Contacts are read-only to non-owners by default), opened by bob."""
     change = alice.create(
         "Contact",
         CONTACT_ID,
         {"LastName": "Ng", "Email": "ann@example.com", "Phone": "555-0100"},
     )
     assert isinstance(alice.push(change), Ack)
+    with h.storage.transaction():
+        h.storage.set_share(CONTACT_ID, "bob", int(Access.EDIT))
     bob.open(CONTACT_ID)
     return CONTACT_ID
 
@@ -303,11 +307,20 @@ def test_valid_create_is_accepted_and_owner_defaults_to_principal_via_relay_upda
 def test_create_with_explicit_owner_keeps_it_and_adds_no_relay_update(
     h: Harness, alice: Replica
 ) -> None:
-    decision = h.decide(ALICE, alice.create("Account", "acc-new", {"Name": "A", "Owner": "carol"}))
+    decision = h.decide(ALICE, alice.create("Account", "acc-new", {"Name": "A", "Owner": "alice"}))
 
     assert isinstance(decision, Accepted)
-    assert decision.values["Owner"] == "carol"
+    assert decision.values["Owner"] == "alice"
     assert decision.relay_update == b""
+
+
+def test_creating_a_record_owned_by_someone_else_is_forbidden(h: Harness, alice: Replica) -> None:
+    decision = h.decide(ALICE, alice.create("Account", "acc-new", {"Name": "A", "Owner": "carol"}))
+
+    assert isinstance(decision, Refused)
+    assert isinstance(decision.verdict, Unresolvable)
+    assert decision.verdict.reason == "forbidden"
+    assert "records you own" in decision.verdict.message
 
 
 def test_touched_fields_are_derived_from_the_update_not_from_field_bases(
@@ -373,8 +386,8 @@ READ_ONLY_SCHEMA = Schema.from_dict(
         }
     }
 )
-READ_ONLY_POLICY = RolePolicy.from_config(
-    {"default": {"Badge": ["create", "read", "update", "delete"]}}, READ_ONLY_SCHEMA.objects
+READ_ONLY_POLICY = AccessPolicy.from_config(
+    {"default": {"Badge": ["create", "read", "update", "delete"]}}, READ_ONLY_SCHEMA
 )
 
 
@@ -800,7 +813,7 @@ def test_delete_with_no_changes_by_others_since_base_is_accepted(
 def test_create_update_delete_without_permission_are_forbidden(
     h: Harness, bob: Replica, account: str
 ) -> None:
-    read_only = RolePolicy.from_config({"default": {"Account": ["read"]}}, SCHEMA.objects)
+    read_only = AccessPolicy.from_config({"default": {"Account": ["read"]}}, SCHEMA)
     create = Replica(h, BOB, B_CLIENT + 1).create("Account", "acc-2", {"Name": "New"})
     update = bob.edit(account, {"Name": "Changed"})
     delete = bob.delete(account)

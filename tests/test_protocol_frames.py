@@ -17,6 +17,8 @@ from crdtsync.protocol import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     Ack,
+    Admin,
+    AdminResult,
     CaughtUp,
     ChangeFrame,
     Changes,
@@ -168,6 +170,10 @@ FRAMES: dict[str, Frame] = {
     ),
     "verdicts-empty": Verdicts(()),
     "error": Error(ErrorCode.AUTH_FAILED, "the token has expired", fatal=True),
+    "admin": Admin(request_id="q-1", action="share", record_id="r-1", user="bob", access="edit"),
+    "admin_result": AdminResult(
+        request_id="q-1", ok=True, message="share done", version=9, details={"owner": "alice"}
+    ),
     "error-not-fatal": Error(ErrorCode.MALFORMED_FRAME, "push.changes[2].delta: expected bytes"),
 }
 

@@ -68,6 +68,7 @@ def test_example_toml_fields_keep_types_and_constraints(example: Schema) -> None
         "Industry",
         "Employees",
         "Revenue",
+        "Rating",
         "Website",
         "Active",
         "Description",
@@ -81,6 +82,9 @@ def test_example_toml_fields_keep_types_and_constraints(example: Schema) -> None
     assert account.field("Revenue").min == Decimal(0)
     assert type(account.field("Revenue").min) is Decimal
     assert account.text_fields == frozenset({"Description"})
+    assert account.field("Revenue").hidden_roles == ("intern",)
+    assert account.field("Rating").read_only_roles == ("intern",)
+    assert not account.field("Rating").read_only
 
     contact = example.object("Contact")
     assert contact.field("Email").type is FieldType.EMAIL
@@ -154,7 +158,11 @@ def test_to_wire_from_wire_round_trip_of_example_is_equal(example: Schema) -> No
 
 def test_to_wire_encodes_bounds_in_their_stored_form(example: Schema) -> None:
     wire = example.to_wire()
-    assert wire["Account"]["fields"]["Revenue"] == {"type": "decimal", "min": "0"}
+    assert wire["Account"]["fields"]["Revenue"] == {
+        "type": "decimal",
+        "min": "0",
+        "hidden": ["intern"],
+    }
     assert wire["Account"]["fields"]["Name"] == {
         "type": "string",
         "required": True,
@@ -671,3 +679,29 @@ def test_rule_is_loaded_from_importable_module(fake_rules_module: str) -> None:
 def test_rule_naming_a_non_callable_is_rejected(fake_rules_module: str) -> None:
     with pytest.raises(SchemaError, match="has no function 'not_callable'"):
         Rule.load(f"{fake_rules_module}:not_callable")
+
+
+def test_role_view_leaves_out_hidden_fields_and_marks_role_read_only_ones(example: Schema) -> None:
+    intern = example.for_roles(frozenset({"default", "intern"})).object("Account")
+    assert "Revenue" not in intern.fields
+    assert intern.field("Rating").read_only
+    everyone = example.for_roles(frozenset({"default"})).object("Account")
+    assert "Revenue" in everyone.fields
+    assert not everyone.field("Rating").read_only
+    assert "hidden" not in str(everyone.to_wire())
+
+
+def test_required_field_cannot_be_hidden_from_a_role() -> None:
+    config = {
+        "objects": {
+            "X": {"fields": {"A": {"type": "string", "required": True, "hidden": ["intern"]}}}
+        }
+    }
+    with pytest.raises(SchemaError, match="required field cannot be hidden"):
+        Schema.from_dict(config)
+
+
+@pytest.mark.parametrize("bad", [{"read_only": "yes"}, {"hidden": "intern"}, {"hidden": [1]}])
+def test_bad_read_only_or_hidden_values_are_schema_errors(bad: dict[str, object]) -> None:
+    with pytest.raises(SchemaError, match=r"'(read_only|hidden)'"):
+        Schema.from_dict({"objects": {"X": {"fields": {"A": {"type": "string", **bad}}}}})

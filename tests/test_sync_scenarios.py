@@ -168,7 +168,10 @@ async def test_merged_record_breaking_unique_email_is_a_conflict_with_the_messag
 
 
 async def test_merged_record_breaking_a_custom_rule_is_a_conflict(relay: RelayHarness) -> None:
-    alice, bob = relay.client("alice"), relay.client("bob")
+    # Contacts are read-only to non-owners, so the two editors are Alice's two devices.
+    phone = str(relay.tmp_path / "alice-phone.sqlite3")
+    laptop = str(relay.tmp_path / "alice-laptop.sqlite3")
+    alice, bob = relay.client("alice", store=phone), relay.client("alice", store=laptop)
     async with alice, bob:
         rid = alice.create(
             "Contact", {"LastName": "Lovelace", "Email": "ada@example.com", "Phone": "123"}

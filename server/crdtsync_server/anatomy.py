@@ -11,6 +11,11 @@ delta's repetition of old deletions is not mistaken for a new edit.
 
 :meth:`ItemIndex.analyse` is pure: it reads the index and a parsed update and returns
 an :class:`Anatomy`. :meth:`ItemIndex.commit` records an update once it is applied.
+
+:meth:`ItemIndex.project` (and :func:`project_state` for a full state) uses the same
+attribution to cut hidden fields out of an update: every struct of a hidden field becomes
+a GC struct of the same clock length, so a reader integrates everything else normally and
+never receives the hidden values (see the method for the procedure a relay follows).
 """
 
 from __future__ import annotations
@@ -157,6 +162,109 @@ class ItemIndex:
         """What ``parsed`` would do to the record; the index is not changed."""
         return self._attribute(parsed)[0]
 
+    def project(self, update: bytes, hidden: frozenset[str]) -> bytes:
+        """``update`` with every struct of a field in ``hidden`` replaced by a GC struct.
+
+        The update (a full state, a delta from ``Doc.get_update(state_vector)``, or
+        several merged with ``pycrdt.merge_updates``) is parsed and attributed with this
+        index exactly as :meth:`analyse` does; the index is not changed. Every item that
+        belongs to a hidden field -- its map entry in ``fields``, earlier values of that
+        entry, the characters of its text -- is replaced in place by a GC struct
+        (``0x00`` + varuint length) covering the same clocks. The struct counts, client
+        sections and the delete set are kept byte for byte, so the projected update
+        advances a reader's state vector exactly as far as the original does. A reader
+        integrates GC structs as already-collected content, and pycrdt also turns into a
+        GC any later item whose origin lies in such a range, so later deltas still apply
+        (and the hidden values still never appear).
+
+        **Fails closed.** An item is also replaced when its owner cannot be resolved
+        (it depends on an item neither the update nor this index holds) and when it
+        belongs to no field at all (a root other than ``fields``, a key-less entry, the
+        contents of collected or refused items). Only items attributed to a field not
+        in ``hidden`` pass through. GC and skip structs pass through unchanged. If
+        ``hidden`` is empty, ``update`` is empty, or no struct has to be replaced,
+        ``update`` itself is returned (the same object, not a copy). A malformed update
+        raises :class:`~crdtsync.yupdate.UpdateDecodeError`.
+
+        **Procedure for a relay** sending a record to a reader who may not read
+        ``hidden``:
+
+        1. First sync: ``project(server_full_state, hidden)`` (or :func:`project_state`).
+        2. Later: compute the delta from the *server's full document*, never from a
+           projected copy: ``delta = server_doc.get_update(reader_state_vector)``, then
+           ``index.project(delta, hidden)``. ``reader_state_vector`` may be the reader's
+           own ``Doc.get_state()`` -- projection keeps clocks, so it names exactly what the
+           reader holds -- or the server's state vector as of the last update sent.
+        3. Project with an index of the server's document that holds at least
+           everything the reader holds (every item below ``reader_state_vector``): the
+           relay's index of the record, built with :meth:`from_state` and kept current
+           with :meth:`commit` as updates are applied. Whether it already includes the
+           delta's own items does not matter -- attribution looks in the update first,
+           and an item's field never changes -- so the current index is right, and so
+           is one from any moment at or after the reader's state. The same goes for
+           projecting an incoming update before or after it is committed.
+        4. An index that misses items the reader holds (a fresh ``ItemIndex()``, or an
+           index older than the reader's state) is still safe but lossy: a visible
+           item whose origin it does not know is cut as unresolvable, and the reader,
+           whose state vector then covers those clocks, never receives it. Likewise,
+           never compute deltas from a projected copy of the document.
+        """
+        if not hidden or not update:
+            return update
+        parsed = parse_update(update)
+        owners = self._attribute(parsed)[1]
+        return _splice_hidden(update, parsed, owners, hidden)
+
+    def strip_hidden_deletes(self, update: bytes, hidden: frozenset[str]) -> bytes:
+        """``update`` without the parts of its delete set that fall on items of a field
+        in ``hidden``: what the relay must do to an update *from* a reader of projections.
+
+        A Yjs/yrs update always carries its document's whole delete set, and pycrdt
+        counts GC structs as deleted. A reader who integrated projected updates holds
+        the hidden fields' items as GCs, so every ``get_update(state_vector)`` it sends
+        "deletes" all of them: applied as is, it would erase the hidden fields on the
+        server (and :meth:`analyse` reports them as deleted). A reader cannot mean to
+        delete an item it never saw, so those ranges are dropped; deletions of visible
+        items, of GC'd ranges, and of anything this index does not know (left for
+        :meth:`analyse` to report as missing) are kept. The structs are kept byte for
+        byte. Returns ``update`` itself (the same object) if nothing is dropped.
+        """
+        if not hidden or not update:
+            return update
+        parsed = parse_update(update)
+        if not parsed.delete_set or parsed.delete_set_at is None:
+            return update
+        changed = False
+        kept: list[tuple[int, list[tuple[int, int]]]] = []
+        for client, ranges in parsed.delete_set.items():
+            source = self._clients.get(client)
+            out: list[tuple[int, int]] = []
+            for clock, length in ranges:
+                cursor, end = clock, clock + length
+                if source is not None:
+                    for s, e, (field, level) in source.overlapping(clock, end):
+                        if level == IGNORED or field not in hidden:
+                            continue
+                        changed = True
+                        if s > cursor:
+                            out.append((cursor, s - cursor))
+                        cursor = max(cursor, min(e, end))
+                if cursor < end:
+                    out.append((cursor, end - cursor))
+            if out:
+                kept.append((client, out))
+        if not changed:
+            return update
+        encoded = bytearray(parsed.data[: parsed.delete_set_at])
+        _put_varuint(encoded, len(kept))
+        for client, out in kept:
+            _put_varuint(encoded, client)
+            _put_varuint(encoded, len(out))
+            for clock, length in out:
+                _put_varuint(encoded, clock)
+                _put_varuint(encoded, length)
+        return bytes(encoded)
+
     def commit(self, parsed: ParsedUpdate) -> None:
         """Record an update that has been applied to the record."""
         _anatomy, owners = self._attribute(parsed)
@@ -256,6 +364,55 @@ class ItemIndex:
             missing=missing,
         )
         return anatomy, owners
+
+
+def project_state(state: bytes, hidden: frozenset[str]) -> bytes:
+    """A record's full ``state`` with the fields in ``hidden`` cut out (see
+    :meth:`ItemIndex.project`). A full state is self-contained, so it is attributed
+    against itself alone (the same as with ``ItemIndex.from_state(state)``)."""
+    return ItemIndex().project(state, hidden)
+
+
+def _put_varuint(out: bytearray, value: int) -> None:
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _gc_struct(length: int) -> bytes:
+    """A GC struct covering ``length`` clocks: info byte 0, then a varuint."""
+    out = bytearray(b"\x00")
+    _put_varuint(out, length)
+    return bytes(out)
+
+
+def _splice_hidden(
+    update: bytes,
+    parsed: ParsedUpdate,
+    owners: Mapping[tuple[int, int], Owner],
+    hidden: frozenset[str],
+) -> bytes:
+    """``update`` with the items to hide replaced by GC structs (``update`` if none)."""
+    data = parsed.data
+    parts: list[bytes] = []
+    done = 0
+    for struct in parsed.structs:
+        if struct.kind != "item":
+            continue
+        owner = owners.get((struct.client, struct.clock))
+        if owner is not None and owner[1] != IGNORED and owner[0] not in hidden:
+            continue
+        span = struct.byte_span
+        if span is None:  # pragma: no cover - parse_update always sets it
+            raise ValueError("struct without a byte span")
+        parts.append(data[done : span[0]])
+        parts.append(_gc_struct(struct.length))
+        done = span[1]
+    if not parts:
+        return update
+    parts.append(data[done:])
+    return b"".join(parts)
 
 
 def _owner_of(

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from http import HTTPStatus
 from types import TracebackType
 
@@ -20,7 +21,6 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from .auth import TokenAuthority
 from .config import RelayConfig
 from .relay import Relay
 from .session import RelaySession
@@ -36,7 +36,7 @@ class RelayServer:
 
     def __init__(self, config: RelayConfig) -> None:
         self.config = config
-        self.authority = TokenAuthority(config.secret)
+        self.authority = config.token_authority()
         self.storage: RelayStorage | None = None
         self.relay: Relay | None = None
         self._server: Server | None = None
@@ -80,7 +80,7 @@ class RelayServer:
             compression=None,
         )
         log.info("relay listening on %s (database %s)", self.url, self.config.database)
-        if len(self.config.secret) < 32:
+        if self.config.token_algorithm == "HS256" and len(self.config.secret) < 32:
             log.warning(
                 "the token secret is short (%d bytes): set a long random [server] secret "
                 "or CRDTSYNC_SECRET for anything but a demo",
@@ -139,18 +139,29 @@ class RelayServer:
         try:
             async with asyncio.TaskGroup() as tasks:
                 writer = tasks.create_task(self._write(websocket, session, wake))
+                expiry: asyncio.Task[None] | None = None
                 try:
                     async for message in websocket:
                         session.receive(message)
                         if session.close_code is not None:
                             break
+                        if expiry is None and session.expires_at is not None:
+                            expiry = tasks.create_task(self._expire(session, session.expires_at))
                 except ConnectionClosed:
                     pass
                 wake.set()
+                if expiry is not None:
+                    expiry.cancel()
                 if session.close_code is None:
                     writer.cancel()
         finally:
             session.connection_lost()
+
+    @staticmethod
+    async def _expire(session: RelaySession, expires_at: float) -> None:
+        """End the session when its token expires."""
+        await asyncio.sleep(max(0.0, expires_at - time.time()))
+        session.expire()
 
     async def _write(
         self, websocket: ServerConnection, session: RelaySession, wake: asyncio.Event

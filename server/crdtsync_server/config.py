@@ -20,10 +20,22 @@ from crdtsync.exceptions import SchemaError
 from crdtsync.protocol import MAX_FRAME_BYTES
 from crdtsync.schema import Schema
 
-from .policy import ConfigError, RolePolicy
+from .auth import TokenAuthority
+from .policy import AccessPolicy, ConfigError
 
 _SERVER_KEYS = frozenset(
-    {"host", "port", "database", "secret", "max_frame_bytes", "max_queued_bytes", "cache_records"}
+    {
+        "host",
+        "port",
+        "database",
+        "secret",
+        "max_frame_bytes",
+        "max_queued_bytes",
+        "cache_records",
+        "token_algorithm",
+        "token_public_key",
+        "token_leeway",
+    }
 )
 
 
@@ -36,8 +48,24 @@ class RelayConfig:
     max_frame_bytes: int = MAX_FRAME_BYTES
     max_queued_bytes: int = 64 * 1024 * 1024
     cache_records: int = 10_000
+    token_algorithm: str = "HS256"
+    token_public_key: str | None = None  #: PEM file the relay verifies RS256/ES256 tokens with
+    token_leeway: float = 5.0  #: seconds of clock skew allowed on a token's times
     schema: Schema
-    policy: RolePolicy
+    policy: AccessPolicy
+
+    def token_authority(self) -> TokenAuthority:
+        """The authority that verifies this relay's tokens (and, for HS256, issues them)."""
+        if self.token_algorithm == "HS256":
+            return TokenAuthority(self.secret, leeway=self.token_leeway)
+        if self.token_public_key is None:
+            raise ConfigError(
+                f"[server] token_algorithm = {self.token_algorithm!r} needs token_public_key, "
+                "the PEM file of the key that verifies tokens"
+            )
+        return TokenAuthority.from_key_files(
+            self.token_algorithm, public_key_path=self.token_public_key, leeway=self.token_leeway
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], **overrides: Any) -> RelayConfig:
@@ -54,21 +82,35 @@ class RelayConfig:
         roles = data.get("roles", {})
         if not isinstance(roles, Mapping):
             raise ConfigError("[roles] must be a table of role tables")
-        policy = RolePolicy.from_config(roles, schema.objects)
+        hook = data.get("policy")
+        if hook is not None and not isinstance(hook, str):
+            raise ConfigError("policy must be a 'package.module:Class' string")
+        policy = AccessPolicy.from_config(roles, schema, hook)
         settings: dict[str, Any] = {key: server[key] for key in _SERVER_KEYS if key in server}
         if os.environ.get("CRDTSYNC_SECRET"):
             settings["secret"] = os.environ["CRDTSYNC_SECRET"]
         settings.update({key: value for key, value in overrides.items() if value is not None})
-        for key, kind in (("host", str), ("database", str), ("secret", str)):
+        for key, kind in (
+            ("host", str),
+            ("database", str),
+            ("secret", str),
+            ("token_algorithm", str),
+            ("token_public_key", str),
+        ):
             if key in settings and not isinstance(settings[key], kind):
                 raise ConfigError(f"[server] {key} must be a string")
+        leeway = settings.get("token_leeway")
+        if leeway is not None and (isinstance(leeway, bool) or not isinstance(leeway, int | float)):
+            raise ConfigError("[server] token_leeway must be a number of seconds")
         for key in ("port", "max_frame_bytes", "max_queued_bytes", "cache_records"):
             value = settings.get(key)
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 0
             ):
                 raise ConfigError(f"[server] {key} must be a non-negative integer")
-        return cls(schema=schema, policy=policy, **settings)
+        config = cls(schema=schema, policy=policy, **settings)
+        config.token_authority()  # a bad algorithm or key file fails here, clearly
+        return config
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> RelayConfig:

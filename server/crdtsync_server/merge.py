@@ -49,7 +49,7 @@ from crdtsync.schema import ObjectSpec, Schema
 from crdtsync.yupdate import ParsedUpdate, UpdateDecodeError, parse_update
 
 from .anatomy import TEXT, Anatomy, ItemIndex, SharedType
-from .policy import Action, Policy, Principal
+from .policy import Action, Policy, Principal, RecordFacts
 from .storage import ChangeRow, StoredRecord
 
 
@@ -121,8 +121,14 @@ def decide(
     policy: Policy,
     context: MergeContext,
     relay_client_id: int,
+    facts: RecordFacts | None = None,
 ) -> Decision:
-    """Decide what to do with ``change`` to the record in ``state`` (None: unknown)."""
+    """Decide what to do with ``change`` to the record in ``state`` (None: unknown).
+
+    ``facts`` (owner, shares) is what the record's access depends on; ``schema`` is the
+    full schema: the principal's view of it (hidden fields left out, read-only ones
+    marked) comes from ``policy``.
+    """
 
     def rejected(code: ErrorCode, message: str, *, dirty: bool = False) -> Refused:
         return Refused(
@@ -133,7 +139,8 @@ def decide(
         )
 
     spec = schema.objects.get(change.object)
-    if spec is None:
+    view = policy.schema_for(principal).objects.get(change.object)
+    if spec is None or view is None:
         return rejected(ErrorCode.UNKNOWN_OBJECT, f"no object type {change.object!r}")
     if state is not None and state.stored.object != change.object:
         return rejected(
@@ -149,6 +156,7 @@ def decide(
             change,
             None,
             spec,
+            view,
             principal=principal,
             schema=schema,
             context=context,
@@ -167,21 +175,23 @@ def decide(
                 message="deleted by someone else",
             )
         )
-    current = state.doc.read_checked()[0]
-    if not policy.allows(principal, Action.READ, change.object, current):
+    if facts is None:
+        facts = RecordFacts(object=change.object, record_id=change.record_id, owner=None)
+    if not policy.allows(principal, Action.READ, change.object, facts):
         return _forbidden(change, "you no longer have access to this record")
     if change.kind == "delete":
-        if not policy.allows(principal, Action.DELETE, change.object, current):
+        if not policy.allows(principal, Action.DELETE, change.object, facts):
             return _forbidden(change, f"you may not delete this {change.object}")
         if change.delta:
             return rejected(ErrorCode.MALFORMED_FRAME, "a delete carries no delta")
-        return _delete(change, state, spec, principal, context)
-    if not policy.allows(principal, Action.UPDATE, change.object, current):
+        return _delete(change, state, view, principal, context)
+    if not policy.allows(principal, Action.UPDATE, change.object, facts):
         return _forbidden(change, f"you may not edit this {change.object}")
     return _merge(
         change,
         state,
         spec,
+        view,
         principal=principal,
         schema=schema,
         context=context,
@@ -210,7 +220,7 @@ def _delete(
     since = [
         c
         for c in context.changes_of(change.record_id, after=change.base_version)
-        if c.replica != principal.replica_id
+        if c.replica != principal.replica_id and c.fields
     ]
     if not since:
         return Accepted(kind="delete", fields={}, values={}, update=b"")
@@ -242,6 +252,7 @@ def _merge(
     change: ChangeFrame,
     state: RecordState | None,
     spec: ObjectSpec,
+    view: ObjectSpec,
     *,
     principal: Principal,
     schema: Schema,
@@ -280,7 +291,7 @@ def _merge(
             )
     index = state.index if state is not None else ItemIndex()
     anatomy = index.analyse(parsed)
-    problem = _shape_problem(anatomy, spec, creating=creating)
+    problem = _shape_problem(anatomy, view, creating=creating)
     if problem is not None:
         return rejected(*problem)
     for client, (start, _end) in parsed.client_ranges().items():
@@ -292,7 +303,7 @@ def _merge(
         )
 
     if state is not None:
-        conflicts = _concurrent_edits(change, state, spec, anatomy, principal, context)
+        conflicts = _concurrent_edits(change, state, view, anatomy, principal, context)
         if conflicts:
             return Refused(
                 Conflict(
@@ -332,6 +343,18 @@ def _merge(
         if defaults:
             relay_update = doc.write(defaults)
             values.update(defaults)
+        owners = {values.get(name) for name, f in spec.fields.items() if f.type is FieldType.OWNER}
+        if owners - {principal.user}:
+            return Refused(
+                Unresolvable(
+                    change_id=change.change_id,
+                    record_id=change.record_id,
+                    reason="forbidden",
+                    message="you can only create records you own (an administrator can "
+                    "change the owner afterwards)",
+                ),
+                dirty=True,
+            )
     touched = set(anatomy.fields)
     if creating:
         touched |= set(values) | set(decode_problems)
@@ -342,6 +365,7 @@ def _merge(
     if not errors:
         errors += spec.check_record(values)
         errors += _unique_and_reference_errors(change, spec, schema, values, touched, context)
+    errors = _visible_errors(errors, view)
     if errors:
         version = state.stored.version if state is not None else 0
         return Refused(
@@ -373,6 +397,17 @@ def _merge(
     )
 
 
+def _visible_errors(errors: list[FieldError], view: ObjectSpec) -> list[FieldError]:
+    """Errors about fields the principal may not read say so, without naming them."""
+    visible = []
+    for error in errors:
+        if error.field and error.field not in view.fields:
+            error = FieldError("", "the record breaks a rule on a field you cannot see")
+        if error not in visible:
+            visible.append(error)
+    return visible
+
+
 def _shape_problem(
     anatomy: Anatomy, spec: ObjectSpec, *, creating: bool
 ) -> tuple[ErrorCode, str] | None:
@@ -383,7 +418,11 @@ def _shape_problem(
     if unknown:
         return ErrorCode.UNKNOWN_FIELD, f"no such field on {spec.name}: {', '.join(unknown)}"
     if not creating:
-        read_only = sorted(name for name in anatomy.fields if spec.fields[name].read_only)
+        read_only = sorted(
+            name
+            for name in anatomy.fields
+            if spec.fields[name].read_only or spec.fields[name].type is FieldType.OWNER
+        )
         if read_only:
             return ErrorCode.READ_ONLY_FIELD, f"read-only: {', '.join(read_only)}"
     if anatomy.bad_shape:

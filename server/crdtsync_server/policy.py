@@ -1,18 +1,33 @@
 """Who may do what: the check points every change, subscription and fan-out passes.
 
-A :class:`Principal` is the authenticated identity of a connection (never a claim in
-a frame). A :class:`Policy` answers one question: may this principal perform this
-action on this object (and, when there is one, this record)? :class:`RolePolicy` is
-the declarative model of the configuration's ``[roles.*]`` tables.
+A :class:`Principal` is the authenticated identity of a connection (never a claim in a
+frame). :class:`AccessPolicy` is the declarative model of the configuration:
+
+* **roles → object permissions** (``[roles.NAME]``: ``Object = ["create", "read",
+  "update", "delete"]``); every user has the ``default`` role;
+* **record access** for a user with the object's ``read`` permission: the record's
+  owner (its ``owner`` field, else its creator) may edit it; others get the object's
+  sharing default (``private``: nothing, ``read``, ``read_write``: edit), raised by a
+  manual share of that record with them (``read`` or ``edit``);
+* ``update`` and ``delete`` need the object permission *and* edit access; ``read``
+  needs read access;
+* **fields**: ``read_only = true`` or a list of roles, ``hidden = [roles]`` (see
+  :meth:`crdtsync.schema.ObjectSpec.for_roles`);
+* a **hook** (top-level ``policy = "pkg.mod:Policy"``) is asked last at every check
+  point and may grant or deny (``True`` / ``False``) or defer (``None``).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+import importlib
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import attrs
+
+from crdtsync.fieldtypes import FieldType
+from crdtsync.schema import Schema
 
 
 class Action(enum.StrEnum):
@@ -22,6 +37,17 @@ class Action(enum.StrEnum):
     DELETE = "delete"
 
 
+class Access(enum.IntEnum):
+    """What one user may do with one record."""
+
+    NONE = 0
+    READ = 1
+    EDIT = 2
+
+
+SHARING_ACCESS = {"private": Access.NONE, "read": Access.READ, "read_write": Access.EDIT}
+
+
 @attrs.frozen
 class Principal:
     """An authenticated user on one replica (device)."""
@@ -29,6 +55,38 @@ class Principal:
     user: str
     replica_id: str
     roles: tuple[str, ...] = ("default",)
+    admin: bool = False
+
+    @property
+    def role_set(self) -> frozenset[str]:
+        return frozenset(("default", *self.roles))
+
+
+@attrs.frozen(kw_only=True)
+class RecordFacts:
+    """What access to one record depends on."""
+
+    object: str
+    record_id: str
+    owner: str | None
+    shares: Mapping[str, Access] = attrs.field(factory=dict)
+    values: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+class PolicyHook(Protocol):
+    """An application's own rule, asked after the declarative model."""
+
+    def allows(
+        self,
+        principal: Principal,
+        action: Action,
+        object_name: str,
+        record: RecordFacts | None,
+        declared: bool,
+    ) -> bool | None:
+        """``True`` grants, ``False`` denies, ``None`` keeps the declarative answer
+        (``declared``)."""
+        ...
 
 
 class Policy(Protocol):
@@ -37,26 +95,36 @@ class Policy(Protocol):
         principal: Principal,
         action: Action,
         object_name: str,
-        record: Mapping[str, Any] | None = None,
-    ) -> bool:
-        """True if ``principal`` may perform ``action`` on ``object_name`` (``record``
-        holds the record's current values when the action is about one record)."""
-        ...
+        record: RecordFacts | None = None,
+    ) -> bool: ...
+
+    def access(self, principal: Principal, record: RecordFacts) -> Access: ...
+
+    def record_access(self, user: str, record: RecordFacts) -> Access: ...
+
+    def schema_for(self, principal: Principal) -> Schema: ...
+
+    def hidden_fields(self, principal: Principal, object_name: str) -> frozenset[str]: ...
 
 
 class ConfigError(Exception):
     """The configuration is invalid; the message names the offending entry."""
 
 
-@attrs.frozen
-class RolePolicy:
-    """Roles grant actions per object; every user has the ``default`` role."""
+@attrs.define
+class AccessPolicy:
+    """The declarative permission model (plus an optional hook)."""
 
+    schema: Schema
     grants: Mapping[str, Mapping[str, frozenset[Action]]]
+    hook: PolicyHook | None = None
+    _views: dict[frozenset[str], Schema] = attrs.field(factory=dict, init=False, repr=False)
 
     @classmethod
-    def from_config(cls, roles: Mapping[str, Any], objects: Iterable[str]) -> RolePolicy:
-        known = set(objects)
+    def from_config(
+        cls, roles: Mapping[str, Any], schema: Schema, hook: str | None = None
+    ) -> AccessPolicy:
+        known = set(schema.objects)
         grants: dict[str, dict[str, frozenset[Action]]] = {}
         for role, table in roles.items():
             if not isinstance(table, Mapping):
@@ -74,14 +142,85 @@ class RolePolicy:
                     raise ConfigError(
                         f"[roles.{role}].{object_name}: actions must be among {valid}"
                     ) from None
-        return cls(grants)
+        return cls(schema, grants, load_hook(hook) if hook else None)
+
+    # -- object and record level ------------------------------------------------------
+
+    def object_actions(self, principal: Principal, object_name: str) -> frozenset[Action]:
+        actions: set[Action] = set()
+        for role in principal.role_set:
+            actions |= self.grants.get(role, {}).get(object_name, frozenset())
+        return frozenset(actions)
+
+    def access(self, principal: Principal, record: RecordFacts) -> Access:
+        """The user's access to one record (before the hook)."""
+        if Action.READ not in self.object_actions(principal, record.object):
+            return Access.NONE
+        return self.record_access(principal.user, record)
+
+    def record_access(self, user: str, record: RecordFacts) -> Access:
+        """What the record itself grants ``user`` (ownership, sharing default, manual
+        shares), whatever their roles."""
+        if record.owner is not None and record.owner == user:
+            return Access.EDIT
+        spec = self.schema.objects.get(record.object)
+        level = SHARING_ACCESS[spec.sharing] if spec is not None else Access.NONE
+        return max(level, record.shares.get(user, Access.NONE))
 
     def allows(
         self,
         principal: Principal,
         action: Action,
         object_name: str,
-        record: Mapping[str, Any] | None = None,
+        record: RecordFacts | None = None,
     ) -> bool:
-        roles = {"default", *principal.roles}
-        return any(action in self.grants.get(role, {}).get(object_name, ()) for role in roles)
+        actions = self.object_actions(principal, object_name)
+        declared = action in actions
+        if declared and record is not None:
+            needed = Access.READ if action is Action.READ else Access.EDIT
+            declared = self.access(principal, record) >= needed
+        if self.hook is not None:
+            verdict = self.hook.allows(principal, action, object_name, record, declared)
+            if verdict is not None:
+                return bool(verdict)
+        return declared
+
+    # -- fields -------------------------------------------------------------------------
+
+    def schema_for(self, principal: Principal) -> Schema:
+        """The schema as this principal sees it: hidden fields left out, read-only ones
+        marked (cached per role set)."""
+        roles = principal.role_set
+        view = self._views.get(roles)
+        if view is None:
+            view = self._views[roles] = self.schema.for_roles(roles)
+        return view
+
+    def hidden_fields(self, principal: Principal, object_name: str) -> frozenset[str]:
+        spec = self.schema.objects.get(object_name)
+        return spec.hidden_for(principal.role_set) if spec is not None else frozenset()
+
+
+def owner_field(schema: Schema, object_name: str) -> str | None:
+    """The object's ``owner`` field, if it has one."""
+    spec = schema.objects.get(object_name)
+    if spec is None:
+        return None
+    return next((n for n, f in spec.fields.items() if f.type is FieldType.OWNER), None)
+
+
+def load_hook(name: str) -> PolicyHook:
+    module_name, sep, attr = name.partition(":")
+    if not sep:
+        raise ConfigError(f"policy {name!r}: expected 'package.module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure is a configuration error
+        raise ConfigError(f"policy {name!r}: cannot import {module_name}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise ConfigError(f"policy {name!r}: {module_name} has no {attr!r}")
+    hook = factory() if isinstance(factory, type) else factory
+    if not callable(getattr(hook, "allows", None)):
+        raise ConfigError(f"policy {name!r}: needs an allows(principal, action, ...) method")
+    return hook  # type: ignore[no-any-return]

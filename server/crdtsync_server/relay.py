@@ -23,9 +23,12 @@ import pycrdt
 
 from crdtsync.protocol import (
     Ack,
+    Admin,
+    AdminResult,
     CaughtUp,
     ChangeFrame,
     Changes,
+    Conflict,
     ErrorCode,
     Frame,
     RecordChange,
@@ -37,7 +40,7 @@ from crdtsync.schema import Schema
 
 from .merge import Accepted, AlreadyDone, RecordState, Refused, decide
 from .metrics import Metrics
-from .policy import Action, Policy, Principal
+from .policy import Access, Action, Policy, Principal, RecordFacts, owner_field
 from .storage import ChangeRow, RelayStorage, StoredRecord
 
 if TYPE_CHECKING:
@@ -85,20 +88,55 @@ class Relay:
         self.sessions.discard(session)
         self.metrics.connections = len(self.sessions)
 
+    # -- access -----------------------------------------------------------------------
+
+    def facts(self, stored: StoredRecord, state: RecordState | None = None) -> RecordFacts:
+        """What access to ``stored`` depends on: its owner and its manual shares."""
+        state = state or self._state(stored.id, stored)
+        values = state.doc.read_checked()[0]
+        owner_name = owner_field(self.schema, stored.object)
+        owner = values.get(owner_name) if owner_name else None
+        return RecordFacts(
+            object=stored.object,
+            record_id=stored.id,
+            owner=owner or stored.created_by,
+            shares={
+                user: Access(level) for user, level in self.storage.shares_of(stored.id).items()
+            },
+            values=values,
+        )
+
+    def can_read(self, principal: Principal, facts: RecordFacts) -> bool:
+        return self.policy.allows(principal, Action.READ, facts.object, facts)
+
+    def project(self, principal: Principal, state: RecordState, update: bytes) -> bytes:
+        """``update`` without the fields ``principal`` may not read."""
+        hidden = self.policy.hidden_fields(principal, state.stored.object)
+        if not hidden or not update:
+            return update
+        return state.index.project(update, hidden)
+
     # -- reading ------------------------------------------------------------------------
 
     def backlog(self, principal: Principal, objects: Iterable[str], cursor: int) -> Iterator[Frame]:
         """What a replica that has seen everything up to ``cursor`` is missing, as
-        :class:`Changes` frames, then :class:`CaughtUp`. With ``cursor`` 0 (or a cursor
-        this relay never issued) every live record is sent whole; otherwise one merged
-        update per record changed since, so the cost grows with what was missed."""
+        :class:`Changes` frames, then :class:`CaughtUp`.
+
+        With ``cursor`` 0 (or a cursor this relay never issued) every readable live
+        record is sent whole; otherwise one merged update per readable record changed
+        since (whole if the user gained access since), a tombstone for each readable
+        record deleted since, and a ``revoked`` marker for each record the user lost
+        access to since. Cost grows with what was missed, not with the store. Every
+        update is projected to the fields the user may read.
+        """
         readable = [name for name in objects if self.policy.allows(principal, Action.READ, name)]
         if cursor > self.storage.seq:
             cursor = 0
+        events = self.storage.access_events(principal.user, cursor) if cursor else {}
         batch: list[RecordChange] = []
         size = 0
         for stored in self.storage.records_since(readable, cursor):
-            item = self._catch_up_item(principal, stored, cursor)
+            item = self._catch_up_item(principal, stored, cursor, events.get(stored.id))
             if item is None:
                 continue
             batch.append(item)
@@ -111,28 +149,38 @@ class Relay:
         yield CaughtUp(self.storage.seq)
 
     def _catch_up_item(
-        self, principal: Principal, stored: StoredRecord, cursor: int
+        self, principal: Principal, stored: StoredRecord, cursor: int, gained: bool | None
     ) -> RecordChange | None:
+        state = self._state(stored.id, stored)
+        readable = self.can_read(principal, self.facts(stored, state))
         if stored.deleted:
-            if cursor == 0:
+            if cursor == 0 or not readable:
                 return None
             return RecordChange(
                 record_id=stored.id, object=stored.object, version=stored.version, deleted=True
             )
-        values = self._state(stored.id, stored).doc.read_checked()[0]
-        if not self.policy.allows(principal, Action.READ, stored.object, values):
+        if not readable:
+            if gained is False:
+                return RecordChange(
+                    record_id=stored.id, object=stored.object, version=stored.version, revoked=True
+                )
             return None
-        if cursor == 0:
+        if cursor == 0 or gained:
             update = stored.state
         else:
-            updates = [c.update for c in self.storage.changes_of(stored.id, after=cursor)]
+            updates = [
+                c.update for c in self.storage.changes_of(stored.id, after=cursor) if c.update
+            ]
             update = (
                 bytes(pycrdt.merge_updates(*updates))
                 if len(updates) > 1
-                else (updates[0] if updates else stored.state)
+                else (updates[0] if updates else b"")
             )
         return RecordChange(
-            record_id=stored.id, object=stored.object, version=stored.version, update=update
+            record_id=stored.id,
+            object=stored.object,
+            version=stored.version,
+            update=self.project(principal, state, update),
         )
 
     # -- pushing ------------------------------------------------------------------------
@@ -195,6 +243,7 @@ class Relay:
             ), None
         stored = self.storage.get_record(change.record_id)
         state = self._state(change.record_id, stored) if stored is not None else None
+        facts = self.facts(stored, state) if stored is not None else None
         decision = decide(
             change,
             state,
@@ -203,15 +252,21 @@ class Relay:
             policy=self.policy,
             context=self.storage,
             relay_client_id=self.client_id,
+            facts=facts,
         )
         if isinstance(decision, Refused):
+            verdict = decision.verdict
+            if isinstance(verdict, Conflict) and state is not None and verdict.update:
+                verdict = attrs.evolve(
+                    verdict, update=self.project(principal, state, verdict.update)
+                )
             if decision.dirty:
                 self._cache.pop(change.record_id, None)
             if decision.refused_ops is not None:
                 self.storage.add_refused(
                     change.record_id, change.change_id, decision.refused_ops.client_ranges()
                 )
-            return decision.verdict, None
+            return verdict, None
         if isinstance(decision, AlreadyDone):
             return Ack(
                 change_id=change.change_id, record_id=change.record_id, version=decision.version
@@ -284,8 +339,10 @@ class Relay:
         return verdict, (new, row)
 
     def _fan_out(
-        self, origin: RelaySession, accepted: list[tuple[StoredRecord, ChangeRow]]
+        self, origin: RelaySession | None, accepted: list[tuple[StoredRecord, ChangeRow]]
     ) -> None:
+        """Send accepted changes to every other subscribed session that may read them,
+        projected to the fields each may read."""
         for session in list(self.sessions):
             if session is origin or session.principal is None:
                 continue
@@ -293,24 +350,145 @@ class Relay:
             for stored, row in accepted:
                 if stored.object not in session.subscriptions:
                     continue
-                if not stored.deleted:
-                    values = self._state(stored.id, stored).doc.read_checked()[0]
-                    if not self.policy.allows(
-                        session.principal, Action.READ, stored.object, values
-                    ):
-                        continue
+                state = self._state(stored.id, stored)
+                if not self.can_read(session.principal, self.facts(stored, state)):
+                    continue
                 items.append(
                     RecordChange(
                         record_id=stored.id,
                         object=stored.object,
                         version=stored.version,
-                        update=row.update,
+                        update=self.project(session.principal, state, row.update),
                         deleted=stored.deleted,
                         by=row.user,
                     )
                 )
             if items:
                 session.deliver(Changes(tuple(items)))
+
+    # -- administration -------------------------------------------------------------
+
+    def admin(self, principal: Principal, request: Admin) -> AdminResult:
+        """Apply an administrator's action through the same path as any change: it gets
+        a version, is logged with who and when, and is fanned out (replicas that gain
+        access receive the record, replicas that lose it are told to forget it)."""
+
+        def refuse(message: str) -> AdminResult:
+            return AdminResult(request_id=request.request_id, ok=False, message=message)
+
+        if not principal.admin:
+            return refuse("only an administrator may do this (a token with the admin claim)")
+        stored = self.storage.get_record(request.record_id)
+        if stored is None:
+            return refuse(f"no record {request.record_id}")
+        state = self._state(stored.id, stored)
+        before = self.facts(stored, state)
+        if request.action == "access":
+            return AdminResult(
+                request_id=request.request_id,
+                ok=True,
+                version=stored.version,
+                details=self._access_report(stored, before),
+            )
+        if stored.deleted:
+            return refuse(f"record {stored.id} is deleted")
+        if request.action in ("share", "unshare", "set_owner") and not request.user:
+            return refuse(f"{request.action} needs a user")
+        owner_name = owner_field(self.schema, stored.object)
+        if request.action == "set_owner" and owner_name is None:
+            return refuse(f"a {stored.object} has no owner field")
+        with self.storage.transaction():
+            seq = self.storage.next_seq()
+            update, fields, kind = b"", {}, request.action
+            if request.action == "share":
+                level = Access.EDIT if request.access == "edit" else Access.READ
+                self.storage.set_share(stored.id, str(request.user), int(level))
+            elif request.action == "unshare":
+                self.storage.set_share(stored.id, str(request.user), None)
+            elif request.action == "set_owner" and owner_name is not None:
+                update = state.doc.write({owner_name: request.user})
+                if update:
+                    state.index.commit_bytes(update)
+                fields, kind = {owner_name: request.user}, "update"
+            new = attrs.evolve(
+                stored,
+                version=seq,
+                state=state.doc.full_update() if update else stored.state,
+                deleted=request.action == "delete",
+            )
+            if new.deleted:
+                self.storage.set_uniques(stored.object, stored.id, {})
+            self.storage.put_record(new)
+            row = ChangeRow(
+                seq=seq,
+                record_id=stored.id,
+                object=stored.object,
+                change_id=None,
+                replica="admin",
+                user=principal.user,
+                kind=kind,
+                fields=fields,
+                update=update,
+                at=time.time(),
+            )
+            self.storage.add_change(row)
+            state.stored = new
+            after = self.facts(new, state)
+            for user in {before.owner, after.owner, request.user} - {None}:
+                was = self.policy.record_access(str(user), before)
+                now = self.policy.record_access(str(user), after)
+                if (was >= Access.READ) != (now >= Access.READ):
+                    self.storage.log_access(seq, stored.id, str(user), gained=now >= Access.READ)
+        self._remember(stored.id, state)
+        self._fan_out_access(new, row, before, after)
+        return AdminResult(
+            request_id=request.request_id,
+            ok=True,
+            message=f"{request.action} done",
+            version=seq,
+            details=self._access_report(new, after),
+        )
+
+    def _fan_out_access(
+        self, stored: StoredRecord, row: ChangeRow, before: RecordFacts, after: RecordFacts
+    ) -> None:
+        state = self._state(stored.id, stored)
+        for session in list(self.sessions):
+            principal = session.principal
+            if principal is None or stored.object not in session.subscriptions:
+                continue
+            could, can = self.can_read(principal, before), self.can_read(principal, after)
+            base = RecordChange(
+                record_id=stored.id, object=stored.object, version=stored.version, by=row.user
+            )
+            if could and not can:
+                item = attrs.evolve(base, revoked=True)
+            elif can and stored.deleted:
+                item = attrs.evolve(base, deleted=True)
+            elif can:
+                update = stored.state if not could else row.update
+                item = attrs.evolve(base, update=self.project(principal, state, update))
+            else:
+                continue
+            session.deliver(Changes((item,)))
+
+    def _access_report(self, stored: StoredRecord, facts: RecordFacts) -> dict[str, object]:
+        spec = self.schema.objects[stored.object]
+        roles = {
+            role: sorted(action.value for action in actions)
+            for role, grants in getattr(self.policy, "grants", {}).items()
+            for name, actions in grants.items()
+            if name == stored.object
+        }
+        return {
+            "record": stored.id,
+            "object": stored.object,
+            "deleted": stored.deleted,
+            "owner": facts.owner,
+            "sharing": spec.sharing,
+            "shares": {user: level.name.lower() for user, level in sorted(facts.shares.items())},
+            "roles": roles,
+        }
 
     # -- record cache -------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from crdtsync.protocol import (
     SUPPORTED_VERSIONS,
+    Admin,
     Error,
     ErrorCode,
     Frame,
@@ -76,6 +77,7 @@ class RelaySession:
         self.subscriptions: set[str] = set()
         self.close_code: int | None = None
         self.close_reason = ""
+        self.expires_at: float | None = None
         self._outbox: deque[bytes] = deque()
         self._queued_bytes = 0
 
@@ -136,6 +138,9 @@ class RelaySession:
         elif isinstance(frame, Push):
             assert self.principal is not None
             self.deliver(self.relay.push(self, frame.changes))
+        elif isinstance(frame, Admin):
+            assert self.principal is not None
+            self.deliver(self.relay.admin(self.principal, frame))
         elif isinstance(frame, Hello):
             raise ProtocolError(ErrorCode.MALFORMED_FRAME, "hello was already received")
         else:
@@ -165,12 +170,21 @@ class RelaySession:
             )
             return
         self.relay.storage.bind_replica(hello.replica_id, identity.user)
-        self.principal = Principal(identity.user, hello.replica_id, ("default", *identity.roles))
+        self.principal = Principal(
+            identity.user, hello.replica_id, ("default", *identity.roles), admin=identity.admin
+        )
+        if identity.expires_at is not None:  # the same leeway the handshake allowed
+            self.expires_at = identity.expires_at + self.authority.leeway
         self.state = SessionState.READY
         self.relay.attach(self)
-        self.deliver(
-            Welcome(versions[-1], identity.user, self.relay.server_id, self.relay.schema.to_wire())
-        )
+        view = self.relay.policy.schema_for(self.principal)
+        self.deliver(Welcome(versions[-1], identity.user, self.relay.server_id, view.to_wire()))
+
+    def expire(self) -> None:
+        """The token ran out while connected: end the session with a clear reason."""
+        if self.state is not SessionState.CLOSING:
+            self._fail(ErrorCode.AUTH_FAILED, "the token has expired", CLOSE_POLICY_VIOLATION)
+            self.wake()
 
     def _subscribe(self, subscribe: Subscribe) -> None:
         assert self.principal is not None

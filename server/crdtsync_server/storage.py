@@ -10,6 +10,9 @@ loss). Tables:
 ``uniques``   the values of ``unique`` fields, one row per (object, field, value)
 ``client_ids`` which replica first used each CRDT client id (forged ids are refused)
 ``refused_ops`` the CRDT operations of refused changes (they may never come back)
+``replicas``  which user each replica id belongs to
+``shares``    manual shares of one record with one user (read or edit)
+``access_log`` when a user gained or lost access to a record (for resume)
 ``meta``      the sequence counter, the relay's own id and CRDT client id
 
 Sequence numbers (versions) are server-wide and strictly increasing.
@@ -70,6 +73,19 @@ CREATE TABLE IF NOT EXISTS refused_ops (
 );
 CREATE INDEX IF NOT EXISTS refused_ops_client ON refused_ops (record_id, client_id, start);
 CREATE TABLE IF NOT EXISTS replicas (replica_id TEXT PRIMARY KEY, user TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS shares (
+    record_id TEXT NOT NULL,
+    user      TEXT NOT NULL,
+    access    INTEGER NOT NULL,
+    PRIMARY KEY (record_id, user)
+);
+CREATE TABLE IF NOT EXISTS access_log (
+    seq       INTEGER NOT NULL,
+    record_id TEXT NOT NULL,
+    user      TEXT NOT NULL,
+    gained    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS access_log_user ON access_log (user, seq);
 """
 
 
@@ -372,6 +388,39 @@ class RelayStorage:
                 "INSERT OR IGNORE INTO replicas (replica_id, user) VALUES (?, ?)",
                 (replica_id, user),
             )
+
+    def shares_of(self, record_id: str) -> dict[str, int]:
+        """``{user: access}`` of the record's manual shares."""
+        rows = self._db.execute("SELECT user, access FROM shares WHERE record_id = ?", (record_id,))
+        return {str(row[0]): int(row[1]) for row in rows}
+
+    def set_share(self, record_id: str, user: str, access: int | None) -> None:
+        """Share the record with ``user`` (``None``: remove the share)."""
+        if access is None:
+            self._db.execute(
+                "DELETE FROM shares WHERE record_id = ? AND user = ?", (record_id, user)
+            )
+        else:
+            self._db.execute(
+                "INSERT INTO shares (record_id, user, access) VALUES (?, ?, ?) "
+                "ON CONFLICT (record_id, user) DO UPDATE SET access = excluded.access",
+                (record_id, user, access),
+            )
+
+    def log_access(self, seq: int, record_id: str, user: str, gained: bool) -> None:
+        self._db.execute(
+            "INSERT INTO access_log (seq, record_id, user, gained) VALUES (?, ?, ?, ?)",
+            (seq, record_id, user, int(gained)),
+        )
+
+    def access_events(self, user: str, after: int) -> dict[str, bool]:
+        """``{record_id: gained}``: the last access change of each record for ``user``
+        after version ``after``."""
+        rows = self._db.execute(
+            "SELECT record_id, gained FROM access_log WHERE user = ? AND seq > ? ORDER BY seq",
+            (user, after),
+        )
+        return {str(row[0]): bool(row[1]) for row in rows}
 
     def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
