@@ -196,3 +196,39 @@ async def _expire_mid_session(relay: RelayHarness) -> None:
         alice.set_token(relay.token("alice"))
         await alice.sync()
         assert alice.pending() == []
+
+
+async def test_reader_without_a_hidden_field_edits_the_record_without_erasing_it(
+    relay: RelayHarness,
+) -> None:
+    from decimal import Decimal
+
+    alice = relay.client("alice")
+    ivan = Client(
+        relay.url,
+        token=relay.server.authority.issue("ivan", roles=["intern"]),
+        store=str(relay.tmp_path / "ivan.sqlite3"),
+        schema=alice.schema,
+        backoff_initial=0.05,
+        backoff_max=0.2,
+    )
+    async with alice, ivan:
+        rid = alice.create("Account", {"Name": "Acme", "Revenue": Decimal("987654.321")})
+        await alice.sync()
+        await ivan.sync()
+        assert "Revenue" not in ivan.schema.object("Account").fields
+        assert ivan.get(rid).fields == {"Name": "Acme", "Owner": "alice"}  # type: ignore[union-attr]
+        ivan.update(rid, {"Name": "Acme Corp"})
+        await ivan.sync()
+        assert ivan.pending() == []
+        await alice.sync()
+        assert alice.get(rid).fields["Name"] == "Acme Corp"  # type: ignore[union-attr]
+        assert alice.get(rid).fields["Revenue"] == Decimal("987654.321")  # type: ignore[union-attr]
+        alice.update(rid, {"Revenue": Decimal("1"), "Industry": "Energy"})
+        await alice.sync()
+        await ivan.sync()
+        assert ivan.get(rid).fields == {  # type: ignore[union-attr]
+            "Name": "Acme Corp",
+            "Industry": "Energy",
+            "Owner": "alice",
+        }

@@ -290,6 +290,14 @@ def _merge(
                 "rebuild the record from the relay's version",
             )
     index = state.index if state is not None else ItemIndex()
+    delta = change.delta
+    hidden = frozenset(spec.fields) - frozenset(view.fields)
+    if hidden and state is not None:
+        # A reader of projected updates holds hidden items as GCs, and every delta it
+        # sends repeats them as deletions: it cannot mean to delete what it never saw.
+        delta = index.strip_hidden_deletes(delta, hidden)
+        if delta is not change.delta:
+            parsed = parse_update(delta)
     anatomy = index.analyse(parsed)
     problem = _shape_problem(anatomy, view, creating=creating)
     if problem is not None:
@@ -318,7 +326,7 @@ def _merge(
 
     doc = state.doc if state is not None else RecordDoc(spec, client_id=relay_client_id)
     try:
-        doc.apply(change.delta)
+        doc.apply(delta)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
@@ -385,7 +393,7 @@ def _merge(
         else spec.fields[name].type.encode(values.get(name))
         for name in touched
     }
-    update = pycrdt.merge_updates(change.delta, relay_update) if relay_update else change.delta
+    update = pycrdt.merge_updates(delta, relay_update) if relay_update else delta
     return Accepted(
         kind=change.kind,
         fields=fields,

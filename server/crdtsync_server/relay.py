@@ -343,15 +343,19 @@ class Relay:
     ) -> None:
         """Send accepted changes to every other subscribed session that may read them,
         projected to the fields each may read."""
+        known = [
+            (stored, row, state, self.facts(stored, state))
+            for stored, row in accepted
+            for state in (self._state(stored.id, stored),)
+        ]
         for session in list(self.sessions):
             if session is origin or session.principal is None:
                 continue
             items = []
-            for stored, row in accepted:
+            for stored, row, state, facts in known:
                 if stored.object not in session.subscriptions:
                     continue
-                state = self._state(stored.id, stored)
-                if not self.can_read(session.principal, self.facts(stored, state)):
+                if not self.can_read(session.principal, facts):
                     continue
                 items.append(
                     RecordChange(
