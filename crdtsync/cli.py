@@ -110,9 +110,16 @@ def _authority(args: argparse.Namespace) -> TokenAuthority:
     """The authority that signs tokens: the config's secret, or --private-key."""
     from crdtsync_server.auth import TokenAuthority
     from crdtsync_server.config import RelayConfig
+    from crdtsync_server.policy import ConfigError
 
     if args.private_key is None:
-        return TokenAuthority(RelayConfig.from_toml(args.config).secret)
+        config = RelayConfig.from_toml(args.config)
+        if config.token_algorithm != "HS256":
+            raise ConfigError(
+                f"this relay verifies {config.token_algorithm} tokens: sign with "
+                f"--private-key PEM --algorithm {config.token_algorithm}"
+            )
+        return TokenAuthority(config.secret)
     return TokenAuthority.from_key_files(args.algorithm, private_key_path=args.private_key)
 
 

@@ -84,6 +84,7 @@ class Problem:
     errors: tuple[FieldError, ...] = ()
     reason: UnresolvableReason | None = None
     message: str = ""
+    readable: bool = False  #: forbidden to change, but the user may still read the record
 
     def describe(self) -> str:
         """One line for people."""

@@ -469,13 +469,15 @@ class Conflict:
 
 @attrs.frozen(kw_only=True)
 class Unresolvable:
-    """Not merged, for good: ``reason`` is ``deleted`` or ``forbidden``."""
+    """Not merged, for good: ``reason`` is ``deleted`` or ``forbidden``. ``readable``
+    says the user may still read the record (forbidden to change it, not to see it)."""
 
     KIND: ClassVar[str] = "unresolvable"
     change_id: str
     record_id: str
     reason: str
     message: str = ""
+    readable: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -484,6 +486,7 @@ class Unresolvable:
             "record": self.record_id,
             "reason": self.reason,
             "message": self.message,
+            "readable": self.readable,
         }
 
     @classmethod
@@ -496,6 +499,7 @@ class Unresolvable:
             record_id=_get(data, "record", str, where),
             reason=reason,
             message=_get(data, "message", str, where, optional=True, default=""),
+            readable=_get(data, "readable", bool, where, optional=True, default=False),
         )
 
 

@@ -358,6 +358,7 @@ class Replica:
             entry.status == Status.UNRESOLVABLE
             and problem is not None
             and problem.reason is not None
+            and not problem.readable
         )
         with self.store.transaction():
             self.store.remove_pending(record_id)
@@ -772,6 +773,7 @@ def _problem_to_wire(problem: Problem, spec: ObjectSpec) -> dict[str, Any]:
         "errors": [error.to_wire() for error in problem.errors],
         "reason": None if problem.reason is None else problem.reason.value,
         "message": problem.message,
+        "readable": problem.readable,
     }
 
 
@@ -792,4 +794,5 @@ def _problem_from_wire(data: dict[str, Any] | None, spec: ObjectSpec) -> Problem
         errors=tuple(FieldError.from_wire(e) for e in data.get("errors", [])),
         reason=None if data.get("reason") is None else UnresolvableReason(data["reason"]),
         message=data.get("message", ""),
+        readable=bool(data.get("readable", False)),
     )

@@ -225,7 +225,11 @@ class SyncSession:
             elif isinstance(verdict, Unresolvable):
                 self.replica.apply_unresolvable(
                     verdict.change_id,
-                    Problem(reason=UnresolvableReason(verdict.reason), message=verdict.message),
+                    Problem(
+                        reason=UnresolvableReason(verdict.reason),
+                        message=verdict.message,
+                        readable=verdict.readable,
+                    ),
                 )
                 tally.unresolvable += 1
             elif isinstance(verdict, Rejected):

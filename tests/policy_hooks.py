@@ -25,3 +25,10 @@ class LockedAccountsAndAuditors:
 
 
 NOT_A_HOOK = 42
+
+
+class Broken:
+    """A hook with a bug."""
+
+    def allows(self, *args: object) -> bool | None:
+        raise RuntimeError("bug in the app's hook")

@@ -64,6 +64,11 @@ async def test_read_share_does_not_allow_editing(relay: RelayHarness) -> None:
         assert change.problem.reason is UnresolvableReason.FORBIDDEN
         await alice.sync()
         assert str(alice.get(deal).fields["Amount"]) == "10"  # type: ignore[union-attr]
+        assert change.problem.readable
+        bob.dismiss(deal)  # he may still read it: dismiss restores it, does not purge it
+        record = bob.get(deal)
+        assert record is not None and record.status is Status.SYNCED
+        assert str(record.fields["Amount"]) == "10"
 
 
 async def test_edit_revoked_while_offline_is_unresolvable_and_dismiss_purges(
@@ -232,3 +237,30 @@ async def test_reader_without_a_hidden_field_edits_the_record_without_erasing_it
             "Industry": "Energy",
             "Owner": "alice",
         }
+
+
+async def test_a_field_hidden_once_is_never_erased_by_that_replica(relay: RelayHarness) -> None:
+    """A replica that synced as an intern holds placeholders for Revenue; after its user
+    gets a token without the role, its edits must still not erase Revenue."""
+    from decimal import Decimal
+
+    alice = relay.client("alice")
+    ivan = Client(
+        relay.url,
+        token=relay.server.authority.issue("ivan", roles=["intern"]),
+        store=str(relay.tmp_path / "ivan.sqlite3"),
+        schema=alice.schema,
+        backoff_initial=0.05,
+        backoff_max=0.2,
+    )
+    async with alice, ivan:
+        rid = alice.create("Account", {"Name": "Acme", "Revenue": Decimal("5")})
+        await alice.sync()
+        await ivan.sync()
+        ivan.set_token(relay.token("ivan"))  # promoted: no longer an intern
+        await ivan.sync()
+        ivan.update(rid, {"Name": "Acme Corp"})
+        await ivan.sync()
+        await alice.sync()
+        assert alice.get(rid).fields["Name"] == "Acme Corp"  # type: ignore[union-attr]
+        assert alice.get(rid).fields["Revenue"] == Decimal("5")  # type: ignore[union-attr]

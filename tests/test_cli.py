@@ -76,3 +76,21 @@ def test_serve_with_a_missing_config_is_one_clear_error() -> None:
     assert result.returncode == 2
     assert "cannot read /nonexistent/app.toml" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_token_for_an_rs256_relay_needs_a_private_key(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from .conftest import EXAMPLE_CONFIG
+
+    config = Path(str(tmp_path)) / "rs.toml"
+    config.write_text(
+        EXAMPLE_CONFIG.read_text().replace(
+            'secret = "change-me"',
+            'secret = "change-me"\ntoken_algorithm = "RS256"\n'
+            f'token_public_key = "{tmp_path}/missing.pem"',
+        )
+    )
+    result = run("token", "--config", str(config), "--user", "alice")
+    assert result.returncode == 2
+    assert "crdtsync: error:" in result.stderr and "Traceback" not in result.stderr

@@ -813,7 +813,7 @@ def test_delete_with_no_changes_by_others_since_base_is_accepted(
 def test_create_update_delete_without_permission_are_forbidden(
     h: Harness, bob: Replica, account: str
 ) -> None:
-    read_only = AccessPolicy.from_config({"default": {"Account": ["read"]}}, SCHEMA)
+    read_only = AccessPolicy.from_config({"default": {"Account": ["read"]}, "intern": {}}, SCHEMA)
     create = Replica(h, BOB, B_CLIENT + 1).create("Account", "acc-2", {"Name": "New"})
     update = bob.edit(account, {"Name": "Changed"})
     delete = bob.delete(account)

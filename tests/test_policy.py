@@ -22,6 +22,7 @@ SCHEMA = Schema.from_toml(EXAMPLE_CONFIG)
 ROLES: dict[str, Any] = {
     "default": {"Account": ["create", "read", "update", "delete"], "Opportunity": ["read"]},
     "closer": {"Opportunity": ["update"]},
+    "intern": {},  # named by the example's field rules
 }
 ALICE = Principal("alice", "phone")
 BOB = Principal("bob", "laptop")
@@ -62,7 +63,7 @@ def test_editing_needs_both_the_role_action_and_edit_access(policy: AccessPolicy
 
 
 def test_no_read_action_means_no_access_even_for_the_owner() -> None:
-    policy = AccessPolicy.from_config({"default": {"Account": ["create"]}}, SCHEMA)
+    policy = AccessPolicy.from_config({"default": {"Account": ["create"]}, "intern": {}}, SCHEMA)
     assert policy.access(ALICE, facts("Account", "alice")) is Access.NONE
     assert policy.allows(ALICE, Action.CREATE, "Account")
     assert not policy.allows(ALICE, Action.READ, "Account", facts("Account", "alice"))
@@ -110,6 +111,7 @@ def test_a_bad_hook_is_a_clear_configuration_error(hook: str, message: str) -> N
     ("roles", "message"),
     [
         ({"default": {"Lead": ["read"]}}, "unknown object 'Lead'"),
+        ({"default": {"Account": ["read"]}}, "role 'intern' is not declared"),
         ({"default": {"Account": "read"}}, "must be a list of actions"),
         ({"default": {"Account": ["fly"]}}, "actions must be among"),
         ({"default": ["Account"]}, "must be a table"),
@@ -118,3 +120,9 @@ def test_a_bad_hook_is_a_clear_configuration_error(hook: str, message: str) -> N
 def test_bad_roles_are_clear_configuration_errors(roles: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         AccessPolicy.from_config(roles, SCHEMA)
+
+
+def test_a_hook_that_raises_denies_and_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    policy = AccessPolicy.from_config(ROLES, SCHEMA, hook="tests.policy_hooks:Broken")
+    assert not policy.allows(ALICE, Action.READ, "Account", facts("Account", "alice"))
+    assert "policy hook failed" in caplog.text

@@ -1,9 +1,13 @@
 """The relay's configuration: the TOML shape of SPEC §4, plus command-line overrides.
 
-``[server]`` (host, port, database, secret, limits), ``[objects.*]`` (the schema, see
-:class:`crdtsync.Schema`) and ``[roles.*]`` (see :class:`RolePolicy`). The secret can
-be overridden by ``CRDTSYNC_SECRET``; ``--db``, ``--host`` and ``--port`` override the
-file. Relative database paths are relative to the current directory.
+``[server]``: ``host``, ``port``, ``database``, ``secret`` (HS256 token key;
+``CRDTSYNC_SECRET`` overrides it), ``token_algorithm`` (``HS256``, ``RS256`` or
+``ES256``), ``token_public_key`` (PEM file, for RS256 / ES256), ``token_leeway``
+(seconds of clock skew), and limits (``max_frame_bytes``, ``max_queued_bytes``,
+``cache_records``). ``[objects.*]`` is the schema (see :class:`crdtsync.Schema`),
+``[roles.*]`` and the top-level ``policy = "pkg.mod:Class"`` hook the access model (see
+:class:`~crdtsync_server.policy.AccessPolicy`). ``--db``, ``--host`` and ``--port``
+override the file. Relative database paths are relative to the current directory.
 """
 
 from __future__ import annotations

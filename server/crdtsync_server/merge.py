@@ -143,6 +143,11 @@ def decide(
     if spec is None or view is None:
         return rejected(ErrorCode.UNKNOWN_OBJECT, f"no object type {change.object!r}")
     if state is not None and state.stored.object != change.object:
+        real = facts or RecordFacts(
+            object=state.stored.object, record_id=change.record_id, owner=None
+        )
+        if state.stored.deleted or not policy.allows(principal, Action.READ, real.object, real):
+            return _forbidden(change, "you may not access this record")
         return rejected(
             ErrorCode.UNKNOWN_RECORD,
             f"record {change.record_id} is a {state.stored.object}, not a {change.object}",
@@ -181,12 +186,12 @@ def decide(
         return _forbidden(change, "you no longer have access to this record")
     if change.kind == "delete":
         if not policy.allows(principal, Action.DELETE, change.object, facts):
-            return _forbidden(change, f"you may not delete this {change.object}")
+            return _forbidden(change, f"you may not delete this {change.object}", readable=True)
         if change.delta:
             return rejected(ErrorCode.MALFORMED_FRAME, "a delete carries no delta")
         return _delete(change, state, view, principal, context)
     if not policy.allows(principal, Action.UPDATE, change.object, facts):
-        return _forbidden(change, f"you may not edit this {change.object}")
+        return _forbidden(change, f"you may not edit this {change.object}", readable=True)
     return _merge(
         change,
         state,
@@ -199,13 +204,14 @@ def decide(
     )
 
 
-def _forbidden(change: ChangeFrame, message: str) -> Refused:
+def _forbidden(change: ChangeFrame, message: str, *, readable: bool = False) -> Refused:
     return Refused(
         Unresolvable(
             change_id=change.change_id,
             record_id=change.record_id,
             reason="forbidden",
             message=message,
+            readable=readable,
         )
     )
 
@@ -220,6 +226,8 @@ def _delete(
     since = [
         c
         for c in context.changes_of(change.record_id, after=change.base_version)
+        # Changes to fields this user cannot see count too (a delete would lose them);
+        # the conflict then names who changed the record, not what.
         if c.replica != principal.replica_id and c.fields
     ]
     if not since:
@@ -292,9 +300,11 @@ def _merge(
     index = state.index if state is not None else ItemIndex()
     delta = change.delta
     hidden = frozenset(spec.fields) - frozenset(view.fields)
+    hidden |= principal.once_hidden.get(change.object, frozenset())
     if hidden and state is not None:
         # A reader of projected updates holds hidden items as GCs, and every delta it
-        # sends repeats them as deletions: it cannot mean to delete what it never saw.
+        # sends repeats them as deletions: it cannot mean to delete what it never saw
+        # (also after the field became visible to it: its placeholders stay).
         delta = index.strip_hidden_deletes(delta, hidden)
         if delta is not change.delta:
             parsed = parse_update(delta)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import importlib
+import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -45,6 +46,8 @@ class Access(enum.IntEnum):
     EDIT = 2
 
 
+log = logging.getLogger("crdtsync.policy")
+
 SHARING_ACCESS = {"private": Access.NONE, "read": Access.READ, "read_write": Access.EDIT}
 
 
@@ -56,6 +59,8 @@ class Principal:
     replica_id: str
     roles: tuple[str, ...] = ("default",)
     admin: bool = False
+    #: fields hidden from this replica at some point (it holds placeholders for them)
+    once_hidden: Mapping[str, frozenset[str]] = attrs.field(factory=dict, eq=False)
 
     @property
     def role_set(self) -> frozenset[str]:
@@ -142,6 +147,15 @@ class AccessPolicy:
                     raise ConfigError(
                         f"[roles.{role}].{object_name}: actions must be among {valid}"
                     ) from None
+        declared = set(grants) | {"default"}
+        for spec in schema.objects.values():
+            for field in spec.fields.values():
+                for role in (*field.hidden_roles, *field.read_only_roles):
+                    if role not in declared:
+                        raise ConfigError(
+                            f"[objects.{spec.name}.fields] {field.name}: role {role!r} is not "
+                            f"declared in [roles] (declared: {', '.join(sorted(declared))})"
+                        )
         return cls(schema, grants, load_hook(hook) if hook else None)
 
     # -- object and record level ------------------------------------------------------
@@ -180,7 +194,11 @@ class AccessPolicy:
             needed = Access.READ if action is Action.READ else Access.EDIT
             declared = self.access(principal, record) >= needed
         if self.hook is not None:
-            verdict = self.hook.allows(principal, action, object_name, record, declared)
+            try:
+                verdict = self.hook.allows(principal, action, object_name, record, declared)
+            except Exception:  # an app hook's bug denies (fails closed) and is logged
+                log.exception("policy hook failed on %s %s; denying", action, object_name)
+                return False
             if verdict is not None:
                 return bool(verdict)
         return declared

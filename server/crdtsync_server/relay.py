@@ -153,6 +153,10 @@ class Relay:
     ) -> RecordChange | None:
         state = self._state(stored.id, stored)
         readable = self.can_read(principal, self.facts(stored, state))
+        if cursor and not readable and gained is False:
+            return RecordChange(
+                record_id=stored.id, object=stored.object, version=stored.version, revoked=True
+            )
         if stored.deleted:
             if cursor == 0 or not readable:
                 return None
@@ -160,10 +164,6 @@ class Relay:
                 record_id=stored.id, object=stored.object, version=stored.version, deleted=True
             )
         if not readable:
-            if gained is False:
-                return RecordChange(
-                    record_id=stored.id, object=stored.object, version=stored.version, revoked=True
-                )
             return None
         if cursor == 0 or gained:
             update = stored.state
@@ -228,18 +228,23 @@ class Relay:
     ) -> tuple[Verdict, tuple[StoredRecord, ChangeRow] | None]:
         known = self.storage.find_change(change.change_id)
         if known is not None:
-            if known.record_id != change.record_id:
+            if known.record_id != change.record_id or known.replica != principal.replica_id:
+                # Not a retransmission by the replica that made it: say nothing of it.
                 return Rejected(
                     change_id=change.change_id,
                     record_id=change.record_id,
                     code=ErrorCode.MALFORMED_FRAME,
-                    message="this change id was used for another record",
+                    message="this change id was already used; every change needs a new one",
                 ), None
+            known_record = self.storage.get_record(known.record_id)
+            update = known.update
+            if known_record is not None and update:
+                update = self.project(principal, self._state(known_record.id, known_record), update)
             return Ack(
                 change_id=change.change_id,
                 record_id=change.record_id,
                 version=known.seq,
-                update=known.update,
+                update=update,
             ), None
         stored = self.storage.get_record(change.record_id)
         state = self._state(change.record_id, stored) if stored is not None else None
@@ -401,6 +406,35 @@ class Relay:
         owner_name = owner_field(self.schema, stored.object)
         if request.action == "set_owner" and owner_name is None:
             return refuse(f"a {stored.object} has no owner field")
+        try:
+            new, row, after = self._apply_admin(
+                principal, request, stored, state, before, owner_name
+            )
+        except Exception:
+            self._cache.pop(stored.id, None)  # the document may hold an uncommitted write
+            log.exception("admin %s on %s failed; nothing was stored", request.action, stored.id)
+            return refuse("the relay could not store this action; nothing was changed")
+        self._remember(stored.id, state)
+        self._fan_out_access(new, row, before, after)
+        return AdminResult(
+            request_id=request.request_id,
+            ok=True,
+            message=f"{request.action} done",
+            version=new.version,
+            details=self._access_report(new, after),
+        )
+
+    def _apply_admin(
+        self,
+        principal: Principal,
+        request: Admin,
+        stored: StoredRecord,
+        state: RecordState,
+        before: RecordFacts,
+        owner_name: str | None,
+    ) -> tuple[StoredRecord, ChangeRow, RecordFacts]:
+        """Store one admin action (one transaction); returns the record, its log row and
+        its access facts afterwards."""
         with self.storage.transaction():
             seq = self.storage.next_seq()
             update, fields, kind = b"", {}, request.action
@@ -443,15 +477,7 @@ class Relay:
                 now = self.policy.record_access(str(user), after)
                 if (was >= Access.READ) != (now >= Access.READ):
                     self.storage.log_access(seq, stored.id, str(user), gained=now >= Access.READ)
-        self._remember(stored.id, state)
-        self._fan_out_access(new, row, before, after)
-        return AdminResult(
-            request_id=request.request_id,
-            ok=True,
-            message=f"{request.action} done",
-            version=seq,
-            details=self._access_report(new, after),
-        )
+        return new, row, after
 
     def _fan_out_access(
         self, stored: StoredRecord, row: ChangeRow, before: RecordFacts, after: RecordFacts

@@ -23,6 +23,8 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
+import attrs
+
 from crdtsync.protocol import (
     SUPPORTED_VERSIONS,
     Admin,
@@ -170,8 +172,16 @@ class RelaySession:
             )
             return
         self.relay.storage.bind_replica(hello.replica_id, identity.user)
-        self.principal = Principal(
+        principal = Principal(
             identity.user, hello.replica_id, ("default", *identity.roles), admin=identity.admin
+        )
+        hidden = {
+            name: self.relay.policy.hidden_fields(principal, name)
+            for name in self.relay.schema.objects
+        }
+        self.relay.storage.remember_hidden(hello.replica_id, hidden)
+        self.principal = attrs.evolve(
+            principal, once_hidden=self.relay.storage.ever_hidden(hello.replica_id)
         )
         if identity.expires_at is not None:  # the same leeway the handshake allowed
             self.expires_at = identity.expires_at + self.authority.leeway

@@ -13,6 +13,7 @@ loss). Tables:
 ``replicas``  which user each replica id belongs to
 ``shares``    manual shares of one record with one user (read or edit)
 ``access_log`` when a user gained or lost access to a record (for resume)
+``replica_hidden`` fields ever hidden from a replica (it holds placeholders for them)
 ``meta``      the sequence counter, the relay's own id and CRDT client id
 
 Sequence numbers (versions) are server-wide and strictly increasing.
@@ -86,6 +87,12 @@ CREATE TABLE IF NOT EXISTS access_log (
     gained    INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS access_log_user ON access_log (user, seq);
+CREATE TABLE IF NOT EXISTS replica_hidden (
+    replica_id TEXT NOT NULL,
+    object     TEXT NOT NULL,
+    field      TEXT NOT NULL,
+    PRIMARY KEY (replica_id, object, field)
+);
 """
 
 
@@ -421,6 +428,27 @@ class RelayStorage:
             (user, after),
         )
         return {str(row[0]): bool(row[1]) for row in rows}
+
+    def remember_hidden(self, replica_id: str, hidden: Mapping[str, frozenset[str]]) -> None:
+        """Record the fields hidden from a replica (``{object: fields}``)."""
+        with self.transaction():
+            for object_name, fields in hidden.items():
+                for field in fields:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO replica_hidden (replica_id, object, field) "
+                        "VALUES (?, ?, ?)",
+                        (replica_id, object_name, field),
+                    )
+
+    def ever_hidden(self, replica_id: str) -> dict[str, frozenset[str]]:
+        """``{object: fields}`` ever hidden from the replica."""
+        rows = self._db.execute(
+            "SELECT object, field FROM replica_hidden WHERE replica_id = ?", (replica_id,)
+        )
+        out: dict[str, set[str]] = {}
+        for object_name, field in rows:
+            out.setdefault(str(object_name), set()).add(str(field))
+        return {name: frozenset(fields) for name, fields in out.items()}
 
     def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
