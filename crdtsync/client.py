@@ -281,7 +281,8 @@ class Client:
                 self._connection_task = None
             self._reconnect_now.clear()
             ceiling = self.backoff_initial * 2**attempt
-            if self._auth_failed:  # the same token will not work: wait for set_token()
+            if self._auth_failed:  # the same token is unlikely to work: retry slowly until
+                # set_token() gives a new one (and reconnects at once)
                 ceiling = self.backoff_max
             delay = random.uniform(0, min(self.backoff_max, ceiling))
             attempt += 1

@@ -78,8 +78,8 @@ class AccessLost:
 
 @attrs.frozen
 class AuthenticationFailed:
-    """The relay refused the token (expired, revoked, malformed). Pending changes are
-    kept; give the client a new token with ``set_token``."""
+    """The relay refused the token (expired, wrongly signed, malformed). Pending changes
+    are kept; give the client a new token with ``set_token``."""
 
     message: str
 

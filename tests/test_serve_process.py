@@ -144,3 +144,58 @@ def test_acknowledged_changes_survive_kill_9_of_the_relay(served: ServeProcess) 
             return {record.id for record in bob.records("Account")}
 
     assert set(ids) <= asyncio.run(read())
+
+
+def test_admin_cli_shares_a_record_and_reports_its_access(served: ServeProcess) -> None:
+    import json
+
+    store = served.database.parent / "alice.sqlite3"
+
+    async def create() -> str:
+        async with served.client("alice", store) as alice:
+            account = alice.create("Account", {"Name": "Acme"})
+            deal = alice.create(
+                "Opportunity", {"Name": "Deal", "Account": account, "Stage": "Proposal"}
+            )
+            await alice.sync(timeout=10)
+            return deal
+
+    deal = asyncio.run(create())
+    url = f"ws://127.0.0.1:{served.port}"
+    env = {**os.environ, "CRDTSYNC_SECRET": SECRET}
+
+    def admin(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "crdtsync",
+                "admin",
+                "--config",
+                str(EXAMPLE_CONFIG),
+                "--url",
+                url,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+
+    shared = admin("share", deal, "bob", "--access", "edit")
+    assert shared.returncode == 0, shared.stderr
+    assert json.loads(shared.stdout)["shares"] == {"bob": "edit"}
+    report = admin("access", deal)
+    assert json.loads(report.stdout)["owner"] == "alice"
+    assert json.loads(report.stdout)["sharing"] == "private"
+    missing = admin("share", "no-such-record", "bob")
+    assert missing.returncode == 2
+    assert "no record no-such-record" in missing.stderr and "Traceback" not in missing.stderr
+
+    async def bob_sees() -> bool:
+        async with served.client("bob", served.database.parent / "bob.sqlite3") as bob:
+            await bob.sync(timeout=10)
+            return bob.get(deal) is not None
+
+    assert asyncio.run(bob_sees())
