@@ -15,7 +15,7 @@ Nothing here knows about storage, networks or permissions.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pycrdt
@@ -68,12 +68,17 @@ class RecordDoc:
                 values[name] = decoded
         return values
 
-    def read_checked(self) -> tuple[dict[str, Any], dict[str, str]]:
+    def read_checked(
+        self, names: Iterable[str] | None = None
+    ) -> tuple[dict[str, Any], dict[str, str]]:
         """Like :meth:`read`, but a value that does not decode is reported, not raised:
-        returns ``(values, {field: problem})`` (how the relay reads a merged record)."""
+        returns ``(values, {field: problem})`` (how the relay reads a merged record).
+        ``names`` limits the reading to those fields (the ones a change touched)."""
         values: dict[str, Any] = {}
         problems: dict[str, str] = {}
-        for name, spec in self.spec.fields.items():
+        fields = self.spec.fields
+        wanted = fields.items() if names is None else ((n, fields[n]) for n in names if n in fields)
+        for name, spec in wanted:
             stored = self._fields.get(name)
             if isinstance(stored, pycrdt.Text):
                 stored = str(stored) if spec.type is FieldType.TEXT else stored

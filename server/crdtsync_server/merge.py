@@ -57,6 +57,7 @@ class MergeContext(Protocol):
     """The read-only lookups the decision needs (the relay's storage provides them)."""
 
     def changes_of(self, record_id: str, after: int = 0) -> list[ChangeRow]: ...
+    def changes_by_others(self, record_id: str, after: int, replica: str) -> list[ChangeRow]: ...
     def field_value_at(self, record_id: str, field: str, version: int) -> Any: ...
     def unique_holder(self, object_name: str, field: str, value: Any) -> str | None: ...
     def live_record_exists(self, object_name: str, record_id: str) -> bool: ...
@@ -71,11 +72,15 @@ class RecordState:
     stored: StoredRecord
     doc: RecordDoc
     index: ItemIndex
+    #: the document's decoded values and undecodable fields, kept in step with it
+    values: dict[str, Any] = attrs.field(factory=dict)
+    problems: dict[str, str] = attrs.field(factory=dict)
 
     @classmethod
     def load(cls, stored: StoredRecord, spec: ObjectSpec, relay_client_id: int) -> RecordState:
         doc = RecordDoc.from_update(spec, stored.state, client_id=relay_client_id)
-        return cls(stored, doc, ItemIndex.from_state(stored.state))
+        values, problems = doc.read_checked()
+        return cls(stored, doc, ItemIndex.from_state(stored.state), values, problems)
 
 
 @attrs.frozen(kw_only=True)
@@ -90,6 +95,7 @@ class Accepted:
     relay_update: bytes = b""
     parsed: ParsedUpdate | None = None
     doc: RecordDoc | None = None  #: the merged document (a new one for a create)
+    problems: Mapping[str, str] = attrs.field(factory=dict)  #: undecodable fields (none)
 
 
 @attrs.frozen
@@ -350,7 +356,15 @@ def _merge(
                 dirty=True,
             )
 
-    values, decode_problems = doc.read_checked()
+    if state is None:
+        values, decode_problems = doc.read_checked()
+    else:  # only the touched fields changed: read those, keep the rest
+        fresh, fresh_problems = doc.read_checked(anatomy.fields)
+        values = {k: v for k, v in state.values.items() if k not in anatomy.fields}
+        values.update(fresh)
+        decode_problems = {
+            k: v for k, v in state.problems.items() if k not in anatomy.fields
+        } | fresh_problems
     relay_update = b""
     if creating:
         defaults = {
@@ -412,6 +426,7 @@ def _merge(
         relay_update=relay_update,
         parsed=parsed,
         doc=doc,
+        problems=decode_problems,
     )
 
 
@@ -476,7 +491,9 @@ def _concurrent_edits(
     bases = {name: change.field_bases.get(name, change.base_version) for name in plain}
     since = [
         c
-        for c in context.changes_of(change.record_id, after=min(bases.values()))
+        for c in context.changes_by_others(
+            change.record_id, after=min(bases.values()), replica=principal.replica_id
+        )
         if c.replica != principal.replica_id
     ]
     conflicts = []

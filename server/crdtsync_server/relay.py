@@ -93,7 +93,7 @@ class Relay:
     def facts(self, stored: StoredRecord, state: RecordState | None = None) -> RecordFacts:
         """What access to ``stored`` depends on: its owner and its manual shares."""
         state = state or self._state(stored.id, stored)
-        values = state.doc.read_checked()[0]
+        values = state.values
         owner_name = owner_field(self.schema, stored.object)
         owner = values.get(owner_name) if owner_name else None
         return RecordFacts(
@@ -316,6 +316,8 @@ class Relay:
                 state = RecordState.load(new, spec, self.client_id)
             else:
                 state.stored = new
+                state.values = dict(decision.values)
+                state.problems = dict(decision.problems)
                 if decision.parsed is not None:
                     state.index.commit(decision.parsed)
                 if decision.relay_update:
@@ -348,14 +350,18 @@ class Relay:
     ) -> None:
         """Send accepted changes to every other subscribed session that may read them,
         projected to the fields each may read."""
+        listeners = [
+            s for s in self.sessions if s is not origin and s.principal is not None
+        ]
+        if not listeners:
+            return
         known = [
             (stored, row, state, self.facts(stored, state))
             for stored, row in accepted
             for state in (self._state(stored.id, stored),)
         ]
-        for session in list(self.sessions):
-            if session is origin or session.principal is None:
-                continue
+        for session in listeners:
+            assert session.principal is not None
             items = []
             for stored, row, state, facts in known:
                 if stored.object not in session.subscriptions:
@@ -447,6 +453,7 @@ class Relay:
                 update = state.doc.write({owner_name: request.user})
                 if update:
                     state.index.commit_bytes(update)
+                state.values[owner_name] = request.user
                 fields, kind = {owner_name: request.user}, "update"
             new = attrs.evolve(
                 stored,

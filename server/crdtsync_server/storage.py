@@ -315,6 +315,17 @@ class RelayStorage:
         )
         return [ChangeRow.from_row(row) for row in rows]
 
+    def changes_by_others(self, record_id: str, after: int, replica: str) -> list[ChangeRow]:
+        """The record's changes with ``seq > after`` made by other replicas, without
+        their updates (what the conflict check reads)."""
+        rows = self._db.execute(
+            "SELECT seq, record_id, object, change_id, replica, user, kind, fields, "
+            "X'' AS update_, at FROM changes "
+            "WHERE record_id = ? AND seq > ? AND replica IS NOT ? ORDER BY seq",
+            (record_id, after, replica),
+        )
+        return [ChangeRow.from_row(row) for row in rows]
+
     def field_value_at(self, record_id: str, field: str, version: int) -> Any:
         """The value ``field`` had at ``version`` (stored encoding; None if unset)."""
         rows = self._db.execute(
