@@ -75,6 +75,7 @@ class RecordState:
     #: the document's decoded values and undecodable fields, kept in step with it
     values: dict[str, Any] = attrs.field(factory=dict)
     problems: dict[str, str] = attrs.field(factory=dict)
+    shares: dict[str, int] | None = None  #: manual shares, loaded on first use
 
     @classmethod
     def load(cls, stored: StoredRecord, spec: ObjectSpec, relay_client_id: int) -> RecordState:

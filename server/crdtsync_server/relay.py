@@ -69,6 +69,7 @@ class Relay:
         self.storage = storage
         self.metrics = metrics or Metrics()
         self._cache: OrderedDict[str, RecordState] = OrderedDict()
+        self._bound: dict[int, str] = {}  # CRDT client ids known to be bound, and to whom
         self._cache_records = cache_records
         self.sessions: set[RelaySession] = set()
         with storage.transaction():
@@ -96,13 +97,13 @@ class Relay:
         values = state.values
         owner_name = owner_field(self.schema, stored.object)
         owner = values.get(owner_name) if owner_name else None
+        if state.shares is None:
+            state.shares = self.storage.shares_of(stored.id)
         return RecordFacts(
             object=stored.object,
             record_id=stored.id,
             owner=owner or stored.created_by,
-            shares={
-                user: Access(level) for user, level in self.storage.shares_of(stored.id).items()
-            },
+            shares={user: Access(level) for user, level in state.shares.items()},
             values=values,
         )
 
@@ -246,7 +247,9 @@ class Relay:
                 version=known.seq,
                 update=update,
             ), None
-        stored = self.storage.get_record(change.record_id)
+        cached = self._cache.get(change.record_id)
+        # Every write goes through this relay, so a cached record is the stored one.
+        stored = cached.stored if cached is not None else self.storage.get_record(change.record_id)
         state = self._state(change.record_id, stored) if stored is not None else None
         facts = self.facts(stored, state) if stored is not None else None
         decision = decide(
@@ -308,10 +311,13 @@ class Relay:
                 for name, field in spec.fields.items()
                 if field.unique
             }
-            self.storage.set_uniques(change.object, change.record_id, unique)
+            if unique and (state is None or set(unique) & set(decision.fields)):
+                self.storage.set_uniques(change.object, change.record_id, unique)
             if decision.parsed is not None:
                 for client in decision.parsed.clients():
-                    self.storage.bind_client_id(client, principal.replica_id)
+                    if self._bound.get(client) != principal.replica_id:
+                        self.storage.bind_client_id(client, principal.replica_id)
+                        self._bound[client] = principal.replica_id
             if state is None:
                 state = RecordState.load(new, spec, self.client_id)
             else:
@@ -447,8 +453,10 @@ class Relay:
             if request.action == "share":
                 level = Access.EDIT if request.access == "edit" else Access.READ
                 self.storage.set_share(stored.id, str(request.user), int(level))
+                state.shares = None  # reloaded from the store
             elif request.action == "unshare":
                 self.storage.set_share(stored.id, str(request.user), None)
+                state.shares = None
             elif request.action == "set_owner" and owner_name is not None:
                 update = state.doc.write({owner_name: request.user})
                 if update:
