@@ -149,6 +149,7 @@ class ItemIndex:
     def __init__(self) -> None:
         self._clients: dict[int, _Ranges] = {}
         self._deleted = _DeleteSet()
+        self._last: tuple[ParsedUpdate, dict[tuple[int, int], Owner]] | None = None
 
     @classmethod
     def from_state(cls, state: bytes) -> ItemIndex:
@@ -159,8 +160,11 @@ class ItemIndex:
         return index
 
     def analyse(self, parsed: ParsedUpdate) -> Anatomy:
-        """What ``parsed`` would do to the record; the index is not changed."""
-        return self._attribute(parsed)[0]
+        """What ``parsed`` would do to the record; the index is not changed (the last
+        analysis is remembered, so committing the same update does not redo it)."""
+        anatomy, owners = self._attribute(parsed)
+        self._last = (parsed, owners)
+        return anatomy
 
     def project(self, update: bytes, hidden: frozenset[str]) -> bytes:
         """``update`` with every struct of a field in ``hidden`` replaced by a GC struct.
@@ -267,7 +271,9 @@ class ItemIndex:
 
     def commit(self, parsed: ParsedUpdate) -> None:
         """Record an update that has been applied to the record."""
-        _anatomy, owners = self._attribute(parsed)
+        last = self._last
+        owners = last[1] if last is not None and last[0] is parsed else self._attribute(parsed)[1]
+        self._last = None
         for struct in parsed.structs:
             owner = owners.get((struct.client, struct.clock))
             if owner is not None:
