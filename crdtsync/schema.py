@@ -24,6 +24,7 @@ relay enforces.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -253,6 +254,11 @@ class ObjectSpec:
     def field(self, name: str) -> FieldSpec:
         """The field called ``name``; ``KeyError`` if there is none."""
         return self.fields[name]
+
+    @functools.cached_property
+    def owner_field(self) -> str | None:
+        """The first ``owner`` field, if the object has one."""
+        return next((n for n, f in self.fields.items() if f.type is FieldType.OWNER), None)
 
     @property
     def text_fields(self) -> frozenset[str]:

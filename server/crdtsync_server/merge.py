@@ -490,6 +490,8 @@ def _concurrent_edits(
     if not plain:
         return ()
     bases = {name: change.field_bases.get(name, change.base_version) for name in plain}
+    if min(bases.values()) >= state.stored.version:
+        return ()  # nothing happened to the record since this change's base
     since = [
         c
         for c in context.changes_by_others(

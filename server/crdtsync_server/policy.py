@@ -27,7 +27,6 @@ from typing import Any, Protocol
 
 import attrs
 
-from crdtsync.fieldtypes import FieldType
 from crdtsync.schema import Schema
 
 
@@ -224,7 +223,7 @@ def owner_field(schema: Schema, object_name: str) -> str | None:
     spec = schema.objects.get(object_name)
     if spec is None:
         return None
-    return next((n for n, f in spec.fields.items() if f.type is FieldType.OWNER), None)
+    return spec.owner_field
 
 
 def load_hook(name: str) -> PolicyHook:

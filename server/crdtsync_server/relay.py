@@ -356,9 +356,7 @@ class Relay:
     ) -> None:
         """Send accepted changes to every other subscribed session that may read them,
         projected to the fields each may read."""
-        listeners = [
-            s for s in self.sessions if s is not origin and s.principal is not None
-        ]
+        listeners = [s for s in self.sessions if s is not origin and s.principal is not None]
         if not listeners:
             return
         known = [

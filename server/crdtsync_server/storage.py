@@ -173,6 +173,8 @@ class RelayStorage:
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"{path}: not a crdtsync relay database ({exc})") from None
         self._seq: int = self.get_meta("seq", 0)
+        self._refused_records: set[str] | None = None  # records with refused ops (lazy)
+        self._client_owners: dict[int, str] = {}
         self._in_transaction = False
 
     def close(self) -> None:
@@ -360,10 +362,17 @@ class RelayStorage:
     # -- CRDT client ids ----------------------------------------------------------------
 
     def client_id_owner(self, client_id: int) -> str | None:
+        """The replica that first used ``client_id`` (bindings never change: cached)."""
+        known = self._client_owners.get(client_id)
+        if known is not None:
+            return known
         row = self._db.execute(
             "SELECT replica FROM client_ids WHERE client_id = ?", (str(client_id),)
         ).fetchone()
-        return None if row is None else str(row[0])
+        if row is None:
+            return None
+        self._client_owners[client_id] = str(row[0])
+        return str(row[0])
 
     def bind_client_id(self, client_id: int, replica: str) -> None:
         self._db.execute(
@@ -376,6 +385,8 @@ class RelayStorage:
     ) -> None:
         """Remember the operations (client, clock range) of a refused change to a record
         (clocks count per record document)."""
+        if self._refused_records is not None:
+            self._refused_records.add(record_id)
         for client, (start, end) in ranges.items():
             self._db.execute(
                 "INSERT INTO refused_ops (record_id, client_id, start, end_, change_id) "
@@ -386,6 +397,13 @@ class RelayStorage:
     def refused_by(self, record_id: str, client_id: int, start: int, end: int) -> str | None:
         """The id of a refused change to the record whose operations overlap
         ``[start, end)`` of ``client_id``."""
+        if self._refused_records is None:
+            self._refused_records = {
+                str(row[0])
+                for row in self._db.execute("SELECT DISTINCT record_id FROM refused_ops")
+            }
+        if record_id not in self._refused_records:
+            return None
         row = self._db.execute(
             "SELECT change_id FROM refused_ops WHERE record_id = ? AND client_id = ? "
             "AND start < ? AND end_ > ? LIMIT 1",
