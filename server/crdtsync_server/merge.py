@@ -27,7 +27,7 @@ including ``pyo3_runtime.PanicException`` (a ``BaseException``), are contained h
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -76,6 +76,26 @@ class RecordState:
     values: dict[str, Any] = attrs.field(factory=dict)
     problems: dict[str, str] = attrs.field(factory=dict)
     shares: dict[str, int] | None = None  #: manual shares, loaded on first use
+    #: field -> replica -> (version, user) of that replica's last write to it (lazy)
+    writes: dict[str, dict[str | None, tuple[int, str | None]]] | None = None
+
+    def field_writes(
+        self, context: MergeContext
+    ) -> dict[str, dict[str | None, tuple[int, str | None]]]:
+        """Who last wrote each field, per replica (loaded from the log once)."""
+        if self.writes is None:
+            self.writes = {}
+            for row in context.changes_by_others(self.stored.id, after=0, replica=""):
+                self.note_write(row.fields, row.seq, row.replica, row.user)
+        return self.writes
+
+    def note_write(
+        self, fields: Iterable[str], seq: int, replica: str | None, user: str | None
+    ) -> None:
+        if self.writes is None:
+            return  # not loaded yet: the log has it
+        for name in fields:
+            self.writes.setdefault(name, {})[replica] = (seq, user)
 
     @classmethod
     def load(cls, stored: StoredRecord, spec: ObjectSpec, relay_client_id: int) -> RecordState:
@@ -492,16 +512,14 @@ def _concurrent_edits(
     bases = {name: change.field_bases.get(name, change.base_version) for name in plain}
     if min(bases.values()) >= state.stored.version:
         return ()  # nothing happened to the record since this change's base
-    since = [
-        c
-        for c in context.changes_by_others(
-            change.record_id, after=min(bases.values()), replica=principal.replica_id
-        )
-        if c.replica != principal.replica_id
-    ]
+    writes = state.field_writes(context)
     conflicts = []
     for name in plain:
-        theirs_changes = [c for c in since if c.seq > bases[name] and name in c.fields]
+        theirs_changes = sorted(
+            (seq, user)
+            for replica, (seq, user) in writes.get(name, {}).items()
+            if replica != principal.replica_id and seq > bases[name]
+        )
         if not theirs_changes:
             continue
         field_type = spec.fields[name].type
@@ -515,7 +533,7 @@ def _concurrent_edits(
                 base=context.field_value_at(change.record_id, name, bases[name]),
                 mine=field_type.encode(_decoded(field_type, mine)),
                 theirs=field_type.encode(_decoded(field_type, theirs)),
-                changed_by=theirs_changes[-1].user,
+                changed_by=theirs_changes[-1][1],
             )
         )
     return tuple(conflicts)

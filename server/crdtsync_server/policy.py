@@ -20,6 +20,7 @@ frame). :class:`AccessPolicy` is the declarative model of the configuration:
 from __future__ import annotations
 
 import enum
+import functools
 import importlib
 import logging
 from collections.abc import Mapping
@@ -61,7 +62,7 @@ class Principal:
     #: fields hidden from this replica at some point (it holds placeholders for them)
     once_hidden: Mapping[str, frozenset[str]] = attrs.field(factory=dict, eq=False)
 
-    @property
+    @functools.cached_property
     def role_set(self) -> frozenset[str]:
         return frozenset(("default", *self.roles))
 
@@ -123,6 +124,12 @@ class AccessPolicy:
     grants: Mapping[str, Mapping[str, frozenset[Action]]]
     hook: PolicyHook | None = None
     _views: dict[frozenset[str], Schema] = attrs.field(factory=dict, init=False, repr=False)
+    _actions: dict[tuple[frozenset[str], str], frozenset[Action]] = attrs.field(
+        factory=dict, init=False, repr=False
+    )
+    _hidden: dict[tuple[frozenset[str], str], frozenset[str]] = attrs.field(
+        factory=dict, init=False, repr=False
+    )
 
     @classmethod
     def from_config(
@@ -160,10 +167,14 @@ class AccessPolicy:
     # -- object and record level ------------------------------------------------------
 
     def object_actions(self, principal: Principal, object_name: str) -> frozenset[Action]:
-        actions: set[Action] = set()
-        for role in principal.role_set:
-            actions |= self.grants.get(role, {}).get(object_name, frozenset())
-        return frozenset(actions)
+        key = (principal.role_set, object_name)
+        known = self._actions.get(key)
+        if known is None:
+            actions: set[Action] = set()
+            for role in principal.role_set:
+                actions |= self.grants.get(role, {}).get(object_name, frozenset())
+            known = self._actions[key] = frozenset(actions)
+        return known
 
     def access(self, principal: Principal, record: RecordFacts) -> Access:
         """The user's access to one record (before the hook)."""
@@ -214,8 +225,13 @@ class AccessPolicy:
         return view
 
     def hidden_fields(self, principal: Principal, object_name: str) -> frozenset[str]:
-        spec = self.schema.objects.get(object_name)
-        return spec.hidden_for(principal.role_set) if spec is not None else frozenset()
+        key = (principal.role_set, object_name)
+        known = self._hidden.get(key)
+        if known is None:
+            spec = self.schema.objects.get(object_name)
+            known = spec.hidden_for(principal.role_set) if spec is not None else frozenset()
+            self._hidden[key] = known
+        return known
 
 
 def owner_field(schema: Schema, object_name: str) -> str | None:

@@ -322,6 +322,7 @@ class Relay:
                 state = RecordState.load(new, spec, self.client_id)
             else:
                 state.stored = new
+                state.note_write(decision.fields, seq, principal.replica_id, principal.user)
                 state.values = dict(decision.values)
                 state.problems = dict(decision.problems)
                 if decision.parsed is not None:
@@ -359,11 +360,12 @@ class Relay:
         listeners = [s for s in self.sessions if s is not origin and s.principal is not None]
         if not listeners:
             return
-        known = [
-            (stored, row, state, self.facts(stored, state))
-            for stored, row in accepted
-            for state in (self._state(stored.id, stored),)
-        ]
+        per_record: dict[str, tuple[RecordState, RecordFacts]] = {}
+        for stored, _row in accepted:
+            if stored.id not in per_record:
+                state = self._state(stored.id, stored)
+                per_record[stored.id] = (state, self.facts(stored, state))
+        known = [(stored, row, *per_record[stored.id]) for stored, row in accepted]
         for session in listeners:
             assert session.principal is not None
             items = []
@@ -537,7 +539,9 @@ class Relay:
 
     def _state(self, record_id: str, stored: StoredRecord) -> RecordState:
         state = self._cache.get(record_id)
-        if state is not None and state.stored.version == stored.version:
+        # Every write goes through this relay: a cached record is never older than a
+        # stored row (it may be newer than a row read earlier in the same push).
+        if state is not None and state.stored.version >= stored.version:
             self._cache.move_to_end(record_id)
             return state
         state = RecordState.load(stored, self.schema.objects[stored.object], self.client_id)
