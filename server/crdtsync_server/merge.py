@@ -27,7 +27,7 @@ including ``pyo3_runtime.PanicException`` (a ``BaseException``), are contained h
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -51,6 +51,9 @@ from crdtsync.yupdate import ParsedUpdate, UpdateDecodeError, parse_update
 from .anatomy import TEXT, Anatomy, ItemIndex, SharedType
 from .policy import Action, Policy, Principal, RecordFacts
 from .storage import ChangeRow, StoredRecord
+
+
+HISTORY_PER_FIELD = 32  #: recent values kept per field for conflict details
 
 
 class MergeContext(Protocol):
@@ -78,6 +81,21 @@ class RecordState:
     shares: dict[str, int] | None = None  #: manual shares, loaded on first use
     #: field -> replica -> (version, user) of that replica's last write to it (lazy)
     writes: dict[str, dict[str | None, tuple[int, str | None]]] | None = None
+    #: field -> recent (version, stored value) pairs, oldest first (lazy, bounded)
+    history: dict[str, list[tuple[int, Any]]] = attrs.field(factory=dict)
+    history_from: int = 0  #: versions before this are not in ``history``
+
+    def value_at(self, context: MergeContext, name: str, version: int) -> Any:
+        """The stored value ``name`` had at ``version`` (from memory when recent)."""
+        self.field_writes(context)
+        if version < self.history_from:
+            return context.field_value_at(self.stored.id, name, version)
+        value = None
+        for seq, stored in self.history.get(name, ()):
+            if seq > version:
+                break
+            value = stored
+        return value
 
     def field_writes(
         self, context: MergeContext
@@ -90,12 +108,17 @@ class RecordState:
         return self.writes
 
     def note_write(
-        self, fields: Iterable[str], seq: int, replica: str | None, user: str | None
+        self, fields: Mapping[str, Any], seq: int, replica: str | None, user: str | None
     ) -> None:
         if self.writes is None:
             return  # not loaded yet: the log has it
-        for name in fields:
+        for name, value in fields.items():
             self.writes.setdefault(name, {})[replica] = (seq, user)
+            values = self.history.setdefault(name, [])
+            values.append((seq, value))
+            if len(values) > HISTORY_PER_FIELD:
+                dropped, _ = values.pop(0)
+                self.history_from = max(self.history_from, dropped + 1)
 
     @classmethod
     def load(cls, stored: StoredRecord, spec: ObjectSpec, relay_client_id: int) -> RecordState:
@@ -263,7 +286,7 @@ def _delete(
     conflicts = tuple(
         WireConflict(
             field=name,
-            base=context.field_value_at(change.record_id, name, change.base_version),
+            base=state.value_at(context, name, change.base_version),
             mine=None,
             theirs=_canonical_stored(spec.fields[name].type, state.doc.stored_value(name)),
             changed_by=next(c.user for c in reversed(since) if name in c.fields),
@@ -530,7 +553,7 @@ def _concurrent_edits(
         conflicts.append(
             WireConflict(
                 field=name,
-                base=context.field_value_at(change.record_id, name, bases[name]),
+                base=state.value_at(context, name, bases[name]),
                 mine=field_type.encode(_decoded(field_type, mine)),
                 theirs=field_type.encode(_decoded(field_type, theirs)),
                 changed_by=theirs_changes[-1][1],
