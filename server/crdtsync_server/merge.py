@@ -52,7 +52,6 @@ from .anatomy import TEXT, Anatomy, ItemIndex, SharedType
 from .policy import Action, Policy, Principal, RecordFacts
 from .storage import ChangeRow, StoredRecord
 
-
 HISTORY_PER_FIELD = 32  #: recent values kept per field for conflict details
 
 

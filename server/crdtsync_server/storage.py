@@ -173,8 +173,10 @@ class RelayStorage:
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"{path}: not a crdtsync relay database ({exc})") from None
         self._seq: int = self.get_meta("seq", 0)
+        # Caches of rows that never change once committed (cleared on a rollback).
         self._refused_records: set[str] | None = None  # records with refused ops (lazy)
-        self._client_owners: dict[int, str] = {}
+        self._refused_ranges: dict[str, dict[int, list[tuple[int, int, str]]]] = {}
+        self._client_owners: dict[int, str | None] = {}
         self._in_transaction = False
 
     def close(self) -> None:
@@ -196,6 +198,8 @@ class RelayStorage:
         except BaseException:
             self._db.execute("ROLLBACK")
             self._seq = seq_before
+            self._refused_records, self._refused_ranges = None, {}
+            self._client_owners = {}
             raise
         else:
             self._db.execute("COMMIT")
@@ -363,22 +367,22 @@ class RelayStorage:
 
     def client_id_owner(self, client_id: int) -> str | None:
         """The replica that first used ``client_id`` (bindings never change: cached)."""
-        known = self._client_owners.get(client_id)
-        if known is not None:
-            return known
+        if client_id in self._client_owners:
+            return self._client_owners[client_id]
         row = self._db.execute(
             "SELECT replica FROM client_ids WHERE client_id = ?", (str(client_id),)
         ).fetchone()
-        if row is None:
-            return None
-        self._client_owners[client_id] = str(row[0])
-        return str(row[0])
+        owner = None if row is None else str(row[0])
+        self._client_owners[client_id] = owner
+        return owner
 
     def bind_client_id(self, client_id: int, replica: str) -> None:
         self._db.execute(
             "INSERT OR IGNORE INTO client_ids (client_id, replica) VALUES (?, ?)",
             (str(client_id), replica),
         )
+        if self._client_owners.get(client_id) is None:
+            self._client_owners[client_id] = replica
 
     def add_refused(
         self, record_id: str, change_id: str, ranges: Mapping[int, tuple[int, int]]
@@ -387,7 +391,10 @@ class RelayStorage:
         (clocks count per record document)."""
         if self._refused_records is not None:
             self._refused_records.add(record_id)
+        known = self._refused_ranges.get(record_id)
         for client, (start, end) in ranges.items():
+            if known is not None:
+                known.setdefault(client, []).append((start, end, change_id))
             self._db.execute(
                 "INSERT INTO refused_ops (record_id, client_id, start, end_, change_id) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -404,12 +411,19 @@ class RelayStorage:
             }
         if record_id not in self._refused_records:
             return None
-        row = self._db.execute(
-            "SELECT change_id FROM refused_ops WHERE record_id = ? AND client_id = ? "
-            "AND start < ? AND end_ > ? LIMIT 1",
-            (record_id, str(client_id), end, start),
-        ).fetchone()
-        return None if row is None else str(row[0])
+        ranges = self._refused_ranges.get(record_id)
+        if ranges is None:
+            ranges = self._refused_ranges[record_id] = {}
+            rows = self._db.execute(
+                "SELECT client_id, start, end_, change_id FROM refused_ops WHERE record_id = ?",
+                (record_id,),
+            )
+            for client, first, last, change in rows:
+                ranges.setdefault(int(client), []).append((first, last, str(change)))
+        for first, last, change in ranges.get(client_id, ()):
+            if first < end and last > start:
+                return change
+        return None
 
     def replica_user(self, replica_id: str) -> str | None:
         row = self._db.execute(
