@@ -15,7 +15,7 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -186,7 +186,7 @@ class Relay:
 
     # -- pushing ------------------------------------------------------------------------
 
-    def push(self, origin: RelaySession, changes: Iterable[ChangeFrame]) -> Verdicts:
+    def push(self, origin: RelaySession, changes: Sequence[ChangeFrame]) -> Verdicts:
         """Decide, persist (one transaction) and fan out a batch of changes."""
         assert origin.principal is not None
         principal = origin.principal
@@ -196,8 +196,12 @@ class Relay:
         started = time.perf_counter()
         try:
             with self.storage.transaction():
+                changes = list(changes)
+                # One query for the whole frame: which ids were seen before (retransmits).
+                seen = self.storage.known_change_ids([c.change_id for c in changes])
                 for change in changes:
-                    verdict, outcome = self._push_one(principal, change, touched_cache)
+                    verdict, outcome = self._push_one(principal, change, touched_cache, seen)
+                    seen.add(change.change_id)
                     verdicts.append(verdict)
                     if outcome is not None:
                         accepted.append(outcome)
@@ -225,9 +229,13 @@ class Relay:
         return Verdicts(tuple(verdicts))
 
     def _push_one(
-        self, principal: Principal, change: ChangeFrame, touched_cache: list[str]
+        self,
+        principal: Principal,
+        change: ChangeFrame,
+        touched_cache: list[str],
+        seen: set[str],
     ) -> tuple[Verdict, tuple[StoredRecord, ChangeRow] | None]:
-        known = self.storage.find_change(change.change_id)
+        known = self.storage.find_change(change.change_id) if change.change_id in seen else None
         if known is not None:
             if known.record_id != change.record_id or known.replica != principal.replica_id:
                 # Not a retransmission by the replica that made it: say nothing of it.

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -308,6 +308,18 @@ class RelayStorage:
                 change.at or time.time(),
             ),
         )
+
+    def known_change_ids(self, change_ids: Sequence[str]) -> set[str]:
+        """Which of ``change_ids`` were accepted before."""
+        known: set[str] = set()
+        for start in range(0, len(change_ids), 500):  # within SQLite's parameter limit
+            chunk = tuple(change_ids[start : start + 500])
+            marks = ", ".join("?" for _ in chunk)
+            rows = self._db.execute(
+                f"SELECT change_id FROM changes WHERE change_id IN ({marks})", chunk
+            )
+            known.update(str(row[0]) for row in rows)
+        return known
 
     def find_change(self, change_id: str) -> ChangeRow | None:
         row = self._db.execute("SELECT * FROM changes WHERE change_id = ?", (change_id,)).fetchone()
