@@ -380,7 +380,7 @@ class Replica:
         """
         out: list[OutgoingChange] = []
         with self.store.transaction():
-            for entry in self.store.list_pending(Status.PENDING):
+            for entry in self.store.iter_pending(Status.PENDING):
                 if limit is not None and len(out) >= limit:
                     break
                 waiting = self._waiting_for(entry)
@@ -410,14 +410,12 @@ class Replica:
     def has_pushable(self) -> bool:
         """True if some pending change could be sent now (not waiting for another)."""
         return any(
-            not self._waiting_for(entry) for entry in self.store.list_pending(Status.PENDING)
+            not self._waiting_for(entry) for entry in self.store.iter_pending(Status.PENDING)
         )
 
     def count_unsynced(self) -> int:
         """Changes waiting to sync or in flight."""
-        return len(self.store.list_pending(Status.PENDING)) + len(
-            self.store.list_pending(Status.SYNCING)
-        )
+        return self.store.count_pending(Status.PENDING) + self.store.count_pending(Status.SYNCING)
 
     @property
     def cursor(self) -> int:

@@ -265,14 +265,36 @@ class LocalStore:
         row = self._db.execute("SELECT * FROM pending WHERE change_id = ?", (change_id,)).fetchone()
         return None if row is None else PendingRow.from_row(row)
 
-    def list_pending(self, status: str | None = None) -> list[PendingRow]:
+    def list_pending(
+        self, status: str | None = None, *, after_seq: int = 0, limit: int = -1
+    ) -> list[PendingRow]:
+        """Outbox entries in queue order (of one status, after ``after_seq``, at most
+        ``limit`` of them; -1: all)."""
         if status is None:
-            rows = self._db.execute("SELECT * FROM pending ORDER BY seq")
+            rows = self._db.execute(
+                "SELECT * FROM pending WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+            )
         else:
             rows = self._db.execute(
-                "SELECT * FROM pending WHERE status = ? ORDER BY seq", (status,)
+                "SELECT * FROM pending WHERE status = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (status, after_seq, limit),
             )
         return [PendingRow.from_row(row) for row in rows]
+
+    def iter_pending(self, status: str, page: int = 200) -> Iterator[PendingRow]:
+        """Outbox entries of one status in queue order, read a page at a time (callers
+        may stop early, and may write between pages)."""
+        after = 0
+        while True:
+            rows = self.list_pending(status, after_seq=after, limit=page)
+            yield from rows
+            if len(rows) < page:
+                return
+            after = rows[-1].seq
+
+    def count_pending(self, status: str) -> int:
+        row = self._db.execute("SELECT COUNT(*) FROM pending WHERE status = ?", (status,))
+        return int(row.fetchone()[0])
 
     def put_pending(self, entry: PendingRow) -> None:
         self._db.execute(
