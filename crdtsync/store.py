@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS pending (
     dirty        INTEGER NOT NULL DEFAULT 0,
     note         TEXT NOT NULL DEFAULT ''
 );
+CREATE INDEX IF NOT EXISTS pending_change_id ON pending (change_id);
 """
 
 

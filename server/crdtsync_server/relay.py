@@ -38,6 +38,7 @@ from crdtsync.protocol import (
 )
 from crdtsync.schema import Schema
 
+from .anatomy import ItemIndex
 from .merge import Accepted, AlreadyDone, RecordState, Refused, decide
 from .metrics import Metrics
 from .policy import Access, Action, Policy, Principal, RecordFacts, owner_field
@@ -90,6 +91,22 @@ class Relay:
         self.metrics.connections = len(self.sessions)
 
     # -- access -----------------------------------------------------------------------
+
+    def light_facts(self, stored: StoredRecord) -> RecordFacts:
+        """Access facts from the stored row alone (owner, shares), without loading the
+        record's document: enough unless a policy hook needs the values."""
+        if getattr(self.policy, "hook", None) is not None:
+            return self.facts(stored)
+        cached = self._cache.get(stored.id)
+        if cached is not None:
+            return self.facts(stored, cached)
+        shares = self.storage.shares_of(stored.id)
+        return RecordFacts(
+            object=stored.object,
+            record_id=stored.id,
+            owner=stored.owner or stored.created_by,
+            shares={user: Access(level) for user, level in shares.items()},
+        )
 
     def facts(self, stored: StoredRecord, state: RecordState | None = None) -> RecordFacts:
         """What access to ``stored`` depends on: its owner and its manual shares."""
@@ -152,8 +169,7 @@ class Relay:
     def _catch_up_item(
         self, principal: Principal, stored: StoredRecord, cursor: int, gained: bool | None
     ) -> RecordChange | None:
-        state = self._state(stored.id, stored)
-        readable = self.can_read(principal, self.facts(stored, state))
+        readable = self.can_read(principal, self.light_facts(stored))
         if cursor and not readable and gained is False:
             return RecordChange(
                 record_id=stored.id, object=stored.object, version=stored.version, revoked=True
@@ -177,11 +193,10 @@ class Relay:
                 if len(updates) > 1
                 else (updates[0] if updates else b"")
             )
+        if self.policy.hidden_fields(principal, stored.object):
+            update = self.project(principal, self._state(stored.id, stored), update)
         return RecordChange(
-            record_id=stored.id,
-            object=stored.object,
-            version=stored.version,
-            update=self.project(principal, state, update),
+            record_id=stored.id, object=stored.object, version=stored.version, update=update
         )
 
     # -- pushing ------------------------------------------------------------------------
@@ -307,12 +322,18 @@ class Relay:
             self._cache.pop(change.record_id, None)
         else:
             assert decision.doc is not None
+            owner_name = spec.owner_field
             new = StoredRecord(
                 id=change.record_id,
                 object=change.object,
                 state=decision.doc.full_update(),
                 version=seq,
                 created_by=stored.created_by if stored is not None else principal.user,
+                owner=(
+                    stored.owner
+                    if stored is not None
+                    else (decision.values.get(owner_name) if owner_name else None)
+                ),
             )
             unique = {
                 name: spec.fields[name].type.encode(decision.values.get(name))
@@ -326,8 +347,16 @@ class Relay:
                     if self._bound.get(client) != principal.replica_id:
                         self.storage.bind_client_id(client, principal.replica_id)
                         self._bound[client] = principal.replica_id
-            if state is None:
-                state = RecordState.load(new, spec, self.client_id)
+            if state is None:  # the document was just built: index it, don't reload it
+                assert decision.doc is not None
+                index = ItemIndex()
+                if decision.parsed is not None:
+                    index.commit(decision.parsed)
+                if decision.relay_update:
+                    index.commit_bytes(decision.relay_update)
+                state = RecordState(
+                    new, decision.doc, index, dict(decision.values), dict(decision.problems)
+                )
             else:
                 state.stored = new
                 state.note_write(decision.fields, seq, principal.replica_id, principal.user)
@@ -476,6 +505,7 @@ class Relay:
                 version=seq,
                 state=state.doc.full_update() if update else stored.state,
                 deleted=request.action == "delete",
+                owner=request.user if request.action == "set_owner" else stored.owner,
             )
             if new.deleted:
                 self.storage.set_uniques(stored.object, stored.id, {})

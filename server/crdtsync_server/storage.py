@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS records (
     state      BLOB NOT NULL,
     version    INTEGER NOT NULL,
     deleted    INTEGER NOT NULL DEFAULT 0,
-    created_by TEXT
+    created_by TEXT,
+    owner      TEXT
 );
 CREATE INDEX IF NOT EXISTS records_object_version ON records (object, version);
 CREATE TABLE IF NOT EXISTS changes (
@@ -116,6 +117,19 @@ class StoredRecord:
     version: int
     deleted: bool = False
     created_by: str | None = None
+    owner: str | None = None  #: the owner field's value (owners change only via admins)
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> StoredRecord:
+        return cls(
+            id=row["id"],
+            object=row["object"],
+            state=bytes(row["state"]),
+            version=row["version"],
+            deleted=bool(row["deleted"]),
+            created_by=row["created_by"],
+            owner=row["owner"],
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -233,22 +247,14 @@ class RelayStorage:
 
     def get_record(self, record_id: str) -> StoredRecord | None:
         row = self._db.execute("SELECT * FROM records WHERE id = ?", (record_id,)).fetchone()
-        if row is None:
-            return None
-        return StoredRecord(
-            id=row["id"],
-            object=row["object"],
-            state=bytes(row["state"]),
-            version=row["version"],
-            deleted=bool(row["deleted"]),
-            created_by=row["created_by"],
-        )
+        return None if row is None else StoredRecord.from_row(row)
 
     def put_record(self, record: StoredRecord) -> None:
         self._db.execute(
-            "INSERT INTO records (id, object, state, version, deleted, created_by) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-            "state = excluded.state, version = excluded.version, deleted = excluded.deleted",
+            "INSERT INTO records (id, object, state, version, deleted, created_by, owner) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+            "state = excluded.state, version = excluded.version, deleted = excluded.deleted, "
+            "owner = excluded.owner",
             (
                 record.id,
                 record.object,
@@ -256,6 +262,7 @@ class RelayStorage:
                 record.version,
                 int(record.deleted),
                 record.created_by,
+                record.owner,
             ),
         )
 
@@ -268,23 +275,23 @@ class RelayStorage:
 
     def records_since(self, objects: Iterable[str], version: int) -> Iterator[StoredRecord]:
         """Records of ``objects`` changed after ``version``, oldest change first."""
+        for record_id in self.record_ids_since(objects, version):
+            record = self.get_record(record_id)
+            if record is not None:
+                yield record
+
+    def record_ids_since(self, objects: Iterable[str], version: int) -> list[str]:
+        """Ids of the records of ``objects`` changed after ``version``, oldest change
+        first (a snapshot: the records are read one by one afterwards)."""
         names = list(objects)
         if not names:
-            return
+            return []
         marks = ", ".join("?" for _ in names)
         rows = self._db.execute(
-            f"SELECT * FROM records WHERE object IN ({marks}) AND version > ? ORDER BY version",
+            f"SELECT id FROM records WHERE object IN ({marks}) AND version > ? ORDER BY version",
             (*names, version),
         )
-        for row in rows:
-            yield StoredRecord(
-                id=row["id"],
-                object=row["object"],
-                state=bytes(row["state"]),
-                version=row["version"],
-                deleted=bool(row["deleted"]),
-                created_by=row["created_by"],
-            )
+        return [str(row[0]) for row in rows]
 
     def count_records(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM records WHERE deleted = 0").fetchone()[0])
