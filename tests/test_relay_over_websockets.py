@@ -289,3 +289,22 @@ async def test_relay_refuses_operations_it_rejected_when_they_come_back(
         await bob.sync()
         assert bob.get("r-z").fields["Name"] == "Bob's name"  # type: ignore[union-attr]
         assert "Industry" not in bob.get("r-z").fields  # type: ignore[union-attr]
+
+
+async def test_a_backlog_larger_than_the_send_queue_is_sent_in_batches(tmp_path: Any) -> None:
+    """The backlog is produced as the replica reads it: a first sync bigger than the
+    relay's per-connection queue bound completes instead of being cut off as too slow."""
+    relay = RelayHarness(tmp_path, max_queued_bytes=20_000)
+    await relay.start()
+    try:
+        writer = relay.client("alice")
+        async with writer:
+            for i in range(600):
+                writer.create("Account", {"Name": f"Account {i}", "Website": "x" * 100})
+            await writer.sync(timeout=60)
+        reader = relay.client("bob")
+        async with reader:
+            await reader.sync(timeout=60)
+            assert len(reader.records("Account")) == 600
+    finally:
+        await relay.stop()

@@ -173,6 +173,9 @@ class RelayServer:
                 for data in session.data_to_send():
                     async with asyncio.timeout(SEND_TIMEOUT):
                         await websocket.send(data)
+                if session.has_more:  # a backlog: next batch after others had a turn
+                    wake.set()
+                    await asyncio.sleep(0)
                 if session.close_code is not None:
                     await websocket.close(session.close_code, _reason(session.close_reason))
                     return

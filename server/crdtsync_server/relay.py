@@ -140,21 +140,38 @@ class Relay:
         """What a replica that has seen everything up to ``cursor`` is missing, as
         :class:`Changes` frames, then :class:`CaughtUp`.
 
-        With ``cursor`` 0 (or a cursor this relay never issued) every readable live
-        record is sent whole; otherwise one merged update per readable record changed
-        since (whole if the user gained access since), a tombstone for each readable
-        record deleted since, and a ``revoked`` marker for each record the user lost
-        access to since. Cost grows with what was missed, not with the store. Every
-        update is projected to the fields the user may read.
+        The set of records is fixed now (a snapshot of ids); the frames are produced as
+        they are pulled, reading each record's current row, so a large first sync is
+        sent a batch at a time while the relay goes on serving others. With ``cursor``
+        0 (or a cursor this relay never issued) every readable live record is sent
+        whole; otherwise one merged update per readable record changed since (whole if
+        the user gained access since), a tombstone for each readable record deleted
+        since, and a ``revoked`` marker for each record the user lost access to since.
+        Cost grows with what was missed, not with the store. Every update is projected
+        to the fields the user may read.
         """
         readable = [name for name in objects if self.policy.allows(principal, Action.READ, name)]
         if cursor > self.storage.seq:
             cursor = 0
         events = self.storage.access_events(principal.user, cursor) if cursor else {}
+        ids = self.storage.record_ids_since(readable, cursor)
+        return self._backlog_frames(principal, ids, cursor, events, self.storage.seq)
+
+    def _backlog_frames(
+        self,
+        principal: Principal,
+        ids: list[str],
+        cursor: int,
+        events: dict[str, bool],
+        caught_up: int,
+    ) -> Iterator[Frame]:
         batch: list[RecordChange] = []
         size = 0
-        for stored in self.storage.records_since(readable, cursor):
-            item = self._catch_up_item(principal, stored, cursor, events.get(stored.id))
+        for record_id in ids:
+            stored = self.storage.get_record(record_id)
+            if stored is None:
+                continue
+            item = self._catch_up_item(principal, stored, cursor, events.get(record_id))
             if item is None:
                 continue
             batch.append(item)
@@ -164,7 +181,7 @@ class Relay:
                 batch, size = [], 0
         if batch:
             yield Changes(tuple(batch))
-        yield CaughtUp(self.storage.seq)
+        yield CaughtUp(caught_up)
 
     def _catch_up_item(
         self, principal: Principal, stored: StoredRecord, cursor: int, gained: bool | None
@@ -422,7 +439,7 @@ class Relay:
                     )
                 )
             if items:
-                session.deliver(Changes(tuple(items)))
+                session.deliver_fanout(Changes(tuple(items)))
 
     # -- administration -------------------------------------------------------------
 
@@ -553,7 +570,7 @@ class Relay:
                 item = attrs.evolve(base, update=self.project(principal, state, update))
             else:
                 continue
-            session.deliver(Changes((item,)))
+            session.deliver_fanout(Changes((item,)))
 
     def _access_report(self, stored: StoredRecord, facts: RecordFacts) -> dict[str, object]:
         spec = self.schema.objects[stored.object]

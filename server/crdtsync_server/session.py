@@ -19,15 +19,17 @@ carries on; only a broken handshake or a consumer too slow to keep up ends it.
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import attrs
 
 from crdtsync.protocol import (
     SUPPORTED_VERSIONS,
     Admin,
+    CaughtUp,
     Error,
     ErrorCode,
     Frame,
@@ -80,17 +82,61 @@ class RelaySession:
         self.close_code: int | None = None
         self.close_reason = ""
         self.expires_at: float | None = None
+        self._backlog: Iterator[Frame] | None = None  # a subscribe's frames, pulled lazily
+        self._held: list[bytes] = []  # fan-out waiting for the backlog to complete
+        self._held_bytes = 0
         self._outbox: deque[bytes] = deque()
         self._queued_bytes = 0
 
     # -- output -------------------------------------------------------------------------
 
     def data_to_send(self) -> list[bytes]:
-        """Every queued message, in order; the queue is emptied."""
+        """Every queued message, in order; the queue is emptied. While a backlog is
+        being sent, each call with nothing else queued adds its next frame (see
+        :attr:`has_more`)."""
+        if not self._outbox and self._backlog is not None and self.state is SessionState.READY:
+            self._next_backlog_frame()
         out = list(self._outbox)
         self._outbox.clear()
         self._queued_bytes = 0
         return out
+
+    @property
+    def has_more(self) -> bool:
+        """A backlog is still being produced: call :meth:`data_to_send` again (after
+        letting other connections run)."""
+        return self._backlog is not None and self.state is SessionState.READY
+
+    def _next_backlog_frame(self) -> None:
+        assert self._backlog is not None
+        frame = next(self._backlog, None)
+        if frame is None or isinstance(frame, CaughtUp):
+            self._backlog = None
+            if frame is not None:
+                self.deliver(frame)
+            held, self._held = self._held, []
+            for data in held:  # fan-out that happened meanwhile, now in order
+                self._outbox.append(data)
+                self._queued_bytes += len(data)
+            return
+        self.deliver(frame)
+
+    def deliver_fanout(self, frame: Frame) -> None:
+        """Queue a fan-out frame; while a backlog is being sent it waits until the
+        backlog is complete (it must not overtake the records it changes)."""
+        if self._backlog is None:
+            self.deliver(frame)
+            return
+        data = encode(frame)
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes > self.max_queued_bytes:
+            self._fail(
+                ErrorCode.TOO_SLOW,
+                "too slow: the replica does not read its frames",
+                CLOSE_TRY_AGAIN_LATER,
+            )
+            self.wake()
 
     def deliver(self, frame: Frame) -> None:
         """Queue a frame (used by the relay for fan-out). A session whose queue outgrows
@@ -98,7 +144,8 @@ class RelaySession:
         if self.state is SessionState.CLOSING:
             return
         data = encode(frame)
-        if self._queued_bytes + len(data) > self.max_queued_bytes:
+        # One frame always fits (however big): the bound is on frames piling up unread.
+        if self._outbox and self._queued_bytes + len(data) > self.max_queued_bytes:
             self._fail(
                 ErrorCode.TOO_SLOW,
                 "too slow: the replica does not read its frames",
@@ -202,8 +249,9 @@ class RelaySession:
         if unknown:
             raise ProtocolError(ErrorCode.UNKNOWN_OBJECT, f"no object type(s) {', '.join(unknown)}")
         self.subscriptions.update(subscribe.objects)
-        for frame in self.relay.backlog(self.principal, subscribe.objects, subscribe.cursor):
-            self.deliver(frame)
+        backlog = self.relay.backlog(self.principal, subscribe.objects, subscribe.cursor)
+        self._backlog = backlog if self._backlog is None else itertools.chain(self._backlog, backlog)
+        self.wake()
 
     def _fail(self, code: ErrorCode, message: str, close_code: int) -> None:
         self._outbox.append(encode(Error(code, message, fatal=True)))
