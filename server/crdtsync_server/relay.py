@@ -599,6 +599,11 @@ class Relay:
         if state is not None and state.stored.version >= stored.version:
             self._cache.move_to_end(record_id)
             return state
+        # Load the record as it is now, not as ``stored`` was when it was read: the cache
+        # must only ever hold the latest version.
+        latest = self.storage.get_record(record_id)
+        if latest is not None and latest.version >= stored.version:
+            stored = latest
         state = RecordState.load(stored, self.schema.objects[stored.object], self.client_id)
         self._remember(record_id, state)
         return state
