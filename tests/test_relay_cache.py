@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import attrs
-
-from crdtsync.protocol import Ack, ChangeFrame, Changes, Conflict
-from crdtsync.record import RecordDoc
 from crdtsync_server.config import RelayConfig
 from crdtsync_server.policy import Principal
 from crdtsync_server.relay import Relay
 from crdtsync_server.storage import RelayStorage
+
+from crdtsync.protocol import Ack, ChangeFrame, Changes, Conflict
+from crdtsync.record import RecordDoc
 
 from .conftest import EXAMPLE_CONFIG
 

@@ -250,7 +250,9 @@ class RelaySession:
             raise ProtocolError(ErrorCode.UNKNOWN_OBJECT, f"no object type(s) {', '.join(unknown)}")
         self.subscriptions.update(subscribe.objects)
         backlog = self.relay.backlog(self.principal, subscribe.objects, subscribe.cursor)
-        self._backlog = backlog if self._backlog is None else itertools.chain(self._backlog, backlog)
+        self._backlog = (
+            backlog if self._backlog is None else itertools.chain(self._backlog, backlog)
+        )
         self.wake()
 
     def _fail(self, code: ErrorCode, message: str, close_code: int) -> None:
