@@ -8,7 +8,7 @@ from crdtsync_server.policy import Principal
 from crdtsync_server.relay import Relay
 from crdtsync_server.storage import RelayStorage
 
-from crdtsync.protocol import Ack, ChangeFrame, Changes, Conflict
+from crdtsync.protocol import Ack, ChangeFrame, Changes, Conflict, decode
 from crdtsync.record import RecordDoc
 
 from .conftest import EXAMPLE_CONFIG
@@ -22,7 +22,9 @@ class Listener:
     subscriptions: frozenset[str] = frozenset({"Account"})
     received: list[Changes] = attrs.field(factory=list)
 
-    def deliver_fanout(self, frame: Changes) -> None:
+    def deliver_fanout_encoded(self, data: bytes) -> None:
+        frame = decode(data)
+        assert isinstance(frame, Changes)
         self.received.append(frame)
 
 

@@ -35,6 +35,7 @@ from crdtsync.protocol import (
     Rejected,
     Verdict,
     Verdicts,
+    encode,
 )
 from crdtsync.schema import Schema
 
@@ -419,27 +420,41 @@ class Relay:
             if stored.id not in per_record:
                 state = self._state(stored.id, stored)
                 per_record[stored.id] = (state, self.facts(stored, state))
-        known = [(stored, row, *per_record[stored.id]) for stored, row in accepted]
+        known = [
+            (
+                stored,
+                row,
+                *per_record[stored.id],
+                RecordChange(
+                    record_id=stored.id,
+                    object=stored.object,
+                    version=stored.version,
+                    update=row.update,
+                    deleted=stored.deleted,
+                    by=row.user,
+                ),
+            )
+            for stored, row in accepted
+        ]
+        encoded: dict[tuple[int, ...], bytes] = {}  # sessions that get the same items share
         for session in listeners:
-            assert session.principal is not None
+            principal = session.principal
+            assert principal is not None
             items = []
-            for stored, row, state, facts in known:
+            for stored, _row, state, facts, item in known:
                 if stored.object not in session.subscriptions:
                     continue
-                if not self.can_read(session.principal, facts):
+                if not self.can_read(principal, facts):
                     continue
-                items.append(
-                    RecordChange(
-                        record_id=stored.id,
-                        object=stored.object,
-                        version=stored.version,
-                        update=self.project(session.principal, state, row.update),
-                        deleted=stored.deleted,
-                        by=row.user,
-                    )
-                )
-            if items:
-                session.deliver_fanout(Changes(tuple(items)))
+                if self.policy.hidden_fields(principal, stored.object):
+                    item = attrs.evolve(item, update=self.project(principal, state, item.update))
+                items.append(item)
+            if not items:
+                continue
+            key = tuple(id(item) for item in items)
+            if key not in encoded:
+                encoded[key] = encode(Changes(tuple(items)))
+            session.deliver_fanout_encoded(encoded[key])
 
     # -- administration -------------------------------------------------------------
 

@@ -124,10 +124,13 @@ class RelaySession:
     def deliver_fanout(self, frame: Frame) -> None:
         """Queue a fan-out frame; while a backlog is being sent it waits until the
         backlog is complete (it must not overtake the records it changes)."""
+        self.deliver_fanout_encoded(encode(frame))
+
+    def deliver_fanout_encoded(self, data: bytes) -> None:
+        """:meth:`deliver_fanout` for a frame already encoded (shared by sessions)."""
         if self._backlog is None:
-            self.deliver(frame)
+            self._queue(data)
             return
-        data = encode(frame)
         self._held.append(data)
         self._held_bytes += len(data)
         if self._held_bytes > self.max_queued_bytes:
@@ -143,7 +146,11 @@ class RelaySession:
         its bound is closed as too slow instead of growing memory."""
         if self.state is SessionState.CLOSING:
             return
-        data = encode(frame)
+        self._queue(encode(frame))
+
+    def _queue(self, data: bytes) -> None:
+        if self.state is SessionState.CLOSING:
+            return
         # One frame always fits (however big): the bound is on frames piling up unread.
         if self._outbox and self._queued_bytes + len(data) > self.max_queued_bytes:
             self._fail(
