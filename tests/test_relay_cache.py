@@ -64,3 +64,51 @@ def test_a_refused_change_followed_by_fan_out_does_not_leave_a_stale_record_cach
     assert bob.received  # the fan-out ran after the cached document was dropped
     [third] = relay.push(alice, [frame(doc.write({"Employees": 3}))]).items  # type: ignore[arg-type]
     assert isinstance(third, Ack), third
+
+
+def test_an_invalid_plain_value_is_refused_before_it_touches_the_cached_document() -> None:
+    from crdtsync_server.merge import RecordState, Refused, decide
+
+    config = RelayConfig.from_toml(EXAMPLE_CONFIG)
+    relay = Relay(schema=config.schema, policy=config.policy, storage=RelayStorage(":memory:"))
+    alice = Listener(Principal("alice", "phone"), frozenset())
+    spec = config.schema.object("Account")
+    doc = RecordDoc(spec, client_id=4001)
+    doc.write({"Name": "Acme"})
+    create = ChangeFrame(
+        change_id="c0",
+        record_id="r",
+        object="Account",
+        kind="create",
+        base_version=0,
+        field_bases={},
+        delta=doc.full_update(),
+    )
+    assert isinstance(relay.push(alice, [create]).items[0], Ack)  # type: ignore[arg-type]
+    stored = relay.storage.get_record("r")
+    assert stored is not None
+    state = RecordState.load(stored, spec, relay.client_id)
+    before = state.doc.full_update()
+    bad = ChangeFrame(
+        change_id="c1",
+        record_id="r",
+        object="Account",
+        kind="update",
+        base_version=stored.version,
+        field_bases={},
+        delta=doc.write({"Industry": "Mining", "Employees": -5}),
+    )
+    decision = decide(
+        bad,
+        state,
+        principal=alice.principal,
+        schema=config.schema,
+        policy=config.policy,
+        context=relay.storage,
+        relay_client_id=relay.client_id,
+        facts=relay.facts(stored, state),
+    )
+    assert isinstance(decision, Refused) and not decision.dirty
+    assert isinstance(decision.verdict, Conflict)
+    assert {e.field for e in decision.verdict.errors} == {"Industry", "Employees"}
+    assert state.doc.full_update() == before

@@ -382,6 +382,23 @@ def _merge(
                 ),
                 refused_ops=parsed,
             )
+        # A plain value that breaks its own field's constraints is refused before it is
+        # applied (whether or not it would win): cheap, and nothing to rebuild.
+        early = _written_value_errors(anatomy, spec)
+        if early:
+            return Refused(
+                Conflict(
+                    change_id=change.change_id,
+                    record_id=change.record_id,
+                    version=state.stored.version,
+                    update=state.stored.state,
+                    errors=tuple(
+                        WireFieldError(field=e.field, message=e.message)
+                        for e in _visible_errors(early, view)
+                    ),
+                ),
+                refused_ops=parsed,
+            )
 
     doc = state.doc if state is not None else RecordDoc(spec, client_id=relay_client_id)
     try:
@@ -471,6 +488,26 @@ def _merge(
         doc=doc,
         problems=decode_problems,
     )
+
+
+def _written_value_errors(anatomy: Anatomy, spec: ObjectSpec) -> list[FieldError]:
+    """Field errors of the plain values an update writes (types, lengths, picklists,
+    ranges; clearing a required field), read from the update itself."""
+    errors: list[FieldError] = []
+    for name, raw in anatomy.written.items():
+        field = spec.fields[name]
+        if field.type is FieldType.TEXT or isinstance(raw, SharedType):
+            continue
+        try:
+            value = field.type.decode(raw)
+        except (ValueError, TypeError) as exc:
+            errors.append(FieldError(name, str(exc)))
+            continue
+        _canonical, problems = field.check(value)
+        errors.extend(FieldError(name, problem) for problem in problems)
+        if value is None and field.required:
+            errors.append(FieldError(name, "is required"))
+    return errors
 
 
 def _visible_errors(errors: list[FieldError], view: ObjectSpec) -> list[FieldError]:

@@ -310,7 +310,7 @@ class Relay:
                     verdict, update=self.project(principal, state, verdict.update)
                 )
             if decision.dirty:
-                self._cache.pop(change.record_id, None)
+                self._forget_document(change.record_id)
             if decision.refused_ops is not None:
                 self.storage.add_refused(
                     change.record_id, change.change_id, decision.refused_ops.client_ranges()
@@ -622,6 +622,21 @@ class Relay:
         state = RecordState.load(stored, self.schema.objects[stored.object], self.client_id)
         self._remember(record_id, state)
         return state
+
+    def _forget_document(self, record_id: str) -> None:
+        """Drop a cached document a refused change was applied to. What the record keeps
+        from the committed log (who wrote which field, recent values, shares) is kept
+        for the reloaded record, which would otherwise read the whole log again."""
+        old = self._cache.pop(record_id, None)
+        if old is None or old.writes is None:
+            return
+        stored = self.storage.get_record(record_id)
+        if stored is None:
+            return
+        state = RecordState.load(stored, self.schema.objects[stored.object], self.client_id)
+        state.writes, state.history, state.history_from = old.writes, old.history, old.history_from
+        state.shares = old.shares
+        self._remember(record_id, state)
 
     def _remember(self, record_id: str, state: RecordState) -> None:
         self._cache[record_id] = state
