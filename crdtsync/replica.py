@@ -422,6 +422,35 @@ class Replica:
         """The last relay version this replica has seen everything up to."""
         return int(self.store.get_meta("cursor", 0))
 
+    def fields_gained(self, schema: Schema) -> set[str]:
+        """Objects whose fields in ``schema`` (the relay's view for this user) include
+        some the previous view did not (none the first time)."""
+        previous = self.store.get_meta("relay_view")
+        if previous is None:
+            return set()
+        return {
+            name
+            for name, spec in schema.objects.items()
+            if set(spec.fields) - set(previous.get(name, ()))
+        }
+
+    def remember_view(self, schema: Schema) -> None:
+        """Record which fields the relay lets this user read (see :meth:`fields_gained`)."""
+        with self.store.transaction():
+            self.store.set_meta(
+                "relay_view", {name: list(spec.fields) for name, spec in schema.objects.items()}
+            )
+
+    def forget_synced_records(self, objects: set[str]) -> None:
+        """Drop the clean records of ``objects`` and start over from cursor 0, so the
+        relay sends them again whole. Records with a pending change are kept."""
+        with self.store.transaction():
+            pending = {entry.record_id for entry in self.store.list_pending()}
+            for row in self.store.list_records():
+                if row.object in objects and row.id not in pending:
+                    self.store.remove_record(row.id)
+            self.store.set_meta("cursor", 0)
+
     def reset_cursor(self, server_id: str) -> None:
         """Forget the cursor: the relay (``server_id``) is not the one it was issued by."""
         with self.store.transaction():

@@ -203,7 +203,13 @@ class SyncSession:
             # Another relay (or a relay whose database was replaced): start over.
             self.replica.reset_cursor(welcome.server_id)
         schema = Schema.from_wire(welcome.schema)
+        gained = self.replica.fields_gained(schema)
         self._on_schema(schema)
+        if gained:
+            # Fields this replica could not read before: the records it holds have only
+            # placeholders for them, so fetch those records again, whole.
+            self.replica.forget_synced_records(gained)
+        self.replica.remember_view(schema)
         self.state = SyncState.CATCHING_UP
         self._send(Subscribe(tuple(self.replica.schema.objects), self.replica.cursor))
 

@@ -264,3 +264,26 @@ async def test_a_field_hidden_once_is_never_erased_by_that_replica(relay: RelayH
         await alice.sync()
         assert alice.get(rid).fields["Name"] == "Acme Corp"  # type: ignore[union-attr]
         assert alice.get(rid).fields["Revenue"] == Decimal("5")  # type: ignore[union-attr]
+
+
+async def test_a_field_that_becomes_readable_arrives_on_the_next_sync(relay: RelayHarness) -> None:
+    from decimal import Decimal
+
+    alice = relay.client("alice")
+    ivan = Client(
+        relay.url,
+        token=relay.server.authority.issue("ivan", roles=["intern"]),
+        store=str(relay.tmp_path / "ivan.sqlite3"),
+        schema=alice.schema,
+        backoff_initial=0.05,
+        backoff_max=0.2,
+    )
+    async with alice, ivan:
+        rid = alice.create("Account", {"Name": "Acme", "Revenue": Decimal("7")})
+        await alice.sync()
+        await ivan.sync()
+        assert "Revenue" not in ivan.get(rid).fields  # type: ignore[union-attr]
+        ivan.set_token(relay.token("ivan"))  # promoted
+        await eventually(lambda: "Revenue" in ivan.schema.object("Account").fields)
+        await ivan.sync()
+        assert ivan.get(rid).fields["Revenue"] == Decimal("7")  # type: ignore[union-attr]
