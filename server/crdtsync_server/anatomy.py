@@ -21,6 +21,7 @@ never receives the hidden values (see the method for the procedure a relay follo
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -69,7 +70,7 @@ class Anatomy:
     bad_shape: tuple[str, ...] = ()
     missing: bool = False
 
-    @property
+    @functools.cached_property
     def fields(self) -> frozenset[str]:
         """Every field the update changes in any way."""
         return frozenset(self.written) | self.nested | self.deleted

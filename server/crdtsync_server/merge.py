@@ -215,6 +215,7 @@ def decide(
             schema=schema,
             context=context,
             relay_client_id=relay_client_id,
+            hidden_now=policy.hidden_fields(principal, change.object),
         )
     if state is None:
         return rejected(ErrorCode.UNKNOWN_RECORD, f"no record {change.record_id}")
@@ -250,6 +251,7 @@ def decide(
         schema=schema,
         context=context,
         relay_client_id=relay_client_id,
+        hidden_now=policy.hidden_fields(principal, change.object),
     )
 
 
@@ -315,6 +317,7 @@ def _merge(
     schema: Schema,
     context: MergeContext,
     relay_client_id: int,
+    hidden_now: frozenset[str] = frozenset(),
 ) -> Decision:
     creating = state is None
 
@@ -338,7 +341,8 @@ def _merge(
             return rejected(
                 ErrorCode.FORGED_CLIENT_ID, f"CRDT client id {client} belongs to another replica"
             )
-    for client, (start, end) in parsed.client_ranges().items():
+    ranges = parsed.client_ranges()
+    for client, (start, end) in ranges.items():
         earlier = context.refused_by(change.record_id, client, start, end)
         if earlier is not None and earlier != change.change_id:
             return rejected(
@@ -348,8 +352,7 @@ def _merge(
             )
     index = state.index if state is not None else ItemIndex()
     delta = change.delta
-    hidden = frozenset(spec.fields) - frozenset(view.fields)
-    hidden |= principal.once_hidden.get(change.object, frozenset())
+    hidden = hidden_now | principal.once_hidden.get(change.object, frozenset())
     if hidden and state is not None:
         # A reader of projected updates holds hidden items as GCs, and every delta it
         # sends repeats them as deletions: it cannot mean to delete what it never saw
@@ -357,11 +360,12 @@ def _merge(
         delta = index.strip_hidden_deletes(delta, hidden)
         if delta is not change.delta:
             parsed = parse_update(delta)
+            ranges = parsed.client_ranges()
     anatomy = index.analyse(parsed)
     problem = _shape_problem(anatomy, view, creating=creating)
     if problem is not None:
         return rejected(*problem)
-    for client, (start, _end) in parsed.client_ranges().items():
+    for client, (start, _end) in ranges.items():
         if start > index.end_clock(client):
             anatomy = attrs.evolve(anatomy, missing=True)
     if anatomy.missing:
@@ -408,7 +412,7 @@ def _merge(
             raise
         return rejected(ErrorCode.INVALID_UPDATE, f"pycrdt refused the update: {exc}", dirty=True)
     after = decode_state_vector(doc.state())
-    for client, (_start, end) in parsed.client_ranges().items():
+    for client, (_start, end) in ranges.items():
         if after.get(client, 0) < end:
             return rejected(
                 ErrorCode.MISSING_DEPENDENCIES,
