@@ -30,9 +30,6 @@ class Status(enum.StrEnum):
         return self in (Status.CONFLICT, Status.UNRESOLVABLE)
 
 
-PENDING_STATUSES = (Status.PENDING, Status.SYNCING, Status.CONFLICT, Status.UNRESOLVABLE)
-
-
 class ChangeKind(enum.StrEnum):
     """What a pending change does to its record."""
 

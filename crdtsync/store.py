@@ -25,17 +25,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import attrs
-import msgpack
 
 from .exceptions import StoreError
+from .sqlite_meta import META_TABLE, get_meta, pack, set_meta, unpack
 
 FORMAT_VERSION = 1
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value BLOB
-);
+_SCHEMA = (
+    META_TABLE
+    + """;
 CREATE TABLE IF NOT EXISTS records (
     id       TEXT PRIMARY KEY,
     object   TEXT NOT NULL,
@@ -63,14 +61,7 @@ CREATE TABLE IF NOT EXISTS pending (
 );
 CREATE INDEX IF NOT EXISTS pending_change_id ON pending (change_id);
 """
-
-
-def _pack(value: Any) -> bytes:
-    return bytes(msgpack.packb(value, use_bin_type=True))
-
-
-def _unpack(blob: bytes | None) -> Any:
-    return None if blob is None else msgpack.unpackb(blob, raw=False, strict_map_key=False)
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -129,10 +120,10 @@ class PendingRow:
             object=row["object"],
             kind=row["kind"],
             base_version=row["base_version"],
-            changes=_unpack(row["changes"]),
+            changes=unpack(row["changes"]),
             delta=bytes(row["delta"]),
             status=row["status"],
-            problem=_unpack(row["problem"]),
+            problem=unpack(row["problem"]),
             change_id=row["change_id"],
             inflight=None if row["inflight"] is None else bytes(row["inflight"]),
             sent_kind=row["sent_kind"],
@@ -206,15 +197,10 @@ class LocalStore:
     # -- meta -------------------------------------------------------------------------
 
     def get_meta(self, key: str, default: Any = None) -> Any:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return default if row is None else _unpack(row[0])
+        return get_meta(self._db, key, default)
 
     def set_meta(self, key: str, value: Any) -> None:
-        self._db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, _pack(value)),
-        )
+        set_meta(self._db, key, value)
 
     def next_counter(self, key: str) -> int:
         """Increment and return a persistent counter (starts at 1)."""
@@ -315,10 +301,10 @@ class LocalStore:
                 entry.object,
                 entry.kind,
                 entry.base_version,
-                _pack(entry.changes),
+                pack(entry.changes),
                 entry.delta,
                 entry.status,
-                None if entry.problem is None else _pack(entry.problem),
+                None if entry.problem is None else pack(entry.problem),
                 entry.change_id,
                 entry.inflight,
                 entry.sent_kind,

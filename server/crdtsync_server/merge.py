@@ -58,8 +58,7 @@ HISTORY_PER_FIELD = 32  #: recent values kept per field for conflict details
 class MergeContext(Protocol):
     """The read-only lookups the decision needs (the relay's storage provides them)."""
 
-    def changes_of(self, record_id: str, after: int = 0) -> list[ChangeRow]: ...
-    def changes_by_others(self, record_id: str, after: int, replica: str) -> list[ChangeRow]: ...
+    def change_fields(self, record_id: str, after: int = 0) -> list[ChangeRow]: ...
     def field_value_at(self, record_id: str, field: str, version: int) -> Any: ...
     def unique_holder(self, object_name: str, field: str, value: Any) -> str | None: ...
     def live_record_exists(self, object_name: str, record_id: str) -> bool: ...
@@ -102,7 +101,7 @@ class RecordState:
         """Who last wrote each field, per replica (loaded from the log once)."""
         if self.writes is None:
             self.writes = {}
-            for row in context.changes_by_others(self.stored.id, after=0, replica=""):
+            for row in context.change_fields(self.stored.id):
                 self.note_write(row.fields, row.seq, row.replica, row.user)
         return self.writes
 
@@ -276,7 +275,7 @@ def _delete(
 ) -> Decision:
     since = [
         c
-        for c in context.changes_of(change.record_id, after=change.base_version)
+        for c in context.change_fields(change.record_id, after=change.base_version)
         # Changes to fields this user cannot see count too (a delete would lose them);
         # the conflict then names who changed the record, not what.
         if c.replica != principal.replica_id and c.fields

@@ -93,35 +93,30 @@ class Relay:
 
     # -- access -----------------------------------------------------------------------
 
-    def light_facts(self, stored: StoredRecord) -> RecordFacts:
-        """Access facts from the stored row alone (owner, shares), without loading the
-        record's document: enough unless a policy hook needs the values."""
-        if getattr(self.policy, "hook", None) is not None:
-            return self.facts(stored)
-        cached = self._cache.get(stored.id)
-        if cached is not None:
-            return self.facts(stored, cached)
-        shares = self.storage.shares_of(stored.id)
-        return RecordFacts(
-            object=stored.object,
-            record_id=stored.id,
-            owner=stored.owner or stored.created_by,
-            shares={user: Access(level) for user, level in shares.items()},
-        )
-
     def facts(self, stored: StoredRecord, state: RecordState | None = None) -> RecordFacts:
-        """What access to ``stored`` depends on: its owner and its manual shares."""
-        state = state or self._state(stored.id, stored)
-        values = state.values
-        owner_name = owner_field(self.schema, stored.object)
-        owner = values.get(owner_name) if owner_name else None
-        if state.shares is None:
-            state.shares = self.storage.shares_of(stored.id)
+        """What access to ``stored`` depends on: its owner and its manual shares.
+
+        Without ``state``, a cached record is used if there is one; otherwise the stored
+        row is enough and no document is loaded, unless a policy hook needs the values.
+        """
+        if state is None:
+            state = self._cache.get(stored.id)
+            if state is None and getattr(self.policy, "hook", None) is not None:
+                state = self._state(stored.id, stored)
+        if state is None:
+            owner, values = stored.owner, {}
+            shares = self.storage.shares_of(stored.id)
+        else:
+            owner_name = owner_field(self.schema, stored.object)
+            owner, values = (state.values.get(owner_name) if owner_name else None), state.values
+            if state.shares is None:
+                state.shares = self.storage.shares_of(stored.id)
+            shares = state.shares
         return RecordFacts(
             object=stored.object,
             record_id=stored.id,
             owner=owner or stored.created_by,
-            shares={user: Access(level) for user, level in state.shares.items()},
+            shares={user: Access(level) for user, level in shares.items()},
             values=values,
         )
 
@@ -187,7 +182,7 @@ class Relay:
     def _catch_up_item(
         self, principal: Principal, stored: StoredRecord, cursor: int, gained: bool | None
     ) -> RecordChange | None:
-        readable = self.can_read(principal, self.light_facts(stored))
+        readable = self.can_read(principal, self.facts(stored))
         if cursor and not readable and gained is False:
             return RecordChange(
                 record_id=stored.id, object=stored.object, version=stored.version, revoked=True

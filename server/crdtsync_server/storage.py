@@ -28,12 +28,14 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
-import msgpack
+
+from crdtsync.sqlite_meta import META_TABLE, get_meta, pack, set_meta, unpack
 
 FORMAT_VERSION = 1
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB);
+_SCHEMA = (
+    META_TABLE
+    + """;
 CREATE TABLE IF NOT EXISTS records (
     id         TEXT PRIMARY KEY,
     object     TEXT NOT NULL,
@@ -95,14 +97,7 @@ CREATE TABLE IF NOT EXISTS replica_hidden (
     PRIMARY KEY (replica_id, object, field)
 );
 """
-
-
-def _pack(value: Any) -> bytes:
-    return bytes(msgpack.packb(value, use_bin_type=True))
-
-
-def _unpack(blob: bytes) -> Any:
-    return msgpack.unpackb(blob, raw=False, strict_map_key=False)
+)
 
 
 class StorageError(Exception):
@@ -158,7 +153,7 @@ class ChangeRow:
             replica=row["replica"],
             user=row["user"],
             kind=row["kind"],
-            fields=_unpack(row["fields"]),
+            fields=unpack(row["fields"]),
             update=bytes(row["update_"]),
             at=row["at"],
         )
@@ -223,15 +218,10 @@ class RelayStorage:
     # -- meta and sequence ------------------------------------------------------------
 
     def get_meta(self, key: str, default: Any = None) -> Any:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return default if row is None else _unpack(row[0])
+        return get_meta(self._db, key, default)
 
     def set_meta(self, key: str, value: Any) -> None:
-        self._db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, _pack(value)),
-        )
+        set_meta(self._db, key, value)
 
     @property
     def seq(self) -> int:
@@ -273,13 +263,6 @@ class RelayStorage:
         ).fetchone()
         return row is not None
 
-    def records_since(self, objects: Iterable[str], version: int) -> Iterator[StoredRecord]:
-        """Records of ``objects`` changed after ``version``, oldest change first."""
-        for record_id in self.record_ids_since(objects, version):
-            record = self.get_record(record_id)
-            if record is not None:
-                yield record
-
     def record_ids_since(self, objects: Iterable[str], version: int) -> list[str]:
         """Ids of the records of ``objects`` changed after ``version``, oldest change
         first (a snapshot: the records are read one by one afterwards)."""
@@ -292,9 +275,6 @@ class RelayStorage:
             (*names, version),
         )
         return [str(row[0]) for row in rows]
-
-    def count_records(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM records WHERE deleted = 0").fetchone()[0])
 
     # -- changes ----------------------------------------------------------------------
 
@@ -310,7 +290,7 @@ class RelayStorage:
                 change.replica,
                 change.user,
                 change.kind,
-                _pack(dict(change.fields)),
+                pack(dict(change.fields)),
                 change.update,
                 change.at or time.time(),
             ),
@@ -340,14 +320,13 @@ class RelayStorage:
         )
         return [ChangeRow.from_row(row) for row in rows]
 
-    def changes_by_others(self, record_id: str, after: int, replica: str) -> list[ChangeRow]:
-        """The record's changes with ``seq > after`` made by other replicas, without
-        their updates (what the conflict check reads)."""
+    def change_fields(self, record_id: str, after: int = 0) -> list[ChangeRow]:
+        """The record's changes with ``seq > after``, in order, without their updates
+        (who changed which fields to what: what the conflict checks read)."""
         rows = self._db.execute(
             "SELECT seq, record_id, object, change_id, replica, user, kind, fields, "
-            "X'' AS update_, at FROM changes "
-            "WHERE record_id = ? AND seq > ? AND replica IS NOT ? ORDER BY seq",
-            (record_id, after, replica),
+            "X'' AS update_, at FROM changes WHERE record_id = ? AND seq > ? ORDER BY seq",
+            (record_id, after),
         )
         return [ChangeRow.from_row(row) for row in rows]
 
@@ -358,7 +337,7 @@ class RelayStorage:
             (record_id, version),
         )
         for row in rows:
-            fields = _unpack(row[0])
+            fields = unpack(row[0])
             if field in fields:
                 return fields[field]
         return None
@@ -368,7 +347,7 @@ class RelayStorage:
     def unique_holder(self, object_name: str, field: str, value: Any) -> str | None:
         row = self._db.execute(
             "SELECT record_id FROM uniques WHERE object = ? AND field = ? AND value = ?",
-            (object_name, field, _pack(value)),
+            (object_name, field, pack(value)),
         ).fetchone()
         return None if row is None else str(row[0])
 
@@ -379,7 +358,7 @@ class RelayStorage:
             if value is not None:
                 self._db.execute(
                     "INSERT INTO uniques (object, field, value, record_id) VALUES (?, ?, ?, ?)",
-                    (object_name, field, _pack(value), record_id),
+                    (object_name, field, pack(value), record_id),
                 )
 
     # -- CRDT client ids ----------------------------------------------------------------
