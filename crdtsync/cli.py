@@ -50,6 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     actions.add_parser("delete", help="delete a record").add_argument("record")
     actions.add_parser("access", help="print who may read / edit a record").add_argument("record")
 
+    compact = commands.add_parser(
+        "compact", help="drop the CRDT updates of old changes from the relay's log"
+    )
+    compact.add_argument("--config", required=True, help="the app's TOML configuration")
+    compact.add_argument("--db", help="database (overrides [server] database)")
+    horizon = compact.add_mutually_exclusive_group(required=True)
+    horizon.add_argument("--older-than", metavar="AGE", help="changes older than this: 30d, 12h")
+    horizon.add_argument("--through", type=int, metavar="SEQ", help="changes up to this version")
+
     token = commands.add_parser("token", help="print a signed token for a user")
     token.add_argument("--config", required=True, help="the app's TOML configuration")
     token.add_argument("--user", required=True, help="the user the token names")
@@ -95,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _token(args)
         elif args.command == "admin":
             return _admin(args)
+        elif args.command == "compact":
+            return _compact(args)
     except (CrdtsyncError, ConfigError, StorageError) as exc:
         print(f"crdtsync: error: {exc}", file=sys.stderr)
         return 2
@@ -181,6 +192,38 @@ def _admin(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except OSError as exc:
         return _fail(f"cannot reach the relay at {url}: {exc.strerror or exc}")
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def _compact(args: argparse.Namespace) -> int:
+    """Compact the relay's change log (safe while the relay runs) and print what it did."""
+    import json
+    import time
+
+    from crdtsync_server.auth import parse_duration
+    from crdtsync_server.config import RelayConfig
+    from crdtsync_server.storage import RelayStorage
+
+    config = RelayConfig.from_toml(args.config, database=args.db)
+    storage = RelayStorage(config.database)
+    try:
+        if args.older_than is not None:
+            try:
+                age = parse_duration(args.older_than)
+            except ValueError as exc:
+                return _fail(f"--older-than: {exc}")
+            through = storage.seq_before(time.time() - age)
+        else:
+            through = min(args.through, storage.seq)
+        dropped = storage.compact(through)
+        result = {
+            "updates_dropped": dropped,
+            "compacted_through": storage.compacted_through(),
+            "latest_version": storage.seq,
+        }
+    finally:
+        storage.close()
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 

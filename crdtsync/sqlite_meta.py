@@ -1,9 +1,11 @@
-"""What the replica's store and the relay's storage share: msgpack blobs in SQLite, and
-a ``meta (key, value)`` table of small settings and counters."""
+"""What the replica's store and the relay's storage share: msgpack blobs in SQLite, a
+``meta (key, value)`` table of small settings and counters, and versioned formats with
+their migrations."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
@@ -32,3 +34,47 @@ def set_meta(db: sqlite3.Connection, key: str, value: Any) -> None:
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (key, pack(value)),
     )
+
+
+#: A migration from format ``n`` to ``n + 1``: SQL run on the open connection, inside
+#: the transaction that opens the database.
+Migration = Callable[[sqlite3.Connection], None]
+
+
+class FormatError(Exception):
+    """The database's format is newer than this code reads, or not a format at all."""
+
+
+def open_format(
+    db: sqlite3.Connection,
+    *,
+    schema: str,
+    version: int,
+    migrations: Mapping[int, Migration],
+) -> int | None:
+    """Bring the database on ``db`` to format ``version``; return the format it had
+    (``None``: it was empty and now holds ``schema``).
+
+    Call inside a transaction: SQLite DDL is transactional, so a crash mid-migration
+    leaves the old format intact and the next open migrates again. An older format is
+    migrated one step at a time (``migrations[n]`` takes format ``n`` to ``n + 1``), then
+    ``schema`` (``CREATE ... IF NOT EXISTS`` statements) adds what a step did not need to.
+    A newer or unknown format raises :class:`FormatError`.
+    """
+    has_meta = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone()
+    found = get_meta(db, "format_version") if has_meta else None
+    if found is None and db.execute("SELECT 1 FROM sqlite_master").fetchone():
+        raise FormatError("it holds tables of something else")
+    if found is not None:
+        if not isinstance(found, int) or found < 1 or found > version:
+            raise FormatError(f"format {found!r} is newer than this crdtsync reads ({version})")
+        for step in range(found, version):
+            migrations[step](db)
+    for statement in schema.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    if found != version:
+        set_meta(db, "format_version", version)
+    return found

@@ -27,8 +27,9 @@ from typing import Any
 import attrs
 
 from .exceptions import StoreError
-from .sqlite_meta import META_TABLE, get_meta, pack, set_meta, unpack
+from .sqlite_meta import META_TABLE, FormatError, get_meta, open_format, pack, set_meta, unpack
 
+#: 1: the first released format (no migration yet: :func:`open_format` runs them).
 FORMAT_VERSION = 1
 
 _SCHEMA = (
@@ -152,22 +153,11 @@ class LocalStore:
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA foreign_keys=ON")
             with self.transaction():
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._check_format()
+                open_format(self._db, schema=_SCHEMA, version=FORMAT_VERSION, migrations={})
+        except FormatError as exc:
+            raise StoreError(f"{path}: not a crdtsync store this version reads: {exc}") from None
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{path}: not a crdtsync store ({exc})") from None
-
-    def _check_format(self) -> None:
-        found = self.get_meta("format_version")
-        if found is None:
-            self.set_meta("format_version", FORMAT_VERSION)
-        elif found != FORMAT_VERSION:
-            raise StoreError(
-                f"{self.path}: store format {found} is not supported "
-                f"(this crdtsync reads format {FORMAT_VERSION})"
-            )
 
     def close(self) -> None:
         self._db.close()

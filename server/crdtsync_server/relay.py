@@ -195,12 +195,11 @@ class Relay:
             )
         if not readable:
             return None
-        if cursor == 0 or gained:
-            update = stored.state
+        changes = [] if cursor == 0 or gained else self.storage.changes_of(stored.id, after=cursor)
+        if cursor == 0 or gained or any(c.compacted for c in changes):
+            update = stored.state  # a superset of the missed updates: same state after
         else:
-            updates = [
-                c.update for c in self.storage.changes_of(stored.id, after=cursor) if c.update
-            ]
+            updates = [c.update for c in changes if c.update]
             update = (
                 bytes(pycrdt.merge_updates(*updates))
                 if len(updates) > 1
@@ -275,6 +274,8 @@ class Relay:
                 ), None
             known_record = self.storage.get_record(known.record_id)
             update = known.update
+            if known.compacted and known_record is not None:
+                update = known_record.state  # holds the dropped update (and later ones)
             if known_record is not None and update:
                 update = self.project(principal, self._state(known_record.id, known_record), update)
             return Ack(

@@ -29,9 +29,32 @@ from typing import Any
 
 import attrs
 
-from crdtsync.sqlite_meta import META_TABLE, get_meta, pack, set_meta, unpack
+from crdtsync.sqlite_meta import (
+    META_TABLE,
+    FormatError,
+    Migration,
+    get_meta,
+    open_format,
+    pack,
+    set_meta,
+    unpack,
+)
 
-FORMAT_VERSION = 1
+#: 1: the first released format. 2: ``changes.update_`` may be NULL (compacted).
+FORMAT_VERSION = 2
+
+_CHANGES_TABLE = """CREATE TABLE IF NOT EXISTS changes (
+    seq       INTEGER PRIMARY KEY,
+    record_id TEXT NOT NULL,
+    object    TEXT NOT NULL,
+    change_id TEXT UNIQUE,
+    replica   TEXT,
+    user      TEXT,
+    kind      TEXT NOT NULL,
+    fields    BLOB NOT NULL,
+    update_   BLOB,
+    at        REAL NOT NULL
+);"""
 
 _SCHEMA = (
     META_TABLE
@@ -46,18 +69,9 @@ CREATE TABLE IF NOT EXISTS records (
     owner      TEXT
 );
 CREATE INDEX IF NOT EXISTS records_object_version ON records (object, version);
-CREATE TABLE IF NOT EXISTS changes (
-    seq       INTEGER PRIMARY KEY,
-    record_id TEXT NOT NULL,
-    object    TEXT NOT NULL,
-    change_id TEXT UNIQUE,
-    replica   TEXT,
-    user      TEXT,
-    kind      TEXT NOT NULL,
-    fields    BLOB NOT NULL,
-    update_   BLOB NOT NULL,
-    at        REAL NOT NULL
-);
+"""
+    + _CHANGES_TABLE
+    + """
 CREATE INDEX IF NOT EXISTS changes_record ON changes (record_id, seq);
 CREATE TABLE IF NOT EXISTS uniques (
     object    TEXT NOT NULL,
@@ -100,6 +114,19 @@ CREATE TABLE IF NOT EXISTS replica_hidden (
 )
 
 
+def _changes_update_nullable(db: sqlite3.Connection) -> None:
+    """Format 1 → 2: ``changes.update_`` loses NOT NULL (a compacted change's update is
+    NULL). SQLite cannot alter a column: rebuild the table, keeping every row."""
+    db.execute("ALTER TABLE changes RENAME TO changes_format1")
+    db.execute("DROP INDEX changes_record")
+    db.execute(_CHANGES_TABLE)
+    db.execute("INSERT INTO changes SELECT * FROM changes_format1")
+    db.execute("DROP TABLE changes_format1")
+
+
+_MIGRATIONS: dict[int, Migration] = {1: _changes_update_nullable}
+
+
 class StorageError(Exception):
     """The relay's database cannot be opened or is not a crdtsync relay database."""
 
@@ -130,7 +157,9 @@ class StoredRecord:
 @attrs.frozen(kw_only=True)
 class ChangeRow:
     """An accepted change. ``fields`` maps each field it touched to the value the record
-    held for it afterwards (stored encoding; ``None`` for ``text`` fields)."""
+    held for it afterwards (stored encoding; ``None`` for ``text`` fields). A
+    ``compacted`` change kept its facts but not its CRDT update (``update`` is empty):
+    whoever needs it gets the record's full state instead."""
 
     seq: int
     record_id: str
@@ -142,9 +171,11 @@ class ChangeRow:
     fields: Mapping[str, Any]
     update: bytes
     at: float = 0.0
+    compacted: bool = False
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> ChangeRow:
+        update = row["update_"]
         return cls(
             seq=row["seq"],
             record_id=row["record_id"],
@@ -154,8 +185,9 @@ class ChangeRow:
             user=row["user"],
             kind=row["kind"],
             fields=unpack(row["fields"]),
-            update=bytes(row["update_"]),
+            update=b"" if update is None else bytes(update),
             at=row["at"],
+            compacted=update is None,
         )
 
 
@@ -171,14 +203,11 @@ class RelayStorage:
                 self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             with self.transaction():
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                found = self.get_meta("format_version")
-                if found is None:
-                    self.set_meta("format_version", FORMAT_VERSION)
-                elif found != FORMAT_VERSION:
-                    raise StorageError(f"{path}: relay database format {found} is not supported")
+                open_format(
+                    self._db, schema=_SCHEMA, version=FORMAT_VERSION, migrations=_MIGRATIONS
+                )
+        except FormatError as exc:
+            raise StorageError(f"{path}: not a crdtsync relay database: {exc}") from None
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"{path}: not a crdtsync relay database ({exc})") from None
         self._seq: int = self.get_meta("seq", 0)
@@ -490,6 +519,56 @@ class RelayStorage:
         for object_name, field in rows:
             out.setdefault(str(object_name), set()).add(str(field))
         return {name: frozenset(fields) for name, fields in out.items()}
+
+    # -- compaction -------------------------------------------------------------------
+
+    def compact(self, through: int, *, chunk: int = 5_000) -> int:
+        """Drop the CRDT updates of the changes with ``seq <= through``, keeping every
+        other fact of them (who changed which field to what: conflict checks and their
+        details still read them). Return how many updates were dropped.
+
+        Nothing a replica can receive changes: a resume or retransmitted ack that would
+        need a dropped update gets the record's full state (``records.state``, which
+        already holds every update). Each chunk of ``chunk`` changes commits on its own
+        and every row is either whole or compacted, so a crash at any point leaves a
+        consistent database; run it again to finish.
+        """
+        dropped = 0
+        start = self._db.execute(
+            "SELECT min(seq) FROM changes WHERE update_ IS NOT NULL"
+        ).fetchone()[0]
+        if start is None:
+            return 0
+        for low in range(start, through + 1, chunk):
+            high = min(low + chunk - 1, through)
+            with self.transaction():
+                cursor = self._db.execute(
+                    "UPDATE changes SET update_ = NULL "
+                    "WHERE seq BETWEEN ? AND ? AND update_ IS NOT NULL",
+                    (low, high),
+                )
+                dropped += cursor.rowcount
+                self.set_meta("compacted_through", high)
+        return dropped
+
+    def compacted_through(self) -> int:
+        """The highest sequence number a compaction has reached (0: never compacted)."""
+        return int(self.get_meta("compacted_through", 0))
+
+    def seq_before(self, at: float) -> int:
+        """The last change accepted before the time ``at`` (0: none). Sequence numbers
+        grow with acceptance time, so a binary search over the primary key finds it."""
+        low, high = 0, self._seq
+        while low < high:  # invariant: every seq <= low was accepted before ``at``
+            middle = (low + high + 1) // 2
+            row = self._db.execute(
+                "SELECT at FROM changes WHERE seq >= ? ORDER BY seq LIMIT 1", (middle,)
+            ).fetchone()
+            if row is not None and row[0] < at:
+                low = middle
+            else:
+                high = middle - 1
+        return low
 
     def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
