@@ -316,14 +316,16 @@ class Client:
                     writer = tasks.create_task(self._write(websocket, session, wake))
                     await self._read(websocket, session, wake)
                     writer.cancel()
-        except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-        except ProtocolError as exc:
-            reason = f"the relay sent a bad frame: {exc}"
-            log.warning("disconnecting: %s", reason)
         except Exception as exc:
-            reason = f"sync failed: {type(exc).__name__}: {exc}"
-            log.exception("sync connection failed")
+            error = _sole_error(exc)  # the reader's or writer's, out of their task group
+            if isinstance(error, _TRANSPORT_ERRORS):
+                reason = f"{type(error).__name__}: {error}"
+            elif isinstance(error, ProtocolError):
+                reason = f"the relay sent a bad frame: {error}"
+                log.warning("disconnecting: %s", reason)
+            else:
+                reason = f"sync failed: {type(error).__name__}: {error}"
+                log.exception("sync connection failed")
         finally:
             if session.error is not None:
                 reason = f"{session.error.code}: {session.error.message}"
@@ -376,3 +378,14 @@ class Client:
         self._replica.schema = adopted
         with self._store.transaction():
             self._store.set_meta("schema", adopted.to_wire())
+
+
+#: How a connection ends when the network or the relay goes away: retried, not logged.
+_TRANSPORT_ERRORS = (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed)
+
+
+def _sole_error(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) exception groups of one exception each."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -120,6 +120,9 @@ class Replica:
             store.set_meta("replica_id", self.replica_id)
             self.client_id: int = store.get_meta("client_id") or _new_client_id()
             store.set_meta("client_id", self.client_id)
+            # Nothing is in flight when a replica opens: what the store calls syncing was
+            # sent by a process that died (kill -9) before its verdict came back.
+            self._requeue()
 
     # -- reading ------------------------------------------------------------------------
 
@@ -485,13 +488,17 @@ class Replica:
     def requeue_inflight(self) -> int:
         """After a lost connection: every ``syncing`` change becomes ``pending`` again,
         keeping its id and sent content so a retransmission is applied once."""
+        entries = self._requeue()
+        for entry in entries:
+            self._emit(PendingChanged(entry.record_id, entry.object, Status.PENDING))
+        return len(entries)
+
+    def _requeue(self) -> list[PendingRow]:
         entries = self.store.list_pending(Status.SYNCING)
         with self.store.transaction():
             for entry in entries:
                 self.store.put_pending(attrs.evolve(entry, status=Status.PENDING))
-        for entry in entries:
-            self._emit(PendingChanged(entry.record_id, entry.object, Status.PENDING))
-        return len(entries)
+        return entries
 
     def apply_ack(self, change_id: str, version: int, update: bytes | None = None) -> bool:
         """The relay accepted ``change_id`` as ``version``. ``update`` carries anything the

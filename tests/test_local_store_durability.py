@@ -33,6 +33,22 @@ def test_records_and_pending_changes_survive_reopening(schema: Schema, store_pat
     reopened.close()
 
 
+def test_a_change_in_flight_when_the_process_died_is_pending_again_with_its_id(
+    schema: Schema, store_path: str
+) -> None:
+    client = Client(store=store_path, schema=schema)
+    rid = client.create("Account", {"Name": "In flight"})
+    [sent] = client.replica.outgoing()  # sent; the process dies before the verdict
+    assert client.get(rid).status is Status.SYNCING  # type: ignore[union-attr]
+    client.close()  # no connection_lost: nothing requeued it
+
+    reopened = Client(store=store_path, schema=schema)
+    assert reopened.get(rid).status is Status.PENDING  # type: ignore[union-attr]
+    [again] = reopened.replica.outgoing()  # retransmitted, so the relay applies it once
+    assert (again.change_id, again.delta) == (sent.change_id, sent.delta)
+    reopened.close()
+
+
 def test_replica_identity_and_client_id_survive_reopening(schema: Schema, store_path: str) -> None:
     client = Client(store=store_path, schema=schema)
     identity = (client.replica_id, client.replica.client_id)
