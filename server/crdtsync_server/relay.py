@@ -437,10 +437,14 @@ class Relay:
             principal = session.principal
             assert principal is not None
             items = []
+            readable: dict[str, bool] = {}  # per record: a push often changes one many times
             for stored, _row, state, facts, item in known:
                 if stored.object not in session.subscriptions:
                     continue
-                if not self.can_read(principal, facts):
+                may_read = readable.get(stored.id)
+                if may_read is None:
+                    may_read = readable[stored.id] = self.can_read(principal, facts)
+                if not may_read:
                     continue
                 if self.policy.hidden_fields(principal, stored.object):
                     item = attrs.evolve(item, update=self.project(principal, state, item.update))
