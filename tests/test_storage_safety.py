@@ -5,6 +5,7 @@ migrating it, refusing formats they do not know."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -410,3 +411,44 @@ def test_client_store_opens_the_first_format_with_its_pending_changes(tmp_path: 
         assert replica.store._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         replica.store.close()
+
+
+async def test_compaction_while_the_relay_serves_loses_nothing(tmp_path: Path) -> None:
+    harness = RelayHarness(tmp_path)
+    await harness.start()
+    db = str(tmp_path / "relay.sqlite3")
+    compactions = 0
+    try:
+        async with harness.client("bob") as bob:
+            await bob.sync()
+            bob.go_offline()  # bob misses everything below, compacted while he is away
+            async with harness.client("alice") as alice:
+                ids = [alice.create("Account", {"Name": f"Busy {k}"}) for k in range(5)]
+                edits = scaled(60)
+                for n in range(edits):
+                    alice.update(ids[n % 5], {"Employees": n, "Description": f"edit {n}"})
+                    if n % 10 == 9:
+                        await alice.sync()
+                        through = RelayStorage(db)  # a second connection, as the CLI has
+                        try:
+                            await asyncio.to_thread(through.compact, through.seq)
+                        finally:
+                            through.close()
+                        compactions += 1
+                    await asyncio.sleep(0)
+                await alice.sync()
+                await eventually(lambda: alice.pending() == [])
+                truth = {r.id: r.fields for r in alice.records("Account")}
+            bob.go_online()
+            await bob.sync()
+            assert {r.id: r.fields for r in bob.records("Account")} == truth
+            assert [truth[rid]["Employees"] for rid in ids] == list(range(edits - 5, edits))
+        storage = RelayStorage(db)
+        try:
+            assert storage.integrity_check() == "ok"
+            assert storage.compacted_through() > 0 and compacted_seqs(storage)
+        finally:
+            storage.close()
+    finally:
+        await harness.stop()
+    assert compactions >= 6
