@@ -51,6 +51,7 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_ERROR = "unknown_error"  #: a code this side does not know (a newer peer's)
     INTERNAL_ERROR = "internal_error"
     TOO_SLOW = "too_slow"
+    RATE_LIMITED = "rate_limited"  #: more frames per second than the relay allows
 
 
 class ProtocolError(Exception):

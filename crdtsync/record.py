@@ -64,7 +64,7 @@ class RecordDoc:
                 decoded = spec.type.decode(value)
             except ValueError as exc:
                 raise ValueError(f"field {name!r}: {exc}") from None
-            if decoded is not None:
+            if _has_value(spec.type, decoded):
                 values[name] = decoded
         return values
 
@@ -90,7 +90,7 @@ class RecordDoc:
             except (ValueError, TypeError) as exc:
                 problems[name] = str(exc)
                 continue
-            if decoded is not None:
+            if _has_value(spec.type, decoded):
                 values[name] = decoded
         return values, problems
 
@@ -120,11 +120,13 @@ class RecordDoc:
     def _write_field(self, name: str, value: Any) -> None:
         spec = self.spec.fields[name]
         current = self._fields.get(name)
-        if spec.type is FieldType.TEXT and value is not None:
+        if spec.type is FieldType.TEXT:
+            # A text keeps its one Y.Text for life (clearing it empties it): a new Y.Text
+            # under the key would replace a concurrent writer's instead of merging with it.
             if isinstance(current, pycrdt.Text):
-                _apply_text_diff(current, value)
+                _apply_text_diff(current, value or "")
             else:
-                self._fields[name] = pycrdt.Text(value)
+                self._fields[name] = pycrdt.Text(value or "")
             return
         encoded = spec.type.encode(value)
         if name in self._fields and _same_stored(current, encoded, spec.type):
@@ -156,6 +158,11 @@ class RecordDoc:
     def copy(self, *, client_id: int | None = None) -> RecordDoc:
         """An independent document with the same content."""
         return RecordDoc.from_update(self.spec, self.full_update(), client_id=client_id)
+
+
+def _has_value(field_type: FieldType, decoded: object) -> bool:
+    """An empty text is a text field with no value (every text field holds a Y.Text)."""
+    return decoded is not None and not (field_type is FieldType.TEXT and decoded == "")
 
 
 def _same_stored(current: object, encoded: object, field_type: FieldType) -> bool:

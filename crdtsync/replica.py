@@ -171,7 +171,7 @@ class Replica:
         canonical = self.schema.validate_new(object_name, values)
         record_id = new_record_id()
         doc = RecordDoc(spec, client_id=self.client_id)
-        doc.write(canonical)
+        doc.write({**_empty_texts(spec), **canonical})
         with self.store.transaction():
             self.store.put_record(
                 RecordRow(id=record_id, object=object_name, local=doc.full_update())
@@ -319,7 +319,7 @@ class Replica:
             canonical = self.schema.validate_new(row.object, {**mine, **values})
         else:
             canonical = self.schema.validate_update(row.object, server_values, {**mine, **values})
-        doc.write(canonical)
+        doc.write({**(_empty_texts(spec) if row.server is None else {}), **canonical})
         changes = {
             name: [
                 spec.fields[name].type.encode(server_values.get(name)),
@@ -598,20 +598,22 @@ class Replica:
         entry = self.store.get_pending(record_id)
         if row is not None and version <= row.version:
             return
+        gone: Problem | None = None  #: set when a pending edit becomes unresolvable
         with self.store.transaction():
             if deleted:
                 kind = ChangeKind.DELETE
                 if entry is None or entry.kind == ChangeKind.DELETE:
                     self.store.remove_pending(record_id)
                     self.store.remove_record(record_id)
-                elif entry.status == Status.PENDING:
+                elif entry.status != Status.SYNCING:  # an in-flight one gets its verdict
+                    # Also a conflict or a refusal already shown: dismissing must not
+                    # restore a record the relay no longer has.
+                    gone = Problem(reason=UnresolvableReason.DELETED)
                     self.store.put_pending(
                         attrs.evolve(
                             entry,
                             status=Status.UNRESOLVABLE,
-                            problem=_problem_to_wire(
-                                Problem(reason=UnresolvableReason.DELETED), spec
-                            ),
+                            problem=_problem_to_wire(gone, spec),
                         )
                     )
             elif row is None:
@@ -638,6 +640,9 @@ class Replica:
                     )
                 )
         self._emit(RemoteChangeArrived(record_id, object_name, kind, by))
+        if gone is not None:
+            self._emit(PendingChanged(record_id, object_name, Status.UNRESOLVABLE))
+            self._emit(RecordNeedsAttention(record_id, object_name, Status.UNRESOLVABLE, gone))
 
     # -- internals ------------------------------------------------------------------------
 
@@ -658,10 +663,21 @@ class Replica:
             if update or version is not None:
                 spec = self.schema.object(row.object)
                 server = self._load(spec, row.server or b"")
-                local = self._load(spec, row.local)
+                local = self._load(spec, row.local, client_id=self.client_id)
                 if update:
                     server.apply(update)
                     local.apply(update)
+                if status is Status.CONFLICT and entry.kind != ChangeKind.DELETE:
+                    # The record shows the user's values until it is resolved or
+                    # dismissed, whichever side a plain CRDT merge would pick (both
+                    # rebuild from the server's document, so these writes never travel).
+                    local.write(
+                        {
+                            name: spec.fields[name].type.decode(change[1])
+                            for name, change in entry.changes.items()
+                            if name in spec.fields
+                        }
+                    )
                 row = attrs.evolve(
                     row,
                     server=server.full_update() if row.server is not None or update else None,
@@ -774,6 +790,12 @@ class Replica:
             change_id=entry.change_id,
             note=entry.note,
         )
+
+
+def _empty_texts(spec: ObjectSpec) -> dict[str, str]:
+    """Every text field of a new record, empty: its creator makes its one Y.Text, so the
+    first edits of two users merge instead of one Y.Text replacing the other."""
+    return dict.fromkeys(sorted(spec.text_fields), "")
 
 
 def _state_of(update: bytes | None) -> bytes | None:

@@ -7,7 +7,7 @@ connection ends. The session drives the :class:`~crdtsync.replica.Replica` throu
 sync entry points::
 
     HELLO_SENT ──welcome──▶ CATCHING_UP ──caught_up──▶ READY ⇄ (push, verdicts)
-        └──────────── fatal error frame ────────────▶ FAILED
+        └──────── fatal error frame, rate_limited ──────▶ FAILED
 
 In ``READY`` it pushes pending changes in the order they were made, at most one push
 frame in flight; each verdict updates the replica; remote changes are applied as they
@@ -154,7 +154,9 @@ class SyncSession:
 
     def _handle(self, frame: Frame) -> None:
         if isinstance(frame, Error):
-            if frame.fatal:
+            if frame.fatal or frame.code is ErrorCode.RATE_LIMITED:
+                # rate_limited: the relay dropped a frame unread. Give up this connection;
+                # the transport reconnects with backoff and resends what was in flight.
                 self.state = SyncState.FAILED
                 self.error = frame
             elif self._inflight:

@@ -298,7 +298,7 @@ def _skip_any(buf: bytes, pos: int, depth: int) -> int:
     start = pos
     tag = buf[pos]
     pos += 1
-    if tag >= 120:
+    if 120 <= tag <= 127:  # 128-255 are unknown tags (pycrdt refuses them too)
         # 127 undefined, 126 null, 121 false, 120 true: no payload.
         if tag == 125:  # signed varint, at most 10 bytes
             b = buf[pos]

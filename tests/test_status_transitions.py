@@ -157,6 +157,28 @@ def test_conflict_locks_the_record_and_lists_base_mine_theirs(
     assert summary_status(client, "conflict") == 1
 
 
+def test_record_in_conflict_shows_the_users_values_whoever_wins_the_crdt_merge(
+    relay_account: tuple[Client, str, Relay],
+) -> None:
+    client, rid, relay = relay_account
+    other = relay.doc.copy(client_id=2**53 - 1)  # higher than ours: theirs wins a plain merge
+    theirs = other.write({"Name": "Theirs"})
+    relay.accept(theirs)
+    client.update(rid, {"Name": "Mine"})
+    [change] = client.replica.outgoing()
+    problem = Problem(
+        conflicts=(FieldConflict(field="Name", base="Acme", mine="Mine", theirs="Theirs"),)
+    )
+    client.replica.apply_conflict(change.change_id, problem, version=relay.version, update=theirs)
+    record = client.get(rid)
+    assert record is not None and record.status is Status.CONFLICT
+    assert record.fields["Name"] == "Mine"  # as the pending change lists it
+    client.resolve(rid, {})
+    [resolved] = client.replica.outgoing()
+    relay.accept(resolved.delta)
+    assert relay.doc.read()["Name"] == "Mine"
+
+
 def summary_status(client: Client, status: str) -> int:
     return client.summary()["Account"][status]
 
@@ -328,6 +350,22 @@ def test_remote_delete_makes_a_pending_edit_unresolvable(
     [change] = client.pending()
     assert change.status is Status.UNRESOLVABLE
     assert change.problem is not None and change.problem.reason is UnresolvableReason.DELETED
+
+
+def test_remote_delete_of_a_pending_edit_alerts_the_user(
+    relay_account: tuple[Client, str, Relay],
+) -> None:
+    client, rid, _ = relay_account
+    client.update(rid, {"Name": "Mine"})
+    events = client.events()
+    client.replica.apply_remote(rid, "Account", 9, deleted=True)
+    seen = []
+    while (event := events.get_nowait()) is not None:
+        seen.append(event)
+    assert PendingChanged(rid, "Account", Status.UNRESOLVABLE) in seen
+    [attention] = [e for e in seen if isinstance(e, RecordNeedsAttention)]
+    assert attention.status is Status.UNRESOLVABLE
+    assert attention.problem.reason is UnresolvableReason.DELETED
 
 
 def test_remote_delete_of_a_clean_record_removes_it(

@@ -566,6 +566,20 @@ def test_trailing_bytes_error_points_at_first_extra_byte() -> None:
     assert pickle.loads(pickle.dumps(info.value)).offset == len(VALID)
 
 
+@pytest.mark.parametrize("tag", [128, 130, 200, 253, 255])
+def test_any_tag_above_127_is_refused_like_pycrdt_refuses_it(tag: int) -> None:
+    # Found by tests/test_fuzz.py: the parser let these through as payload-less values,
+    # then reading the item's value (the relay's shape check) raised out of decide().
+    data = one_client(7, 0, [root_item(8, vu(1) + bytes([tag]), root="fields", key="X")])
+    with pytest.raises(ValueError, match="unexpected value"):
+        pycrdt.Doc().apply_update(data)
+    with pytest.raises(UpdateDecodeError, match=f"unknown any tag {tag}"):
+        parse_update(data)
+    nested = one_client(7, 0, [root_item(8, vu(1) + b"\x75\x01" + bytes([tag]), key="X")])
+    with pytest.raises(UpdateDecodeError, match=f"unknown any tag {tag}"):
+        parse_update(nested)
+
+
 def test_any_nesting_is_limited() -> None:
     def nested(depth: int) -> bytes:
         value = b"\x75\x01" * depth + b"\x7e"

@@ -5,6 +5,10 @@ The transport only moves bytes between sockets and :class:`RelaySession` objects
 see :attr:`RelayServer.url`); leaving the block, or SIGTERM under
 :meth:`RelayServer.serve_forever`, stops accepting, lets the push in progress commit,
 and closes every connection with 1001 (going away).
+
+Beyond ``[server] max_connections`` open websockets a new upgrade is refused with HTTP
+503 ("too many connections", ``Retry-After``) before any websocket exists, so a
+connection flood cannot exhaust the relay; ``/healthz`` and ``/metrics`` still answer.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from types import TracebackType
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from .config import RelayConfig
 from .relay import Relay
@@ -29,6 +34,7 @@ from .storage import RelayStorage
 log = logging.getLogger("crdtsync.server")
 
 SEND_TIMEOUT = 30.0
+RETRY_AFTER_SECONDS = 5  #: the ``Retry-After`` of a 503 "too many connections"
 
 
 class RelayServer:
@@ -41,6 +47,8 @@ class RelayServer:
         self.relay: Relay | None = None
         self._server: Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        #: websockets admitted (upgrade accepted) and not yet finished
+        self._admitted: set[ServerConnection] = set()
 
     @property
     def port(self) -> int:
@@ -122,7 +130,34 @@ class RelayServer:
             return connection.respond(
                 HTTPStatus.NOT_FOUND, "crdtsync relay: websocket on /, or GET /healthz, /metrics\n"
             )
+        if not self._admit(connection):
+            assert self.relay is not None
+            self.relay.metrics.connections_refused += 1
+            response = connection.respond(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"crdtsync relay: too many connections (max_connections = "
+                f"{self.config.max_connections}); retry later\n",
+            )
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response
         return None
+
+    def _admit(self, connection: ServerConnection) -> bool:
+        """Count ``connection`` against ``max_connections``, if there is room for it.
+
+        Called from the synchronous handshake step that accepts the upgrade, so two
+        handshakes cannot both take the last place. A connection whose handshake failed
+        after being admitted never reaches :meth:`_handle`: it is dropped once closed.
+        """
+        limit = self.config.max_connections
+        if limit <= 0:
+            return True
+        if len(self._admitted) >= limit:
+            self._admitted = {c for c in self._admitted if c.state is not State.CLOSED}
+            if len(self._admitted) >= limit:
+                return False
+        self._admitted.add(connection)
+        return True
 
     # -- websocket ----------------------------------------------------------------------
 
@@ -134,6 +169,8 @@ class RelayServer:
             self.authority,
             max_frame_bytes=self.config.max_frame_bytes,
             max_queued_bytes=self.config.max_queued_bytes,
+            max_frames_per_second=self.config.max_frames_per_second,
+            frame_burst=self.config.frame_burst,
             wake=wake.set,
         )
         try:
@@ -142,9 +179,10 @@ class RelayServer:
                 expiry: asyncio.Task[None] | None = None
                 try:
                     async for message in websocket:
+                        # Once the session is closing it ignores what comes in; reading
+                        # on (not stopping) drains what a flooder had already sent, so its
+                        # close frame gets through and the close handshake completes.
                         session.receive(message)
-                        if session.close_code is not None:
-                            break
                         if expiry is None and session.expires_at is not None:
                             expiry = tasks.create_task(self._expire(session, session.expires_at))
                 except ConnectionClosed:
@@ -156,6 +194,7 @@ class RelayServer:
                     writer.cancel()
         finally:
             session.connection_lost()
+            self._admitted.discard(websocket)
 
     @staticmethod
     async def _expire(session: RelaySession, expires_at: float) -> None:
@@ -177,6 +216,11 @@ class RelayServer:
                     wake.set()
                     await asyncio.sleep(0)
                 if session.close_code is not None:
+                    # What was queued while a send blocked (the fatal error among it) goes
+                    # out before the close.
+                    for data in session.data_to_send():
+                        async with asyncio.timeout(SEND_TIMEOUT):
+                            await websocket.send(data)
                     await websocket.close(session.close_code, _reason(session.close_reason))
                     return
         except ConnectionClosed:

@@ -4,8 +4,10 @@
 ``CRDTSYNC_SECRET`` overrides it), ``token_algorithm`` (``HS256``, ``RS256`` or
 ``ES256``), ``token_public_key`` (PEM file, for RS256 / ES256), ``token_leeway``
 (seconds of clock skew), and limits (``max_frame_bytes``, ``max_queued_bytes``,
-``cache_records``). ``[objects.*]`` is the schema (see :class:`crdtsync.Schema`),
-``[roles.*]`` and the top-level ``policy = "pkg.mod:Class"`` hook the access model (see
+``cache_records``; against floods ``max_frames_per_second`` and ``frame_burst`` per
+connection, ``max_connections`` per relay, ``0`` turning either off). ``[objects.*]``
+is the schema (see :class:`crdtsync.Schema`), ``[roles.*]`` and the top-level
+``policy = "pkg.mod:Class"`` hook the access model (see
 :class:`~crdtsync_server.policy.AccessPolicy`). ``--db``, ``--host`` and ``--port``
 override the file. Relative database paths are relative to the current directory.
 """
@@ -25,6 +27,7 @@ from crdtsync.protocol import MAX_FRAME_BYTES
 from crdtsync.schema import Schema
 
 from .auth import TokenAuthority
+from .limits import FRAME_BURST, MAX_CONNECTIONS, MAX_FRAMES_PER_SECOND
 from .policy import AccessPolicy, ConfigError
 
 _SERVER_KEYS = frozenset(
@@ -39,6 +42,9 @@ _SERVER_KEYS = frozenset(
         "token_algorithm",
         "token_public_key",
         "token_leeway",
+        "max_frames_per_second",
+        "frame_burst",
+        "max_connections",
     }
 )
 
@@ -52,6 +58,9 @@ class RelayConfig:
     max_frame_bytes: int = MAX_FRAME_BYTES
     max_queued_bytes: int = 64 * 1024 * 1024
     cache_records: int = 10_000
+    max_frames_per_second: float = MAX_FRAMES_PER_SECOND  #: per connection; 0: no limit
+    frame_burst: int = FRAME_BURST  #: frames a connection may send at once, above the rate
+    max_connections: int = MAX_CONNECTIONS  #: open websockets; 0: no limit
     token_algorithm: str = "HS256"
     token_public_key: str | None = None  #: PEM file the relay verifies RS256/ES256 tokens with
     token_leeway: float = 5.0  #: seconds of clock skew allowed on a token's times
@@ -106,12 +115,26 @@ class RelayConfig:
         leeway = settings.get("token_leeway")
         if leeway is not None and (isinstance(leeway, bool) or not isinstance(leeway, int | float)):
             raise ConfigError("[server] token_leeway must be a number of seconds")
-        for key in ("port", "max_frame_bytes", "max_queued_bytes", "cache_records"):
+        rate = settings.get("max_frames_per_second")
+        if rate is not None and (
+            isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < 1e12
+        ):
+            raise ConfigError("[server] max_frames_per_second must be a non-negative number")
+        for key in (
+            "port",
+            "max_frame_bytes",
+            "max_queued_bytes",
+            "cache_records",
+            "frame_burst",
+            "max_connections",
+        ):
             value = settings.get(key)
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 0
             ):
                 raise ConfigError(f"[server] {key} must be a non-negative integer")
+        if settings.get("frame_burst") == 0:
+            raise ConfigError("[server] frame_burst must be at least 1")
         config = cls(schema=schema, policy=policy, **settings)
         config.token_authority()  # a bad algorithm or key file fails here, clearly
         return config

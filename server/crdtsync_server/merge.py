@@ -53,6 +53,11 @@ from .policy import Action, Policy, Principal, RecordFacts
 from .storage import ChangeRow, StoredRecord
 
 HISTORY_PER_FIELD = 32  #: recent values kept per field for conflict details
+#: Structs (and, separately, delete-set ranges) one change's delta may hold. Deciding
+#: costs a few microseconds per struct on the relay's one thread: the bound keeps one
+#: hostile frame from stalling every connection for seconds. A replica's delta of one
+#: record holds its own edits since the last sync, far fewer.
+MAX_UPDATE_STRUCTS = 100_000
 
 
 class MergeContext(Protocol):
@@ -331,7 +336,7 @@ def _merge(
     if not change.delta:
         return rejected(ErrorCode.INVALID_UPDATE, "the change carries no CRDT update")
     try:
-        parsed = parse_update(change.delta)
+        parsed = parse_update(change.delta, max_structs=MAX_UPDATE_STRUCTS)
     except UpdateDecodeError as exc:
         return rejected(ErrorCode.INVALID_UPDATE, f"undecodable CRDT update: {exc}")
     for client in parsed.clients():
@@ -358,9 +363,15 @@ def _merge(
         # (also after the field became visible to it: its placeholders stay).
         delta = index.strip_hidden_deletes(delta, hidden)
         if delta is not change.delta:
-            parsed = parse_update(delta)
+            try:
+                parsed = parse_update(delta)
+            except UpdateDecodeError as exc:
+                return rejected(ErrorCode.INVALID_UPDATE, f"undecodable CRDT update: {exc}")
             ranges = parsed.client_ranges()
-    anatomy = index.analyse(parsed)
+    try:  # reads item values: a value the parser let through must not escape as a fault
+        anatomy = index.analyse(parsed)
+    except UpdateDecodeError as exc:
+        return rejected(ErrorCode.INVALID_UPDATE, f"undecodable CRDT update: {exc}")
     problem = _shape_problem(anatomy, view, creating=creating)
     if problem is not None:
         return rejected(*problem)

@@ -24,6 +24,8 @@ class Metrics:
         factory=lambda: {"accepted": 0, "conflicted": 0, "unresolvable": 0, "errored": 0}
     )
     frames_rejected: int = 0
+    frames_rate_limited: int = 0
+    connections_refused: int = 0
     merge_seconds_sum: float = 0.0
     merge_count: int = 0
     merge_buckets: list[int] = attrs.field(factory=lambda: [0] * len(_BUCKETS))
@@ -61,6 +63,14 @@ class Metrics:
             "# HELP crdtsync_frames_rejected_total Frames refused as malformed.",
             "# TYPE crdtsync_frames_rejected_total counter",
             f"crdtsync_frames_rejected_total {self.frames_rejected}",
+            "# HELP crdtsync_frames_rate_limited_total Frames dropped over the per-connection "
+            "rate limit.",
+            "# TYPE crdtsync_frames_rate_limited_total counter",
+            f"crdtsync_frames_rate_limited_total {self.frames_rate_limited}",
+            "# HELP crdtsync_connections_refused_total Websocket upgrades refused (HTTP 503) "
+            "over max_connections.",
+            "# TYPE crdtsync_connections_refused_total counter",
+            f"crdtsync_connections_refused_total {self.connections_refused}",
             "# HELP crdtsync_merge_seconds Time to decide and commit one change.",
             "# TYPE crdtsync_merge_seconds histogram",
         ]

@@ -13,14 +13,22 @@ States::
           └──bad hello / auth failed / unsupported version──▶ CLOSING
 
 In ``READY`` a malformed frame gets a non-fatal ``error`` frame and the connection
-carries on; only a broken handshake or a consumer too slow to keep up ends it.
+carries on; only a broken handshake, a consumer too slow to keep up, or a sustained
+flood of frames ends it.
+
+Every incoming message first passes the connection's :class:`~.limits.FrameRateLimit`:
+a frame over the rate is not handled at all (non-fatal ``rate_limited`` error); a
+replica that keeps flooding gets a fatal ``rate_limited`` and close 1008. The limit is
+off unless ``max_frames_per_second`` is given (the websocket transport passes the
+configured one, by default :data:`~.limits.MAX_FRAMES_PER_SECOND`), so in-process uses
+that pump frames as fast as they can are not throttled.
 """
 
 from __future__ import annotations
 
 import enum
-import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
@@ -43,6 +51,7 @@ from crdtsync.protocol import (
 )
 
 from .auth import AuthError, TokenAuthority
+from .limits import FRAME_BURST, Admission, FrameRateLimit
 from .policy import Principal
 from .relay import Relay
 
@@ -69,6 +78,9 @@ class RelaySession:
         *,
         max_frame_bytes: int,
         max_queued_bytes: int = 64 * 1024 * 1024,
+        max_frames_per_second: float = 0,
+        frame_burst: int = FRAME_BURST,
+        clock: Callable[[], float] = time.monotonic,
         wake: Callable[[], None] = lambda: None,
     ) -> None:
         self.relay = relay
@@ -76,13 +88,15 @@ class RelaySession:
         self.max_frame_bytes = max_frame_bytes
         self.max_queued_bytes = max_queued_bytes
         self.wake = wake
+        self.rate_limit = FrameRateLimit(max_frames_per_second, frame_burst, clock)
         self.state = SessionState.AWAITING_HELLO
         self.principal: Principal | None = None
         self.subscriptions: set[str] = set()
         self.close_code: int | None = None
         self.close_reason = ""
         self.expires_at: float | None = None
-        self._backlog: Iterator[Frame] | None = None  # a subscribe's frames, pulled lazily
+        #: each pending subscribe's frames (ending with caught_up), pulled lazily, in order
+        self._backlogs: deque[Iterator[Frame]] = deque()
         self._held: list[bytes] = []  # fan-out waiting for the backlog to complete
         self._held_bytes = 0
         self._outbox: deque[bytes] = deque()
@@ -94,7 +108,7 @@ class RelaySession:
         """Every queued message, in order; the queue is emptied. While a backlog is
         being sent, each call with nothing else queued adds its next frame (see
         :attr:`has_more`)."""
-        if not self._outbox and self._backlog is not None and self.state is SessionState.READY:
+        if not self._outbox and self._backlogs and self.state is SessionState.READY:
             self._next_backlog_frame()
         out = list(self._outbox)
         self._outbox.clear()
@@ -105,21 +119,23 @@ class RelaySession:
     def has_more(self) -> bool:
         """A backlog is still being produced: call :meth:`data_to_send` again (after
         letting other connections run)."""
-        return self._backlog is not None and self.state is SessionState.READY
+        return bool(self._backlogs) and self.state is SessionState.READY
 
     def _next_backlog_frame(self) -> None:
-        assert self._backlog is not None
-        frame = next(self._backlog, None)
+        frame = next(self._backlogs[0], None)
+        if frame is not None:
+            self.deliver(frame)
         if frame is None or isinstance(frame, CaughtUp):
-            self._backlog = None
-            if frame is not None:
-                self.deliver(frame)
+            # This subscribe is answered; the next one's backlog (if any) comes next.
+            self._backlogs.popleft()
+            if self._backlogs:
+                return
             held, self._held = self._held, []
+            self._held_bytes = 0
             for data in held:  # fan-out that happened meanwhile, now in order
                 self._outbox.append(data)
                 self._queued_bytes += len(data)
             return
-        self.deliver(frame)
 
     def deliver_fanout(self, frame: Frame) -> None:
         """Queue a fan-out frame; while a backlog is being sent it waits until the
@@ -128,7 +144,7 @@ class RelaySession:
 
     def deliver_fanout_encoded(self, data: bytes) -> None:
         """:meth:`deliver_fanout` for a frame already encoded (shared by sessions)."""
-        if self._backlog is None:
+        if not self._backlogs:
             self._queue(data)
             return
         self._held.append(data)
@@ -170,6 +186,10 @@ class RelaySession:
         """Handle one message from the replica."""
         if self.state is SessionState.CLOSING:
             return
+        admission = self.rate_limit.admit()
+        if admission is not Admission.PASS:
+            self._rate_limited(admission)
+            return
         try:
             if isinstance(data, str):
                 raise ProtocolError(
@@ -183,6 +203,26 @@ class RelaySession:
                 self._fail(exc.code, exc.message, CLOSE_PROTOCOL_ERROR)
             else:
                 self.deliver(Error(exc.code, exc.message))
+
+    def _rate_limited(self, admission: Admission) -> None:
+        """A frame over the rate: not decoded, not handled; say so, or end a flood."""
+        self.relay.metrics.frames_rate_limited += 1
+        rate = f"{self.rate_limit.rate:g}"
+        if admission is Admission.CLOSE:
+            self._fail(
+                ErrorCode.RATE_LIMITED,
+                f"rate limit: kept sending more than {rate} frames per second",
+                CLOSE_POLICY_VIOLATION,
+            )
+            self.wake()
+            return
+        self.deliver(
+            Error(
+                ErrorCode.RATE_LIMITED,
+                f"rate limit: more than {rate} frames per second; this frame was dropped "
+                "unread, send it again later",
+            )
+        )
 
     def _handle(self, frame: Frame) -> None:
         if self.state is SessionState.AWAITING_HELLO:
@@ -257,9 +297,7 @@ class RelaySession:
             raise ProtocolError(ErrorCode.UNKNOWN_OBJECT, f"no object type(s) {', '.join(unknown)}")
         self.subscriptions.update(subscribe.objects)
         backlog = self.relay.backlog(self.principal, subscribe.objects, subscribe.cursor)
-        self._backlog = (
-            backlog if self._backlog is None else itertools.chain(self._backlog, backlog)
-        )
+        self._backlogs.append(backlog)
         self.wake()
 
     def _fail(self, code: ErrorCode, message: str, close_code: int) -> None:
@@ -267,6 +305,7 @@ class RelaySession:
         self.state = SessionState.CLOSING
         self.close_code = close_code
         self.close_reason = message[:120]
+        self.wake()  # the transport sends the error, then closes
 
     def connection_lost(self) -> None:
         """The transport closed; the relay forgets this session."""
