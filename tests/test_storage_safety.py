@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -255,8 +256,16 @@ def test_a_change_retransmitted_after_its_update_was_compacted_is_acked_once(
 
 
 COMPACT_SCRIPT = """
-import sys
+import sys, time
 from crdtsync_server.storage import RelayStorage
+
+set_meta = RelayStorage.set_meta
+
+def set_meta_slowly(self, key, value):
+    set_meta(self, key, value)
+    time.sleep(0.002)  # inside the chunk's open transaction: most kills land there
+
+RelayStorage.set_meta = set_meta_slowly
 storage = RelayStorage(sys.argv[1])
 print("started", flush=True)
 storage.compact(int(sys.argv[2]), chunk=int(sys.argv[3]))
@@ -264,40 +273,63 @@ print("done", flush=True)
 """
 
 
+def run_compaction(path: str, through: int, kill_after: float | None) -> tuple[bool, float]:
+    """Compact ``path`` in a child process, one change per transaction, and ``kill -9``
+    it ``kill_after`` seconds after it started compacting (None: let it finish). Returns
+    whether it was killed before it finished, and how long it compacted."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", COMPACT_SCRIPT, path, str(through), "1"],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert process.stdout is not None and process.stdout.readline() == b"started\n"
+    started = time.monotonic()
+    if kill_after is None:
+        assert process.stdout.readline() == b"done\n"
+        assert process.wait(timeout=60) == 0
+        return False, time.monotonic() - started
+    time.sleep(kill_after)
+    killed = process.poll() is None
+    if killed:
+        os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    return killed, time.monotonic() - started
+
+
 def test_compaction_killed_at_any_point_leaves_a_consistent_database(tmp_path: Path) -> None:
-    world = FileWorld(tmp_path / "relay.sqlite3")
+    world = FileWorld(tmp_path / "history.sqlite3")
     make_history(world, random.Random(3), scaled(150))
     principal = Principal("bob", "a-replica-of-bob", ("default",))
     log = raw_log(world.storage)
     before = resumed_states(world.relay, principal, log)
-    path, through = world.storage.path, world.storage.seq
-    world.close()
+    history, through = Path(world.storage.path), world.storage.seq
+    world.close()  # checkpoints: the history is all in the main file
+    path = tmp_path / "relay.sqlite3"
+    shutil.copyfile(history, path)
+    _, duration = run_compaction(str(path), through, None)  # kill somewhere inside a run
     rng = random.Random(5)
-    kills = 0
-    for attempt in range(scaled(6)):
-        process = subprocess.Popen(
-            [sys.executable, "-c", COMPACT_SCRIPT, path, str(through), "1"],
-            stdout=subprocess.PIPE,
-            cwd=ROOT,
-        )
-        assert process.stdout is not None and process.stdout.readline() == b"started\n"
-        time.sleep(rng.uniform(0.0, 0.05) * (attempt + 1))
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-            kills += 1
-        process.wait(timeout=30)
+    kills = partial = 0
+    for _attempt in range(scaled(6)):
+        for leftover in tmp_path.glob("relay.sqlite3*"):
+            leftover.unlink()
+        shutil.copyfile(history, path)  # every attempt starts uncompacted
+        killed, _ = run_compaction(str(path), through, rng.uniform(0.1, 0.9) * duration)
+        kills += killed
 
-        storage = RelayStorage(path)  # opens cleanly after the kill
+        storage = RelayStorage(str(path))  # opens cleanly after the kill
         try:
             assert storage.integrity_check() == "ok"
             done = storage.compacted_through()
+            partial += 0 < done < through
             # a prefix of the log is compacted, each row whole or compacted
             assert compacted_seqs(storage) == {seq for seq, _r, _u in log if seq <= done}
             assert resumed_states(new_relay(world, storage), principal, log) == before
+            assert storage.compact(through) == through - done  # finishing it works too
+            assert resumed_states(new_relay(world, storage), principal, log) == before
         finally:
             storage.close()
-    assert kills >= 1, "no run was killed mid-way: make the history longer"
-    report("compaction_kill9", kills=kills, changes=len(log))
+    assert kills >= scaled(3) and partial >= 1, "runs ended before the kill: lengthen them"
+    report("compaction_kill9", kills=kills, killed_mid_way=partial, changes=len(log))
 
 
 def test_compact_command_drops_old_updates_and_reports_them(
