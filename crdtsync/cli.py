@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .exceptions import CrdtsyncError
 
@@ -20,11 +20,24 @@ if TYPE_CHECKING:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crdtsync", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run a scripted demo")
-    stories = demo.add_subparsers(dest="story", required=True)
+    demo = commands.add_parser(
+        "demo",
+        help="a relay and two users' apps to try in a browser, or a scripted story",
+        description="With no story: start a relay and the reference app for alice and bob, "
+        "and print both addresses.",
+    )
+    stories = demo.add_subparsers(dest="story")
     offline = stories.add_parser("offline", help="create, edit and delete records offline")
     offline.add_argument("--store", help="SQLite file for the local store (default: temporary)")
     stories.add_parser("sync", help="a relay and two users through every sync scenario")
+
+    app = commands.add_parser("app", help="run the reference web app for one user")
+    app.add_argument("--user", required=True, help="whose app it is")
+    app.add_argument("--config", help="the app's TOML configuration (default: the example CRM)")
+    app.add_argument("--url", help="the relay (default: ws://[server] host:port)")
+    app.add_argument("--token", help="the user's token (default: signed with the config's secret)")
+    app.add_argument("--store", help="local SQLite store (default: crdtsync-app-USER.sqlite3)")
+    app.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free)")
 
     serve = commands.add_parser("serve", help="run the relay server")
     serve.add_argument("--config", required=True, help="the app's TOML configuration")
@@ -98,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             logging.basicConfig(level=logging.ERROR)
             asyncio.run(run_sync(sys.stdout))
+        elif args.command == "demo":
+            return _run_webapp(_demo_apps)
+        elif args.command == "app":
+            return _run_webapp(lambda: _app(args))
         elif args.command == "serve":
             return _serve(args)
         elif args.command == "token":
@@ -226,6 +243,60 @@ def _compact(args: argparse.Namespace) -> int:
         storage.close()
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
+
+
+def _run_webapp(start: Callable[[], Coroutine[Any, Any, None]]) -> int:
+    """Run the reference app (or the demo) until Ctrl-C / SIGTERM."""
+    import asyncio
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    try:
+        asyncio.run(start())
+    except OSError as exc:
+        return _fail(f"cannot start the app: {exc.strerror or exc}")
+    return 0
+
+
+async def _demo_apps() -> None:
+    import logging
+
+    from .webapp.launch import run_demo
+
+    logging.getLogger("crdtsync.server").setLevel(logging.ERROR)  # the demo's secret is short
+
+    await run_demo(sys.stdout)
+
+
+async def _app(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from crdtsync_server.auth import TokenAuthority
+    from crdtsync_server.config import RelayConfig
+    from crdtsync_server.policy import ConfigError
+
+    from .demo import example_config
+    from .webapp.launch import run_app
+
+    config_path = Path(args.config) if args.config else example_config()
+    config = RelayConfig.from_toml(config_path)
+    token = args.token
+    if token is None:
+        if config.token_algorithm != "HS256":
+            raise ConfigError(
+                f"this relay verifies {config.token_algorithm} tokens: pass --token "
+                "(crdtsync token --private-key PEM ...)"
+            )
+        token = TokenAuthority(config.secret).issue(args.user)
+    await run_app(
+        sys.stdout,
+        url=args.url or f"ws://{config.host}:{config.port}",
+        token=token,
+        user=args.user,
+        store=args.store or f"crdtsync-app-{args.user}.sqlite3",
+        config=config_path,
+        port=args.port,
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -94,3 +94,73 @@ def test_token_for_an_rs256_relay_needs_a_private_key(tmp_path: object) -> None:
     result = run("token", "--config", str(config), "--user", "alice")
     assert result.returncode == 2
     assert "crdtsync: error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def serve_until_urls(args: list[str], count: int) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start a long-running ``crdtsync`` command; return it and the first ``count``
+    http:// addresses it prints (killed after 60 s whatever happens)."""
+    import re
+    import threading
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "crdtsync", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    watchdog = threading.Timer(60, process.kill)
+    watchdog.daemon = True
+    watchdog.start()
+    urls: list[str] = []
+    assert process.stdout is not None
+    while len(urls) < count and (line := process.stdout.readline()):
+        urls += re.findall(r"http://127\.0\.0\.1:\d+/", line)
+    return process, urls
+
+
+def page(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
+
+
+def stop(process: subprocess.Popen[str], signum: int) -> subprocess.CompletedProcess[str]:
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=30)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def test_demo_without_a_story_serves_alice_and_bob_apps_until_interrupted() -> None:
+    import signal
+
+    process, urls = serve_until_urls(["demo"], 2)
+    try:
+        assert len(urls) == 2, process.stderr.read() if process.stderr else ""
+        alice, bob = (page(url + "o/Account") for url in urls)
+        assert 'data-user="alice"' in alice and 'data-user="bob"' in bob
+        assert "Acme" in alice and "Acme" in bob  # seeded by alice, synced to bob
+        assert 'data-state="online"' in bob
+    finally:
+        result = stop(process, signal.SIGINT)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_app_serves_one_user_with_no_relay_and_keeps_its_store(tmp_path: object) -> None:
+    import signal
+    from pathlib import Path
+
+    store = Path(str(tmp_path)) / "alice.sqlite3"
+    args = ["app", "--user", "alice", "--url", "ws://127.0.0.1:9", "--store", str(store)]
+    process, urls = serve_until_urls(args, 1)
+    try:
+        assert len(urls) == 1, process.stderr.read() if process.stderr else ""
+        home = page(urls[0] + "o/Account")
+        assert 'data-user="alice"' in home and 'data-state="offline"' in home
+        assert "No Account records yet." in home
+    finally:
+        result = stop(process, signal.SIGTERM)
+    assert result.returncode == 0, result.stderr
+    assert store.exists()
+    assert "Traceback" not in result.stdout + result.stderr
