@@ -53,6 +53,7 @@ from crdtsync.store import LocalStore
 from crdtsync.sync import SyncSession, SyncState
 
 from .conftest import EXAMPLE_CONFIG, RawConnection, RelayHarness, eventually
+from .faults import report
 
 pytestmark = pytest.mark.faults
 
@@ -396,6 +397,7 @@ async def test_connection_flood_beyond_max_connections_is_refused_with_503(
         # Every connection closed: places free up, and a client syncs again.
         await eventually(lambda: not relay.server._admitted)
         await assert_relay_healthy(relay, before, "bob")
+        report("connection_flood", attempts=len(outcomes), refused_503=len(refused))
     finally:
         await relay.stop()
 
@@ -660,6 +662,7 @@ async def test_many_hostile_frames_in_a_row_leave_the_relay_serving(
     async with alice, raw_connect() as websocket:
         raw = RawConnection(websocket)
         await raw.handshake(relay.token("mallory"), replica="mallory-phone")
+        sent = 0
         for attack in ATTACKS:
             if attack.close is not None or attack.before_handshake:
                 continue
@@ -672,4 +675,6 @@ async def test_many_hostile_frames_in_a_row_leave_the_relay_serving(
             rid = alice.create("Account", {"Name": f"during {attack.name}"})
             await alice.sync(timeout=10)
             assert alice.get(rid).status is Status.SYNCED  # type: ignore[union-attr]
+            sent += 1
     await assert_relay_healthy(relay, before, "bob")
+    report("hostile_frames", kinds=len(ATTACKS), sent_in_a_row=sent)
