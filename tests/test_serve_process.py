@@ -58,8 +58,12 @@ class ServeProcess:
         assert "listening" in line, line
 
     def get(self, path: str) -> tuple[int, str]:
+        status, _content_types, text = self.get_with_types(path)
+        return status, text
+
+    def get_with_types(self, path: str) -> tuple[int, list[str], str]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as reply:
-            return reply.status, reply.read().decode()
+            return reply.status, reply.headers.get_all("Content-Type"), reply.read().decode()
 
     def token(self, user: str) -> str:
         from crdtsync_server.auth import TokenAuthority
@@ -99,8 +103,9 @@ def test_healthz_and_metrics_answer_on_the_websocket_port(served: ServeProcess) 
             await alice.sync(timeout=10)
 
     asyncio.run(push_one())
-    status, text = served.get("/metrics")
+    status, content_types, text = served.get_with_types("/metrics")
     assert status == 200
+    assert content_types == ["text/plain; version=0.0.4; charset=utf-8"]  # one, Prometheus
     assert 'crdtsync_changes_total{verdict="accepted"} 1' in text
     assert "crdtsync_merge_seconds_count 1" in text
 

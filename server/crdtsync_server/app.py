@@ -124,6 +124,7 @@ class RelayServer:
         if request.path == "/metrics":
             assert self.relay is not None
             response = connection.respond(HTTPStatus.OK, self.relay.metrics.render())
+            del response.headers["Content-Type"]  # Headers appends: replace, not add
             response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
             return response
         if request.headers.get("Upgrade", "").lower() != "websocket":
