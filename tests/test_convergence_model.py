@@ -34,11 +34,14 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import date
+from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
 import crdtsync_server.relay
 import pytest
+from crdtsync_server.config import RelayConfig
+from crdtsync_server.relay import Relay
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -72,6 +75,7 @@ from crdtsync.schema import ObjectSpec, Schema
 from crdtsync.store import LocalStore
 from crdtsync.sync import SyncState
 
+from .conftest import EXAMPLE_CONFIG
 from .faults import report, scaled
 from .test_sans_io_pair import Pair, World, settle
 
@@ -997,6 +1001,57 @@ def test_concurrent_first_edits_of_an_unset_text_field_both_survive() -> None:
         for replica in (alice, bob):
             record = replica.get(rid)
             assert record is not None and record.fields["Description"] == text
+    finally:
+        world.close()
+
+
+class HiddenTextWorld(World):
+    """The example app with ``Account.Description`` hidden from interns."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__()
+        plain = 'Description = { type = "text" }'
+        toml = EXAMPLE_CONFIG.read_text().replace(plain, plain[:-2] + ', hidden = ["intern"] }')
+        assert 'hidden = ["intern"] }' in toml
+        path = tmp_path / "app.toml"
+        path.write_text(toml)
+        self.config = RelayConfig.from_toml(path, database=":memory:")
+        self.relay = Relay(
+            schema=self.config.schema, policy=self.config.policy, storage=self.storage
+        )
+
+
+def test_concurrent_first_edits_of_a_text_field_hidden_from_the_creator_both_survive(
+    tmp_path: Path,
+) -> None:
+    world = HiddenTextWorld(tmp_path)
+    try:
+        ivy, alice, bob = world.replica(), world.replica(), world.replica()
+        ivy_pair = world.connect(ivy, token=world.authority.issue("ivy", ["intern"]))
+        alice_pair, bob_pair = world.connect(alice, "alice"), world.connect(bob, "bob")
+        settle(ivy_pair, alice_pair, bob_pair)
+        assert "Description" not in ivy.schema.objects["Account"].fields
+        rid = ivy.create("Account", {"Name": "Created by an intern"})
+        settle(ivy_pair, alice_pair, bob_pair)
+        bob_pair.disconnect()
+        alice.update(rid, {"Description": "from alice"})
+        bob.update(rid, {"Description": "from bob"})
+        alice_pair.pump()
+        bob_pair = world.connect(bob, "bob")
+        settle(ivy_pair, alice_pair, bob_pair)
+
+        assert alice.pending() == bob.pending() == []
+        stored = world.storage.get_record(rid)
+        assert stored is not None
+        spec = world.config.schema.objects["Account"]
+        text = RecordDoc.from_update(spec, stored.state).read()["Description"]
+        assert "alice" in text and "bob" in text, text  # neither first edit was lost
+        for replica in (alice, bob):
+            record = replica.get(rid)
+            assert record is not None and record.fields["Description"] == text
+        record = ivy.get(rid)
+        assert record is not None and "Description" not in record.fields
+        assert "alice" not in repr(ivy.store.get_record(rid))  # hidden: never sent to ivy
     finally:
         world.close()
 

@@ -307,11 +307,25 @@ def test_valid_create_is_accepted_and_owner_defaults_to_principal_via_relay_upda
 def test_create_with_explicit_owner_keeps_it_and_adds_no_relay_update(
     h: Harness, alice: Replica
 ) -> None:
-    decision = h.decide(ALICE, alice.create("Account", "acc-new", {"Name": "A", "Owner": "alice"}))
+    values = {"Name": "A", "Owner": "alice", "Description": ""}  # every text, as replicas do
+    decision = h.decide(ALICE, alice.create("Account", "acc-new", values))
 
     assert isinstance(decision, Accepted)
     assert decision.values["Owner"] == "alice"
     assert decision.relay_update == b""
+
+
+def test_create_leaving_out_a_text_field_gets_its_one_text_from_the_relay(
+    h: Harness, alice: Replica
+) -> None:
+    decision = h.decide(ALICE, alice.create("Account", "acc-new", {"Name": "A", "Owner": "alice"}))
+
+    assert isinstance(decision, Accepted)
+    assert "Description" not in decision.values  # an empty text is no value
+    doc = pycrdt.Doc()
+    doc.apply_update(decision.relay_update)
+    text = doc.get("fields", type=pycrdt.Map).get("Description")
+    assert isinstance(text, pycrdt.Text) and str(text) == ""
 
 
 def test_creating_a_record_owned_by_someone_else_is_forbidden(h: Harness, alice: Replica) -> None:

@@ -446,8 +446,17 @@ def _merge(
             for name, field in spec.fields.items()
             if field.type is FieldType.OWNER and values.get(name) is None
         }
-        if defaults:
-            relay_update = doc.write(defaults)
+        # Every text field holds one Y.Text from the record's creation (an empty one
+        # reads as no value): two replicas' first edits then merge into it, instead of
+        # each creating its own and the map keeping one. The relay creates those the
+        # create left out, e.g. fields hidden from the creator.
+        texts = {
+            name: ""
+            for name, field in spec.fields.items()
+            if field.type is FieldType.TEXT and name not in anatomy.fields
+        }
+        if defaults or texts:
+            relay_update = doc.write({**texts, **defaults})
             values.update(defaults)
         owners = {values.get(name) for name, f in spec.fields.items() if f.type is FieldType.OWNER}
         if owners - {principal.user}:

@@ -395,11 +395,11 @@ class Relay:
         )
         self.storage.put_record(new)
         self.storage.add_change(row)
+        relay_update = decision.relay_update
+        if relay_update and state is not None:  # e.g. texts of fields hidden from the creator
+            relay_update = self.project(principal, state, relay_update)
         verdict = Ack(
-            change_id=change.change_id,
-            record_id=change.record_id,
-            version=seq,
-            update=decision.relay_update,
+            change_id=change.change_id, record_id=change.record_id, version=seq, update=relay_update
         )
         return verdict, (new, row)
 
