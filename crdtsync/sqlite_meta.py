@@ -68,8 +68,10 @@ def open_format(
     if found is None and db.execute("SELECT 1 FROM sqlite_master").fetchone():
         raise FormatError("it holds tables of something else")
     if found is not None:
-        if not isinstance(found, int) or found < 1 or found > version:
-            raise FormatError(f"format {found!r} is newer than this crdtsync reads ({version})")
+        if not isinstance(found, int) or found < 1:
+            raise FormatError(f"format {found!r} is not one crdtsync ever wrote")
+        if found > version:
+            raise FormatError(f"format {found} is newer than this crdtsync reads ({version})")
         for step in range(found, version):
             migrations[step](db)
     for statement in schema.split(";"):

@@ -406,16 +406,26 @@ async def test_a_replica_on_the_first_store_format_syncs_with_a_migrated_relay(
 
 
 @pytest.mark.parametrize("store", ["relay", "replica"])
-def test_a_newer_format_is_refused_naming_both_versions(tmp_path: Path, store: str) -> None:
+@pytest.mark.parametrize(
+    ("packed", "message"),
+    [
+        ("63", r"format 99 is newer than this crdtsync reads \(\d\)"),  # msgpack 99
+        ("00", r"format 0 is not one crdtsync ever wrote"),
+        ("A3312E30", r"format '1.0' is not one crdtsync ever wrote"),  # a string
+    ],
+)
+def test_an_unknown_format_is_refused_saying_why(
+    tmp_path: Path, store: str, packed: str, message: str
+) -> None:
     path = tmp_path / "db.sqlite3"
     opener = RelayStorage if store == "relay" else LocalStore
     opener(str(path)).close()
     db = sqlite3.connect(path)
-    db.execute("UPDATE meta SET value = X'63' WHERE key = 'format_version'")  # 99
+    db.execute(f"UPDATE meta SET value = X'{packed}' WHERE key = 'format_version'")
     db.commit()
     db.close()
 
-    with pytest.raises((StorageError, StoreError), match=r"format 99 is newer .*\(\d\)"):
+    with pytest.raises((StorageError, StoreError), match=message):
         opener(str(path))
 
 
