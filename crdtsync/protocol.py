@@ -166,30 +166,39 @@ class Hello:
 
 @attrs.frozen
 class Welcome:
-    """Relay → replica: the accepted version, who the connection is, and the schema."""
+    """Relay → replica: the accepted version, who the connection is, the schema as this
+    user sees it, and the objects this user's roles may read (``None``: not said)."""
 
     TYPE: ClassVar[str] = "welcome"
     version: int
     user: str
     server_id: str
     schema: Mapping[str, Any]
+    readable: tuple[str, ...] | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             "type": self.TYPE,
             "version": self.version,
             "user": self.user,
             "server": self.server_id,
             "schema": dict(self.schema),
         }
+        if self.readable is not None:
+            wire["readable"] = list(self.readable)
+        return wire
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> Welcome:
+        readable = None
+        if data.get("readable") is not None:
+            readable = _list(data, "readable", "welcome", _str)
         return cls(
             _get(data, "version", int, "welcome"),
             _get(data, "user", str, "welcome"),
             _get(data, "server", str, "welcome"),
             _get(data, "schema", dict, "welcome"),
+            readable,
         )
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -437,12 +437,23 @@ class Replica:
             if set(spec.fields) - set(previous.get(name, ()))
         }
 
-    def remember_view(self, schema: Schema) -> None:
-        """Record which fields the relay lets this user read (see :meth:`fields_gained`)."""
+    def objects_gained(self, readable: Sequence[str] | None) -> set[str]:
+        """Objects in ``readable`` (those the relay says this user may read now) that the
+        previous connection's list did not have (none the first time, or if not said)."""
+        previous = self.store.get_meta("relay_readable")
+        if previous is None or readable is None:
+            return set()
+        return set(readable) - set(previous)
+
+    def remember_view(self, schema: Schema, readable: Sequence[str] | None = None) -> None:
+        """Record which fields and objects the relay lets this user read (see
+        :meth:`fields_gained` and :meth:`objects_gained`)."""
         with self.store.transaction():
             self.store.set_meta(
                 "relay_view", {name: list(spec.fields) for name, spec in schema.objects.items()}
             )
+            if readable is not None:
+                self.store.set_meta("relay_readable", list(readable))
 
     def forget_synced_records(self, objects: set[str]) -> None:
         """Drop the clean records of ``objects`` and start over from cursor 0, so the

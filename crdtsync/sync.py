@@ -205,13 +205,14 @@ class SyncSession:
             # Another relay (or a relay whose database was replaced): start over.
             self.replica.reset_cursor(welcome.server_id)
         schema = Schema.from_wire(welcome.schema)
-        gained = self.replica.fields_gained(schema)
+        gained = self.replica.fields_gained(schema) | self.replica.objects_gained(welcome.readable)
         self._on_schema(schema)
         if gained:
-            # Fields this replica could not read before: the records it holds have only
-            # placeholders for them, so fetch those records again, whole.
+            # Fields (or whole objects) this replica could not read before: the records
+            # it holds have only placeholders for them, and records it skipped are behind
+            # its cursor, so fetch those objects again, whole.
             self.replica.forget_synced_records(gained)
-        self.replica.remember_view(schema)
+        self.replica.remember_view(schema, welcome.readable)
         self.state = SyncState.CATCHING_UP
         self._send(Subscribe(tuple(self.replica.schema.objects), self.replica.cursor))
 

@@ -11,7 +11,7 @@ from crdtsync_server.admin import AdminClient, AdminError
 
 from crdtsync import AccessLost, AuthenticationFailed, Client, Status, UnresolvableReason
 
-from .conftest import RelayHarness, eventually
+from .conftest import EXAMPLE_CONFIG, RelayHarness, eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -287,3 +287,52 @@ async def test_a_field_that_becomes_readable_arrives_on_the_next_sync(relay: Rel
         await eventually(lambda: "Revenue" in ivan.schema.object("Account").fields)
         await ivan.sync()
         assert ivan.get(rid).fields["Revenue"] == Decimal("7")  # type: ignore[union-attr]
+
+
+class TasksForPlannersOnly(RelayHarness):
+    """The example app where only the ``planner`` role may see Tasks."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(tmp_path)
+        from crdtsync_server.app import RelayServer
+        from crdtsync_server.config import RelayConfig
+
+        line = 'Task        = ["create", "read", "update", "delete"]'
+        toml = EXAMPLE_CONFIG.read_text()
+        assert toml.count(line) == 1
+        toml = toml.replace(line, "") + f"\n[roles.planner]\n{line}\n"
+        path = tmp_path / "planners.toml"
+        path.write_text(toml)
+        self.config = RelayConfig.from_toml(path, database=str(tmp_path / "relay.sqlite3"), port=0)
+        self.server = RelayServer(self.config)
+
+
+async def test_an_object_that_becomes_readable_arrives_whole_on_the_next_sync(
+    tmp_path: Path,
+) -> None:
+    relay = TasksForPlannersOnly(tmp_path)
+    await relay.start()
+    try:
+        planner = relay.server.authority.issue("alice", roles=["planner"])
+        store = str(tmp_path / "a.sqlite3")
+        alice = Client(relay.url, token=planner, store=store, schema=EXAMPLE_CONFIG)
+        bob = relay.client("bob")
+        async with alice, bob:
+            old = alice.create("Task", {"Subject": "Old task", "Status": "Open"})
+            busy = alice.create("Task", {"Subject": "Busy task", "Status": "Open"})
+            alice.create("Account", {"Name": "Acme"})  # something bob may read, after them
+            await alice.sync()
+            await bob.sync()  # bob's cursor moves past the tasks: he may not read Tasks yet
+            await eventually(lambda: len(bob.records("Account")) == 1)
+            assert bob.records("Task") == [] and bob.replica.cursor > 2
+            alice.update(busy, {"Priority": "High"})
+            await alice.sync()
+
+            bob.set_token(relay.server.authority.issue("bob", roles=["planner"]))  # promoted
+            await eventually(lambda: len(bob.records("Task")) == 2)
+            await bob.sync()
+            mine = {r.id: r.fields for r in alice.records("Task")}
+            assert set(mine) == {old, busy}
+            assert {r.id: r.fields for r in bob.records("Task")} == mine  # whole records
+    finally:
+        await relay.stop()

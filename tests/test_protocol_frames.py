@@ -116,6 +116,7 @@ FRAMES: dict[str, Frame] = {
     "hello-many-versions": Hello((1, 2, 7), "", "r" * 128),
     "welcome": Welcome(PROTOCOL_VERSION, "alice", "61fd263f8afc", SCHEMA_WIRE),
     "welcome-empty-schema": Welcome(1, "bob", "srv", {}),
+    "welcome-readable": Welcome(1, "bob", "srv", {}, ("Account", "Task")),
     "subscribe": Subscribe(("Account", "Contact"), 41),
     "subscribe-default-cursor": Subscribe(("Task",)),
     "subscribe-nothing": Subscribe((), 0),
@@ -767,3 +768,11 @@ def test_fuzz_truncated_and_flipped_frames_only_raise_protocol_error(
     encoded[index] = data.draw(st.integers(min_value=0, max_value=255))
     cut = data.draw(st.integers(min_value=0, max_value=len(encoded)))
     _decode_or_protocol_error(bytes(encoded[:cut]))
+
+
+def test_welcome_readable_is_optional_and_must_be_a_list_of_object_names() -> None:
+    wire = Welcome(1, "bob", "srv", {}).to_wire()
+    assert "readable" not in wire  # a relay that does not say
+    assert decode(pack(wire)) == Welcome(1, "bob", "srv", {}, None)
+    assert_malformed({**wire, "readable": "Account"}, "welcome.readable")
+    assert_malformed({**wire, "readable": ["Account", 7]}, "welcome.readable[1]")

@@ -232,7 +232,9 @@ def test_handshake_reaches_ready_and_the_client_adopts_the_relay_schema(world: W
     assert hello.versions == (PROTOCOL_VERSION,) and hello.replica_id == replica.replica_id
     welcome, caught_up = pair.to_client
     view = full.for_roles(frozenset({"default"}))  # the schema as alice's roles see it
-    assert welcome == Welcome(PROTOCOL_VERSION, "alice", world.relay.server_id, view.to_wire())
+    assert welcome == Welcome(
+        PROTOCOL_VERSION, "alice", world.relay.server_id, view.to_wire(), ALL_OBJECTS
+    )  # alice's roles may read every object
     assert caught_up == CaughtUp(0)
     # The relay's schema was adopted before subscribing: every object is subscribed,
     # not just the one the replica's outdated schema knew.
