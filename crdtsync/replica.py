@@ -445,6 +445,21 @@ class Replica:
             return set()
         return set(readable) - set(previous)
 
+    def objects_lost(self, readable: Sequence[str] | None) -> set[str]:
+        """Objects the previous connection's list had and ``readable`` lacks (e.g. a role
+        taken away): their records are no longer this user's to keep."""
+        previous = self.store.get_meta("relay_readable")
+        if previous is None or readable is None:
+            return set()
+        return set(previous) - set(readable)
+
+    def revoke_objects(self, objects: set[str]) -> None:
+        """This user may no longer read ``objects``: each of their records is revoked as
+        :meth:`apply_revoked` does (forgotten, or its pending change unresolvable)."""
+        for row in self.store.list_records():
+            if row.object in objects:
+                self.apply_revoked(row.id, row.object, row.version)
+
     def remember_view(self, schema: Schema, readable: Sequence[str] | None = None) -> None:
         """Record which fields and objects the relay lets this user read (see
         :meth:`fields_gained` and :meth:`objects_gained`)."""

@@ -206,7 +206,10 @@ class SyncSession:
             self.replica.reset_cursor(welcome.server_id)
         schema = Schema.from_wire(welcome.schema)
         gained = self.replica.fields_gained(schema) | self.replica.objects_gained(welcome.readable)
+        lost = self.replica.objects_lost(welcome.readable)
         self._on_schema(schema)
+        if lost:  # e.g. a role taken away: what this user may no longer read goes
+            self.replica.revoke_objects(lost)
         if gained:
             # Fields (or whole objects) this replica could not read before: the records
             # it holds have only placeholders for them, and records it skipped are behind

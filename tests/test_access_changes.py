@@ -336,3 +336,40 @@ async def test_an_object_that_becomes_readable_arrives_whole_on_the_next_sync(
             assert {r.id: r.fields for r in bob.records("Task")} == mine  # whole records
     finally:
         await relay.stop()
+
+
+async def test_an_object_no_longer_readable_is_forgotten_and_its_pending_edit_unresolvable(
+    tmp_path: Path,
+) -> None:
+    relay = TasksForPlannersOnly(tmp_path)
+    await relay.start()
+    try:
+        planner = relay.server.authority.issue("bob", roles=["planner"])
+        store = str(tmp_path / "b.sqlite3")
+        bob = Client(relay.url, token=planner, store=store, schema=EXAMPLE_CONFIG)
+        lost: list[AccessLost] = []
+        async with bob:
+            events = bob.events()
+            kept = bob.create("Task", {"Subject": "Synced task"})
+            edited = bob.create("Task", {"Subject": "Edited task"})
+            account = bob.create("Account", {"Name": "Acme"})
+            await bob.sync()
+            bob.go_offline()
+            bob.update(edited, {"Status": "Done"})  # pending when the role goes away
+
+            bob.set_token(relay.token("bob"))  # no longer a planner
+            bob.go_online()
+            await eventually(lambda: bob.get(kept) is None)
+            change = next(c for c in bob.pending() if c.record_id == edited)
+            assert change.status is Status.UNRESOLVABLE
+            assert change.problem is not None
+            assert change.problem.reason is UnresolvableReason.FORBIDDEN
+            assert bob.get(account) is not None  # other objects are untouched
+            bob.dismiss(edited)
+            assert bob.records("Task") == [] and bob.pending() == []
+            while (event := events.get_nowait()) is not None:
+                if isinstance(event, AccessLost):
+                    lost.append(event)
+        assert {event.record_id for event in lost} == {kept, edited}
+    finally:
+        await relay.stop()
