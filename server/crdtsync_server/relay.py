@@ -120,6 +120,13 @@ class Relay:
             values=values,
         )
 
+    def readable_objects(
+        self, principal: Principal, objects: Iterable[str] | None = None
+    ) -> tuple[str, ...]:
+        """The objects (of ``objects``, default all) the principal's roles may read."""
+        names = self.schema.objects if objects is None else objects
+        return tuple(name for name in names if self.policy.allows(principal, Action.READ, name))
+
     def can_read(self, principal: Principal, facts: RecordFacts) -> bool:
         return self.policy.allows(principal, Action.READ, facts.object, facts)
 
@@ -146,7 +153,7 @@ class Relay:
         Cost grows with what was missed, not with the store. Every update is projected
         to the fields the user may read.
         """
-        readable = [name for name in objects if self.policy.allows(principal, Action.READ, name)]
+        readable = self.readable_objects(principal, objects)
         if cursor > self.storage.seq:
             cursor = 0
         events = self.storage.access_events(principal.user, cursor) if cursor else {}

@@ -52,7 +52,7 @@ from crdtsync.protocol import (
 
 from .auth import AuthError, TokenAuthority
 from .limits import FRAME_BURST, Admission, FrameRateLimit
-from .policy import Action, Principal
+from .policy import Principal
 from .relay import Relay
 
 log = logging.getLogger("crdtsync.session")
@@ -282,11 +282,7 @@ class RelaySession:
         self.state = SessionState.READY
         self.relay.attach(self)
         view = self.relay.policy.schema_for(self.principal)
-        readable = tuple(
-            name
-            for name in self.relay.schema.objects
-            if self.relay.policy.allows(self.principal, Action.READ, name)
-        )
+        readable = self.relay.readable_objects(self.principal)
         self.deliver(
             Welcome(versions[-1], identity.user, self.relay.server_id, view.to_wire(), readable)
         )
