@@ -24,6 +24,15 @@ The sync layer drives the entry through its statuses with :meth:`Replica.outgoin
 A record in ``conflict`` or ``unresolvable`` is locked. ``resolve`` and ``dismiss``
 rebuild the local document from the server's and switch to a fresh CRDT client id, so
 a rejected operation can never travel again (no zombie ops).
+
+The entry's :class:`~crdtsync.store.FieldEdit` values are the user's intent; the local
+document shows it. Whenever the two could drift apart they are brought back together:
+a remote update that a plain CRDT merge lets win over an unsent value of the user's is
+written over again (the user's edit is causally later then, and still goes to the
+relay, which judges it against the remote one); and when an entry settles (the part in
+flight acknowledged, a field edited back to its base value, a resolve) the local
+document is rebuilt as the server's plus exactly what is still pending, text fields as
+the user's character edits rebased on the server's text.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ from .exceptions import (
     RecordNotFound,
     StoreError,
 )
+from .fieldtypes import FieldType
 from .model import (
     ChangeKind,
     FieldChange,
@@ -63,7 +73,7 @@ from .model import (
 )
 from .record import RecordDoc
 from .schema import ObjectSpec, Schema
-from .store import LocalStore, PendingRow, RecordRow
+from .store import FieldEdit, LocalStore, PendingRow, RecordRow
 
 
 @attrs.frozen(kw_only=True)
@@ -184,7 +194,7 @@ class Replica:
                     kind=ChangeKind.CREATE,
                     base_version=0,
                     changes={
-                        name: [None, spec.fields[name].type.encode(value), 0]
+                        name: FieldEdit(None, spec.fields[name].type.encode(value), 0)
                         for name, value in canonical.items()
                     },
                     delta=doc.full_update(),
@@ -196,7 +206,12 @@ class Replica:
         return record_id
 
     def update(self, record_id: str, values: Mapping[str, object]) -> None:
-        """Change fields of a record locally and queue the change (coalescing)."""
+        """Change fields of a record locally and queue the change (coalescing).
+
+        A field edited back to the value it had at its base is no longer part of the
+        change (an update left with no field is no change at all), unless the change in
+        flight carries it: then the relay holds the other value by now.
+        """
         row, entry = self._editable(record_id)
         spec = self.schema.object(row.object)
         doc = self._load(spec, row.local, client_id=self.client_id)
@@ -206,36 +221,54 @@ class Replica:
             return
         changes = dict(entry.changes) if entry else {}
         for name, value in canonical.items():
-            field_type = spec.fields[name].type
+            encoded = spec.fields[name].type.encode(value)
             if name in changes:
-                changes[name][1] = field_type.encode(value)
+                changes[name] = attrs.evolve(changes[name], new=encoded)
             else:
-                changes[name] = [
-                    field_type.encode(current.get(name)),
-                    field_type.encode(value),
-                    row.version,
-                ]
-        syncing = entry is not None and entry.status == Status.SYNCING
-        sent = entry is not None and entry.inflight is not None
+                old = spec.fields[name].type.encode(current.get(name))
+                changes[name] = FieldEdit(old, encoded, row.version)
+        kind = ChangeKind(entry.kind) if entry else ChangeKind.UPDATE
+        reverted = {
+            name
+            for name in canonical
+            if not changes[name].in_flight
+            and _same(spec, name, changes[name].old, changes[name].new)
+        }
+        if reverted and kind is not ChangeKind.CREATE:
+            changes = {name: edit for name, edit in changes.items() if name not in reverted}
+            if entry is None or entry.inflight is None:
+                # Nothing of it was sent: its document is the server's plus what is left.
+                doc = self._rebuilt(spec, row.server, self._intents(spec, changes, doc))
+        in_flight = entry is not None and entry.inflight is not None
         with self.store.transaction():
-            new_entry = PendingRow(
-                record_id=record_id,
-                seq=entry.seq if entry else self.store.next_counter("pending_seq"),
-                object=row.object,
-                kind=entry.kind if entry else ChangeKind.UPDATE,
-                base_version=entry.base_version if entry else row.version,
-                changes=changes,
-                delta=doc.delta(_state_of(row.server)),
-                status=Status.SYNCING if syncing else Status.PENDING,
-                change_id=entry.change_id if entry else _new_change_id(),
-                inflight=entry.inflight if entry else None,
-                sent_kind=entry.sent_kind if entry else None,
-                dirty=sent,
-                note=entry.note if entry else "",
-            )
             self.store.put_record(attrs.evolve(row, local=doc.full_update()))
-            self.store.put_pending(new_entry)
-        self._emit(PendingChanged(record_id, row.object, Status(new_entry.status)))
+            if not changes and not in_flight:
+                self.store.remove_pending(record_id)
+                status: Status | None = None
+            else:
+                status = (
+                    Status.SYNCING if entry and entry.status == Status.SYNCING else Status.PENDING
+                )
+                self.store.put_pending(
+                    PendingRow(
+                        record_id=record_id,
+                        seq=entry.seq if entry else self.store.next_counter("pending_seq"),
+                        object=row.object,
+                        kind=kind,
+                        base_version=_base_version(
+                            changes, entry.base_version if entry else row.version
+                        ),
+                        changes=changes,
+                        delta=doc.delta(_state_of(row.server)),
+                        status=status,
+                        change_id=entry.change_id if entry else _new_change_id(),
+                        inflight=entry.inflight if entry else None,
+                        sent_kind=entry.sent_kind if entry else None,
+                        dirty=in_flight,
+                        note=entry.note if entry else "",
+                    )
+                )
+        self._emit(PendingChanged(record_id, row.object, status))
 
     def delete(self, record_id: str) -> None:
         """Delete a record locally and queue the delete (a create not yet sent cancels out)."""
@@ -269,13 +302,20 @@ class Replica:
         self._emit(PendingChanged(record_id, row.object, status))
 
     def resolve(self, record_id: str, values: Mapping[str, object] | None = None) -> None:
-        """Re-apply the user's change, with ``values`` overriding it, on top of the latest
-        server version, and queue it again.
+        """Rebase the user's change on the latest server version, with the conflict
+        decided, and queue it again.
 
-        Fields the user changed keep their new value ("mine") unless ``values`` gives
-        another one (pass the conflict's ``theirs`` to take theirs). For a delete in
-        conflict, ``resolve`` means "delete anyway" and ``values`` must be empty;
-        ``dismiss`` keeps the record. ``ValidationError`` leaves the conflict as it was.
+        The fields the conflict lists, and those in ``values``, are *decided*: each
+        takes its value from ``values``, or keeps the user's ("mine"; pass the
+        conflict's ``theirs`` to take theirs), against the latest server version. Every
+        other field of the change keeps its own base, so a field someone else changed
+        since comes back as a new conflict instead of being overwritten. ``text``
+        fields keep the user's character edits merged with everyone else's (what the
+        record shows), unless ``values`` gives a whole new text. A field that ends up
+        equal to the server's value leaves the change; with none left the record is
+        simply synced. For a delete in conflict, ``resolve`` means "delete anyway" and
+        ``values`` must be empty; ``dismiss`` keeps the record. ``ValidationError``
+        leaves the conflict as it was.
         """
         values = dict(values or {})
         row = self._row(record_id)
@@ -288,63 +328,88 @@ class Replica:
             state = entry.status if entry else "synced"
             raise InvalidOperation(f"record {record_id} has no conflict to resolve ({state})")
         if entry.kind == ChangeKind.DELETE:
-            if values:
-                raise InvalidOperation(
-                    "a delete in conflict is resolved with no values (delete anyway); "
-                    "dismiss() keeps the record"
-                )
-            resolved = attrs.evolve(
-                entry,
-                base_version=row.version,
-                status=Status.PENDING,
-                problem=None,
-                change_id=_new_change_id(),
-                inflight=None,
-                dirty=False,
-            )
-            with self.store.transaction():
-                self.store.put_pending(resolved)
-            self._emit(PendingChanged(record_id, row.object, Status.PENDING))
+            self._delete_anyway(row, entry, values)
             return
         spec = self.schema.object(row.object)
-        mine = {
-            name: spec.fields[name].type.decode(change[1])
-            for name, change in entry.changes.items()
-            if name in spec.fields
-        }
-        client_id = _new_client_id()
-        doc = self._load(spec, row.server or b"", client_id=client_id)
-        server_values = doc.read()
-        if row.server is None:
-            canonical = self.schema.validate_new(row.object, {**mine, **values})
+        problem = _problem_from_wire(entry.problem, spec)
+        decided = set(values)
+        if problem is not None:
+            decided |= {conflict.field for conflict in problem.conflicts}
+        local = self._load(spec, row.local)
+        target = {**self._intents(spec, entry.changes, local), **values}
+        server_values = self._load(spec, row.server or b"").read()
+        creating = row.server is None
+        if creating:
+            canonical = self.schema.validate_new(row.object, target)
         else:
-            canonical = self.schema.validate_update(row.object, server_values, {**mine, **values})
-        doc.write({**(_empty_texts(spec) if row.server is None else {}), **canonical})
-        changes = {
-            name: [
-                spec.fields[name].type.encode(server_values.get(name)),
-                spec.fields[name].type.encode(value),
-                row.version,
-            ]
-            for name, value in canonical.items()
-        }
-        resolved = attrs.evolve(
-            entry,
-            kind=ChangeKind.CREATE if row.server is None else ChangeKind.UPDATE,
-            base_version=row.version,
-            changes=changes,
-            delta=doc.delta(_state_of(row.server)),
-            status=Status.PENDING,
-            problem=None,
-            change_id=_new_change_id(),
-            inflight=None,
-            dirty=False,
-        )
+            canonical = self.schema.validate_update(row.object, server_values, target)
+        changes: dict[str, FieldEdit] = {}
+        for name, value in canonical.items():
+            field_type = spec.fields[name].type
+            now = field_type.encode(server_values.get(name))
+            if not creating and _same(spec, name, now, field_type.encode(value)):
+                continue  # nothing left to change
+            kept = entry.changes.get(name)
+            if kept is None or name in decided:
+                changes[name] = FieldEdit(now, field_type.encode(value), row.version)
+            else:
+                changes[name] = FieldEdit(kept.old, field_type.encode(value), kept.base)
+        client_id = _new_client_id()  # the refused operations stay behind, for good
+        doc = self._rebuilt(spec, row.server, canonical, client_id=client_id)
         with self.store.transaction():
             self._rotate_client_id(client_id)
             self.store.put_record(attrs.evolve(row, local=doc.full_update(), deleted=False))
-            self.store.put_pending(resolved)
-        self._emit(PendingChanged(record_id, row.object, Status.PENDING))
+            if not changes and not creating:
+                self.store.remove_pending(record_id)
+                status: Status | None = None
+            else:
+                status = Status.PENDING
+                self.store.put_pending(
+                    attrs.evolve(
+                        entry,
+                        kind=ChangeKind.CREATE if creating else ChangeKind.UPDATE,
+                        base_version=_base_version(changes, row.version),
+                        changes=changes,
+                        delta=doc.delta(_state_of(row.server)),
+                        status=Status.PENDING,
+                        problem=None,
+                        change_id=_new_change_id(),
+                        inflight=None,
+                        sent_kind=None,
+                        dirty=False,
+                    )
+                )
+        self._emit(PendingChanged(record_id, row.object, status))
+
+    def _delete_anyway(
+        self, row: RecordRow, entry: PendingRow, values: Mapping[str, object]
+    ) -> None:
+        """Resolve a delete in conflict: send it again, based on the latest version (a
+        record the relay never had is simply gone)."""
+        if values:
+            raise InvalidOperation(
+                "a delete in conflict is resolved with no values (delete anyway); "
+                "dismiss() keeps the record"
+            )
+        with self.store.transaction():
+            if row.server is None:
+                self.store.remove_pending(row.id)
+                self.store.remove_record(row.id)
+                status: Status | None = None
+            else:
+                status = Status.PENDING
+                self.store.put_pending(
+                    attrs.evolve(
+                        entry,
+                        base_version=row.version,
+                        status=Status.PENDING,
+                        problem=None,
+                        change_id=_new_change_id(),
+                        inflight=None,
+                        dirty=False,
+                    )
+                )
+        self._emit(PendingChanged(row.id, row.object, status))
 
     def dismiss(self, record_id: str) -> None:
         """Discard the record's local changes: restore the server's version, or remove the
@@ -393,7 +458,15 @@ class Replica:
                 if waiting:
                     continue
                 if entry.inflight is None:
-                    entry = attrs.evolve(entry, inflight=entry.delta, sent_kind=entry.kind)
+                    entry = attrs.evolve(
+                        entry,
+                        inflight=entry.delta,
+                        sent_kind=entry.kind,
+                        changes={
+                            name: attrs.evolve(edit, in_flight=True, sent=edit.new)
+                            for name, edit in entry.changes.items()
+                        },
+                    )
                 self.store.put_pending(attrs.evolve(entry, status=Status.SYNCING))
                 out.append(
                     OutgoingChange(
@@ -402,7 +475,7 @@ class Replica:
                         object=entry.object,
                         kind=ChangeKind(entry.sent_kind or entry.kind),
                         base_version=entry.base_version,
-                        field_bases={name: change[2] for name, change in entry.changes.items()},
+                        field_bases={name: edit.base for name, edit in entry.changes.items()},
                         delta=entry.inflight or b"",
                     )
                 )
@@ -499,9 +572,9 @@ class Replica:
         spec = self.schema.objects.get(entry.object)
         if spec is None:
             return ""
-        for name, change in entry.changes.items():
+        for name, edit in entry.changes.items():
             field = spec.fields.get(name)
-            target = change[1]
+            target = edit.new
             if field is None or field.to is None or not isinstance(target, str):
                 continue
             row = self.store.get_record(target)
@@ -528,7 +601,12 @@ class Replica:
 
     def apply_ack(self, change_id: str, version: int, update: bytes | None = None) -> bool:
         """The relay accepted ``change_id`` as ``version``. ``update`` carries anything the
-        relay added (e.g. a default owner). Returns False for an unknown (duplicate) ack."""
+        relay added (e.g. a default owner). Returns False for an unknown (duplicate) ack.
+
+        A record's version never goes backwards: the ack of a retransmission names the
+        version the change was first accepted as, which this replica may have passed
+        already (it caught up on later changes before the ack came back).
+        """
         entry = self.store.find_pending(change_id)
         if entry is None or entry.status != Status.SYNCING:
             return False
@@ -548,13 +626,22 @@ class Replica:
                     local_doc = self._load(spec, row.local)
                     local_doc.apply(update)
                     local = local_doc.full_update()
-                row = attrs.evolve(row, server=server.full_update(), version=version, local=local)
-                self.store.put_record(row)
-                if entry.dirty:
-                    status = Status.PENDING
-                    self.store.put_pending(self._remaining(row, entry, spec))
-                else:
+                row = attrs.evolve(
+                    row, server=server.full_update(), version=max(version, row.version), local=local
+                )
+                remaining = (
+                    self._remaining(row, entry, spec, acked=version) if entry.dirty else None
+                )
+                if remaining is None:
                     self.store.remove_pending(row.id)
+                    if entry.dirty:  # what was left of it was undone meanwhile
+                        row = attrs.evolve(row, local=row.server or b"")
+                else:
+                    status = Status.PENDING
+                    left, local_doc = remaining
+                    self.store.put_pending(left)
+                    row = attrs.evolve(row, local=local_doc.full_update())
+                self.store.put_record(row)
         self._emit(PendingChanged(row.id, row.object, status))
         return True
 
@@ -618,19 +705,26 @@ class Replica:
         deleted: bool = False,
         by: str | None = None,
     ) -> None:
-        """Another replica's change (or a deletion) reached this one at ``version``."""
+        """Another replica's change (or a deletion) reached this one at ``version``.
+
+        A pending change of the record keeps showing the user's values (see the
+        module's docstring), and a conflict shown for it is brought up to date: each
+        field's "theirs" is the relay's latest value.
+        """
         spec = self.schema.object(object_name)
         row = self.store.get_record(record_id)
         entry = self.store.get_pending(record_id)
         if row is not None and version <= row.version:
             return
         gone: Problem | None = None  #: set when a pending edit becomes unresolvable
+        left = False  #: set when a pending change leaves with the record
         with self.store.transaction():
             if deleted:
                 kind = ChangeKind.DELETE
-                if entry is None or entry.kind == ChangeKind.DELETE:
+                if entry is None or entry.kind == ChangeKind.DELETE or _create_landed(entry):
                     self.store.remove_pending(record_id)
                     self.store.remove_record(record_id)
+                    left = entry is not None
                 elif entry.status != Status.SYNCING:  # an in-flight one gets its verdict
                     # Also a conflict or a refusal already shown: dismissing must not
                     # restore a record the relay no longer has.
@@ -657,18 +751,43 @@ class Replica:
             else:
                 kind = ChangeKind.UPDATE
                 server = self._load(spec, row.server or b"")
-                local = self._load(spec, row.local)
+                local = self._load(spec, row.local, client_id=self.client_id)
                 server.apply(update or b"")
                 local.apply(update or b"")
+                if entry is not None and entry.kind != ChangeKind.DELETE:
+                    entry = self._keep_intent(spec, entry, server, local, by)
+                    self.store.put_pending(entry)
                 self.store.put_record(
                     attrs.evolve(
                         row, server=server.full_update(), local=local.full_update(), version=version
                     )
                 )
         self._emit(RemoteChangeArrived(record_id, object_name, kind, by))
+        if left:
+            self._emit(PendingChanged(record_id, object_name, None))
         if gone is not None:
             self._emit(PendingChanged(record_id, object_name, Status.UNRESOLVABLE))
             self._emit(RecordNeedsAttention(record_id, object_name, Status.UNRESOLVABLE, gone))
+
+    def _keep_intent(
+        self,
+        spec: ObjectSpec,
+        entry: PendingRow,
+        server: RecordDoc,
+        local: RecordDoc,
+        by: str | None,
+    ) -> PendingRow:
+        """After a remote update was applied to both documents: write the user's unsent
+        values over whatever the merge let win in ``local``, keep the entry's delta in
+        step, and refresh the "theirs" of a conflict it shows."""
+        written = local.write(self._unsent_values(spec, entry))
+        if written and entry.inflight is not None:
+            entry = attrs.evolve(entry, dirty=True)  # goes out after the verdict
+        elif written:
+            entry = attrs.evolve(entry, delta=local.delta(server.state()))
+        if entry.status == Status.CONFLICT and entry.problem is not None:
+            entry = attrs.evolve(entry, problem=_refresh_theirs(entry.problem, spec, server, by))
+        return entry
 
     # -- internals ------------------------------------------------------------------------
 
@@ -685,9 +804,29 @@ class Replica:
         if entry is None or entry.status != Status.SYNCING:
             return False
         row = self._row(entry.record_id)
+        if entry.sent_kind == ChangeKind.CREATE and entry.kind == ChangeKind.DELETE:
+            # Created, deleted here while the create was in flight, and the create was
+            # refused: the record exists nowhere, so the two cancel out.
+            with self.store.transaction():
+                self.store.remove_pending(row.id)
+                self.store.remove_record(row.id)
+            self._emit(PendingChanged(row.id, row.object, None))
+            return True
+        spec = self.schema.object(row.object)
+        refused = attrs.evolve(
+            entry,
+            changes={
+                name: attrs.evolve(edit, in_flight=False, sent=None)
+                for name, edit in entry.changes.items()
+            },
+            status=status,
+            problem=_problem_to_wire(problem, spec),
+            inflight=None,
+            sent_kind=None,
+            dirty=False,
+        )
         with self.store.transaction():
             if update or version is not None:
-                spec = self.schema.object(row.object)
                 server = self._load(spec, row.server or b"")
                 local = self._load(spec, row.local, client_id=self.client_id)
                 if update:
@@ -696,39 +835,35 @@ class Replica:
                 if status is Status.CONFLICT and entry.kind != ChangeKind.DELETE:
                     # The record shows the user's values until it is resolved or
                     # dismissed, whichever side a plain CRDT merge would pick (both
-                    # rebuild from the server's document, so these writes never travel).
-                    local.write(
-                        {
-                            name: spec.fields[name].type.decode(change[1])
-                            for name, change in entry.changes.items()
-                            if name in spec.fields
-                        }
-                    )
+                    # rebuild from the server's document, so these writes never travel);
+                    # text fields show everyone's edits merged (text never conflicts).
+                    local.write(self._unsent_values(spec, refused))
                 row = attrs.evolve(
                     row,
                     server=server.full_update() if row.server is not None or update else None,
                     local=local.full_update(),
-                    version=version if version is not None else row.version,
+                    version=max(version or 0, row.version),
                 )
                 self.store.put_record(row)
-            self.store.put_pending(
-                attrs.evolve(
-                    entry,
-                    status=status,
-                    problem=_problem_to_wire(problem, self.schema.object(row.object)),
-                    inflight=None,
-                    sent_kind=None,
-                    dirty=False,
-                )
-            )
+            self.store.put_pending(refused)
         self._emit(PendingChanged(row.id, row.object, status))
         self._emit(RecordNeedsAttention(row.id, row.object, status, problem))
         return True
 
-    def _remaining(self, row: RecordRow, entry: PendingRow, spec: ObjectSpec) -> PendingRow:
-        """What is left of a dirty entry once the part that was in flight is acknowledged."""
+    def _remaining(
+        self, row: RecordRow, entry: PendingRow, spec: ObjectSpec, *, acked: int
+    ) -> tuple[PendingRow, RecordDoc] | None:
+        """What is left of a dirty entry once the part in flight was accepted as
+        ``acked`` (``row`` holds the server's document with it): the entry and the
+        rebuilt local document, or ``None`` if nothing is left.
+
+        A field sent and not changed since is done; one changed since is based on the
+        acknowledged version; one never sent keeps its base. Text fields are left with
+        the character edits the server's text does not have yet.
+        """
+        local = self._load(spec, row.local)
         if entry.kind == ChangeKind.DELETE:
-            return attrs.evolve(
+            left = attrs.evolve(
                 entry,
                 base_version=row.version,
                 status=Status.PENDING,
@@ -737,30 +872,82 @@ class Replica:
                 sent_kind=None,
                 dirty=False,
             )
-        local = self._load(spec, row.local)
+            return left, local
         server_values = self._load(spec, row.server or b"").read()
-        local_values = local.read()
-        changes = {
-            name: [
-                field.type.encode(server_values.get(name)),
-                field.type.encode(local_values.get(name)),
-                row.version,
-            ]
-            for name, field in spec.fields.items()
-            if local_values.get(name) != server_values.get(name)
-        }
-        return attrs.evolve(
+        intents = self._intents(spec, entry.changes, local)
+        changes: dict[str, FieldEdit] = {}
+        for name, edit in entry.changes.items():
+            field = spec.fields.get(name)
+            if field is None or (not edit.unsent and field.type is not FieldType.TEXT):
+                continue
+            now = field.type.encode(server_values.get(name))
+            intent = field.type.encode(intents[name])
+            if _same(spec, name, now, intent):
+                continue
+            if edit.in_flight and field.type is not FieldType.TEXT:
+                changes[name] = FieldEdit(edit.sent, intent, acked)
+            else:
+                changes[name] = FieldEdit(edit.old, intent, edit.base)
+        if not changes:
+            return None
+        doc = self._rebuilt(spec, row.server, {name: intents[name] for name in changes})
+        left = attrs.evolve(
             entry,
             kind=ChangeKind.UPDATE,
-            base_version=row.version,
+            base_version=_base_version(changes, row.version),
             changes=changes,
-            delta=local.delta(_state_of(row.server)),
+            delta=doc.delta(_state_of(row.server)),
             status=Status.PENDING,
             change_id=_new_change_id(),
             inflight=None,
             sent_kind=None,
             dirty=False,
         )
+        return left, doc
+
+    def _intents(
+        self, spec: ObjectSpec, changes: Mapping[str, FieldEdit], local: RecordDoc
+    ) -> dict[str, Any]:
+        """The values the user wants for the fields of ``changes``: their own for plain
+        fields, and for text fields the text ``local`` shows (their edits merged with
+        everyone else's)."""
+        intents: dict[str, Any] = {}
+        for name, edit in changes.items():
+            field = spec.fields.get(name)
+            if field is None:
+                continue
+            if field.type is FieldType.TEXT:
+                intents[name] = local.stored_value(name) or ""
+            else:
+                intents[name] = field.type.decode(edit.new)
+        return intents
+
+    def _unsent_values(self, spec: ObjectSpec, entry: PendingRow) -> dict[str, Any]:
+        """The plain field values of ``entry`` that have not gone out with a change in
+        flight (what a remote update must not hide from the user)."""
+        return {
+            name: spec.fields[name].type.decode(edit.new)
+            for name, edit in entry.changes.items()
+            if name in spec.fields and spec.fields[name].type is not FieldType.TEXT and edit.unsent
+        }
+
+    def _rebuilt(
+        self,
+        spec: ObjectSpec,
+        server: bytes | None,
+        values: Mapping[str, Any],
+        *,
+        client_id: int | None = None,
+    ) -> RecordDoc:
+        """The server's document with ``values`` written over it (text as character
+        edits of the server's text), editing as ``client_id`` (default: this replica's).
+
+        Callers make sure no operation of the document they replace went to the relay
+        under this client id, or pass a fresh one.
+        """
+        doc = self._load(spec, server or b"", client_id=client_id or self.client_id)
+        doc.write({**(_empty_texts(spec) if server is None else {}), **values})
+        return doc
 
     def _row(self, record_id: str) -> RecordRow:
         row = self.store.get_record(record_id)
@@ -801,10 +988,12 @@ class Replica:
     def _pending_change(self, entry: PendingRow) -> PendingChange:
         spec = self.schema.object(entry.object)
         changes = {}
-        for name, (old, new, _base) in entry.changes.items():
+        for name, edit in entry.changes.items():
             field = spec.fields.get(name)
             if field is not None:
-                changes[name] = FieldChange(field.type.decode(old), field.type.decode(new))
+                changes[name] = FieldChange(
+                    field.type.decode(edit.old), field.type.decode(edit.new)
+                )
         return PendingChange(
             record_id=entry.record_id,
             object=entry.object,
@@ -816,6 +1005,49 @@ class Replica:
             change_id=entry.change_id,
             note=entry.note,
         )
+
+
+def _same(spec: ObjectSpec, name: str, a: Any, b: Any) -> bool:
+    """True if two stored values of field ``name`` are the same value (an empty text is
+    a text with no value)."""
+    field = spec.fields.get(name)
+    if field is None:
+        return bool(a == b)
+    if field.type is FieldType.TEXT:
+        return (a or "") == (b or "")
+    try:
+        x, y = field.type.decode(a), field.type.decode(b)
+    except (ValueError, TypeError):
+        return bool(a == b)
+    return bool(x == y and type(x) is type(y))
+
+
+def _base_version(changes: Mapping[str, FieldEdit], default: int) -> int:
+    """The version a change is based on: the oldest of its fields' bases."""
+    return min((edit.base for edit in changes.values()), default=default)
+
+
+def _create_landed(entry: PendingRow) -> bool:
+    """The entry is exactly a create that was sent (the relay may not have answered):
+    if the relay has since deleted the record, the create reached it, and the delete
+    leaves nothing of it to keep."""
+    return (
+        entry.sent_kind == ChangeKind.CREATE and entry.kind == ChangeKind.CREATE and not entry.dirty
+    )
+
+
+def _refresh_theirs(
+    problem: dict[str, Any], spec: ObjectSpec, server: RecordDoc, by: str | None
+) -> dict[str, Any]:
+    """``problem`` (as stored) with each conflict's "theirs" the server's value now."""
+    values = server.read()
+    conflicts = []
+    for conflict in problem.get("conflicts", []):
+        theirs = _encode_value(spec, conflict["field"], values.get(conflict["field"]))
+        if not _same(spec, conflict["field"], theirs, conflict["theirs"]):
+            conflict = {**conflict, "theirs": theirs, "changed_by": by}
+        conflicts.append(conflict)
+    return {**problem, "conflicts": conflicts}
 
 
 def _empty_texts(spec: ObjectSpec) -> dict[str, str]:

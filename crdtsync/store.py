@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -29,8 +29,9 @@ import attrs
 from .exceptions import StoreError
 from .sqlite_meta import META_TABLE, FormatError, get_meta, open_format, pack, set_meta, unpack
 
-#: 1: the first released format (no migration yet: :func:`open_format` runs them).
-FORMAT_VERSION = 1
+#: 1: the first released format. 2: a pending change's field edits record the value that
+#: went out with the change in flight (:attr:`FieldEdit.sent`).
+FORMAT_VERSION = 2
 
 _SCHEMA = (
     META_TABLE
@@ -65,6 +66,59 @@ CREATE INDEX IF NOT EXISTS pending_change_id ON pending (change_id);
 )
 
 
+def _mark_sent_in_flight(db: sqlite3.Connection) -> None:
+    """Format 1 → 2: an entry in flight that the user has not changed since carries
+    every field it lists, as it lists them. One changed since keeps its fields unsent:
+    after its verdict, a field the relay does not hold as the user left it is sent
+    again at its own base (a later edit by someone else then comes back as a conflict,
+    never overwritten)."""
+    rows = db.execute(
+        "SELECT record_id, changes FROM pending WHERE inflight IS NOT NULL AND dirty = 0"
+    )
+    for record_id, packed in rows.fetchall():
+        changes = {name: [*edit[:3], edit[1]] for name, edit in unpack(packed).items()}
+        db.execute("UPDATE pending SET changes = ? WHERE record_id = ?", (pack(changes), record_id))
+
+
+_MIGRATIONS = {1: _mark_sent_in_flight}
+
+
+@attrs.frozen
+class FieldEdit:
+    """One field a pending change writes, values in their stored encoding.
+
+    ``old`` is the field's value at ``base``, the relay version the user saw when they
+    first changed it; ``new`` is the user's value (for a ``text`` field, the whole text
+    as the user's replica shows it). ``in_flight`` says the change in flight carries
+    this field with the value ``sent``: the user changed it again since when ``new``
+    differs from ``sent``.
+    """
+
+    old: Any
+    new: Any
+    base: int
+    in_flight: bool = False
+    sent: Any = None
+
+    @property
+    def unsent(self) -> bool:
+        """True if ``new`` has not gone out with the change in flight."""
+        return not self.in_flight or self.new != self.sent
+
+    def to_wire(self) -> list[Any]:
+        """``[old, new, base]``, and ``sent`` fourth while in flight."""
+        wire = [self.old, self.new, self.base]
+        return [*wire, self.sent] if self.in_flight else wire
+
+    @classmethod
+    def from_wire(cls, data: Any) -> FieldEdit:
+        if not isinstance(data, list) or len(data) not in (3, 4):
+            raise StoreError(f"a stored field edit is {data!r}, not [old, new, base(, sent)]")
+        if len(data) == 4:
+            return cls(data[0], data[1], data[2], in_flight=True, sent=data[3])
+        return cls(data[0], data[1], data[2])
+
+
 @attrs.frozen(kw_only=True)
 class RecordRow:
     """A stored record. ``server`` is ``None`` until the relay has confirmed a version."""
@@ -92,10 +146,10 @@ class RecordRow:
 class PendingRow:
     """A stored outbox entry.
 
-    ``changes`` maps a field to ``[old, new, base_version]`` with values in their stored
-    encoding. ``inflight`` and ``sent_kind`` are what was sent to the relay (kept until
-    its verdict arrives, so a retransmission is identical); ``dirty`` says the user
-    changed the record again since.
+    ``changes`` maps each field the change writes to its :class:`FieldEdit`.
+    ``inflight`` and ``sent_kind`` are what was sent to the relay (kept until its
+    verdict arrives, so a retransmission is identical); ``dirty`` says the user changed
+    the record again since.
     """
 
     record_id: str
@@ -103,7 +157,7 @@ class PendingRow:
     object: str
     kind: str
     base_version: int
-    changes: dict[str, list[Any]]
+    changes: Mapping[str, FieldEdit]
     delta: bytes
     status: str
     problem: dict[str, Any] | None = None
@@ -121,7 +175,9 @@ class PendingRow:
             object=row["object"],
             kind=row["kind"],
             base_version=row["base_version"],
-            changes=unpack(row["changes"]),
+            changes={
+                name: FieldEdit.from_wire(edit) for name, edit in unpack(row["changes"]).items()
+            },
             delta=bytes(row["delta"]),
             status=row["status"],
             problem=unpack(row["problem"]),
@@ -153,7 +209,9 @@ class LocalStore:
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA foreign_keys=ON")
             with self.transaction():
-                open_format(self._db, schema=_SCHEMA, version=FORMAT_VERSION, migrations={})
+                open_format(
+                    self._db, schema=_SCHEMA, version=FORMAT_VERSION, migrations=_MIGRATIONS
+                )
         except FormatError as exc:
             raise StoreError(f"{path}: not a crdtsync store this version reads: {exc}") from None
         except sqlite3.DatabaseError as exc:
@@ -291,7 +349,7 @@ class LocalStore:
                 entry.object,
                 entry.kind,
                 entry.base_version,
-                pack(entry.changes),
+                pack({name: edit.to_wire() for name, edit in entry.changes.items()}),
                 entry.delta,
                 entry.status,
                 None if entry.problem is None else pack(entry.problem),

@@ -307,10 +307,10 @@ class ConvergenceModel(RuleBasedStateMachine):
         added: set[str] = set()
         removed: set[str] = set()
         if change.kind is not ChangeKind.DELETE:
-            for name, (_old, new, _base) in entry.changes.items():
+            for name, edit in entry.changes.items():
                 field = spec.fields.get(name)
                 if field is not None and field.type is not FieldType.TEXT:
-                    values[name] = new
+                    values[name] = edit.new
             for name in spec.text_fields:
                 server, local = text_of(spec, row.server, name), text_of(spec, row.local, name)
                 added |= set(local) - set(server)
@@ -559,9 +559,13 @@ class ConvergenceModel(RuleBasedStateMachine):
             self._dismiss(device, record_id)
             return
         entry = replica.store.get_pending(record_id)
-        assert entry is not None and entry.status == Status.PENDING
+        assert entry is None or entry.status == Status.PENDING
         for name in values:
-            self.intents[(device.index, record_id, name)] = (entry.changes[name][1], self.clock)
+            edit = entry.changes.get(name) if entry is not None else None
+            if edit is None:  # the relay's value already: nothing of the user's to carry
+                self.intents.pop((device.index, record_id, name), None)
+            else:
+                self.intents[(device.index, record_id, name)] = (edit.new, self.clock)
 
     # -- rules: setup and connectivity ----------------------------------------------------
 
@@ -641,11 +645,11 @@ class ConvergenceModel(RuleBasedStateMachine):
         record_id = device.replica.create(object_name, values)
         entry = device.replica.store.get_pending(record_id)
         assert entry is not None and entry.kind == ChangeKind.CREATE
-        for name, (_old, new, _base) in entry.changes.items():
+        for name, edit in entry.changes.items():
             if spec.fields[name].type is FieldType.TEXT:
-                self._note_text(device, record_id, "", new or "")
+                self._note_text(device, record_id, "", edit.new or "")
             else:
-                self.intents[(device.index, record_id, name)] = (new, self.clock)
+                self.intents[(device.index, record_id, name)] = (edit.new, self.clock)
 
     @rule(pick=st.integers(0, 7), which=st.integers(0, 63), data=st.data())
     def update_fields(self, pick: int, which: int, data: st.DataObject) -> None:

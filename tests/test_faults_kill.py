@@ -37,7 +37,7 @@ from crdtsync.yupdate import parse_update
 
 from .conftest import EXAMPLE_CONFIG, ROOT, eventually
 from .faults import report, scaled
-from .test_serve_process import SECRET, ServeProcess, free_port
+from .relay_process import SECRET, ServeProcess, free_port
 
 pytestmark = pytest.mark.faults
 

@@ -6,84 +6,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from crdtsync import Client
-
 from .conftest import EXAMPLE_CONFIG
-
-SECRET = "a-long-enough-test-secret-of-32-bytes!"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ServeProcess:
-    def __init__(self, database: Path, port: int) -> None:
-        self.database, self.port = database, port
-        self.process: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "CRDTSYNC_SECRET": SECRET}
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "crdtsync",
-                "serve",
-                "--config",
-                str(EXAMPLE_CONFIG),
-                "--db",
-                str(self.database),
-                "--port",
-                str(self.port),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        assert "listening" in line, line
-
-    def get(self, path: str) -> tuple[int, str]:
-        status, _content_types, text = self.get_with_types(path)
-        return status, text
-
-    def get_with_types(self, path: str) -> tuple[int, list[str], str]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as reply:
-            return reply.status, reply.headers.get_all("Content-Type"), reply.read().decode()
-
-    def token(self, user: str) -> str:
-        from crdtsync_server.auth import TokenAuthority
-
-        return TokenAuthority(SECRET).issue(user)
-
-    def client(self, user: str, store: Path) -> Client:
-        return Client(
-            f"ws://127.0.0.1:{self.port}",
-            token=self.token(user),
-            store=str(store),
-            schema=EXAMPLE_CONFIG,
-            backoff_initial=0.05,
-            backoff_max=0.3,
-        )
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+from .relay_process import SECRET, ServeProcess, free_port
 
 
 @pytest.fixture

@@ -1,0 +1,181 @@
+"""Promises seen from the users' side: what alice's relay acknowledged is still there
+after bob resolves, recovers or reconnects.
+
+Every test runs a real ``crdtsync serve`` process on a small notes app
+(``tests/fixtures/notes.toml``: a text ``Body``, a string ``Title``, an integer
+``Count``, a unique ``Code``) and real clients over websockets on loopback; lost
+replies go through a TCP proxy that cuts the connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crdtsync import Client, Status
+
+from .conftest import ROOT
+from .relay_process import ServeProcess, free_port
+
+pytestmark = pytest.mark.asyncio
+
+NOTES = ROOT / "tests" / "fixtures" / "notes.toml"
+
+
+@pytest.fixture
+def notes(tmp_path: Path) -> Iterator[ServeProcess]:
+    process = ServeProcess(tmp_path / "relay.sqlite3", free_port(), NOTES)
+    process.start()
+    yield process
+    output = process.stop()
+    assert "Traceback" not in output, output
+
+
+def user(notes: ServeProcess, name: str, device: str = "") -> Client:
+    return notes.client(name, notes.database.parent / f"{name}{device}.sqlite3")
+
+
+async def shared_note(alice: Client, others: list[Client], values: dict[str, object]) -> str:
+    """A note alice created that every other replica has synced."""
+    rid = alice.create("Note", values)
+    await alice.sync()
+    for other in others:
+        await other.sync()
+        assert other.get(rid) is not None
+    return rid
+
+
+def conflicted_fields(client: Client, rid: str) -> list[str]:
+    [change] = [c for c in client.pending() if c.record_id == rid]
+    assert change.status is Status.CONFLICT, change
+    assert change.problem is not None
+    return [c.field for c in change.problem.conflicts]
+
+
+# -- F1: resolving keeps the others' text edits ---------------------------------------
+
+
+async def test_resolving_a_same_field_conflict_keeps_alices_acknowledged_text_edit(
+    notes: ServeProcess,
+) -> None:
+    alice, bob = user(notes, "alice"), user(notes, "bob")
+    async with alice, bob:
+        rid = await shared_note(alice, [bob], {"Body": "hello", "Count": 1})
+        bob.go_offline()
+        alice.update(rid, {"Body": "hello from alice", "Count": 2})
+        await alice.sync()
+        bob.update(rid, {"Body": "bob says hello", "Count": 3})
+        bob.go_online()
+        await bob.sync()
+        assert conflicted_fields(bob, rid) == ["Count"]
+        # Text never conflicts: while Count is in conflict bob already sees both edits.
+        assert bob.get(rid).fields["Body"] == "bob says hello from alice"  # type: ignore[union-attr]
+
+        bob.resolve(rid, {"Count": 2})
+        await bob.sync()
+        await alice.sync()
+        for replica in (alice, bob):
+            record = replica.get(rid)
+            assert record is not None and record.status is Status.SYNCED
+            assert record.fields["Body"] == "bob says hello from alice"
+            assert record.fields["Count"] == 2
+
+
+async def test_resolving_a_validation_conflict_keeps_alices_acknowledged_text_edit(
+    notes: ServeProcess,
+) -> None:
+    alice, bob = user(notes, "alice"), user(notes, "bob")
+    async with alice, bob:
+        taken = alice.create("Note", {"Code": "N-1"})
+        rid = await shared_note(alice, [bob], {"Body": "hello"})
+        bob.go_offline()
+        alice.update(rid, {"Body": "hello from alice"})
+        await alice.sync()
+        bob.update(rid, {"Body": "bob says hello", "Code": "N-1"})  # N-1 is taken
+        bob.go_online()
+        await bob.sync()
+        [change] = bob.pending()
+        assert change.status is Status.CONFLICT and change.problem is not None
+        assert [e.field for e in change.problem.errors] == ["Code"]
+
+        bob.resolve(rid, {"Code": "N-2"})
+        await bob.sync()
+        await alice.sync()
+        for replica in (alice, bob):
+            record = replica.get(rid)
+            assert record is not None and record.status is Status.SYNCED
+            assert record.fields["Body"] == "bob says hello from alice"
+            assert record.fields["Code"] == "N-2"
+        assert alice.get(taken).fields["Code"] == "N-1"  # type: ignore[union-attr]
+
+
+async def test_resolving_keeps_the_text_edits_of_two_other_users(notes: ServeProcess) -> None:
+    alice, bob, carol = user(notes, "alice"), user(notes, "bob"), user(notes, "carol")
+    async with alice, bob, carol:
+        rid = await shared_note(alice, [bob, carol], {"Body": "one two three", "Count": 1})
+        bob.go_offline()
+        alice.update(rid, {"Body": "ONE two three", "Count": 2})
+        await alice.sync()
+        await carol.sync()
+        carol.update(rid, {"Body": "ONE two three four"})
+        await carol.sync()
+        bob.update(rid, {"Body": "one 2 three", "Count": 3})
+        bob.go_online()
+        await bob.sync()
+        assert conflicted_fields(bob, rid) == ["Count"]
+
+        bob.resolve(rid)  # keep mine
+        await bob.sync()
+        for replica in (alice, carol):
+            await replica.sync()
+        for replica in (alice, bob, carol):
+            record = replica.get(rid)
+            assert record is not None and record.status is Status.SYNCED
+            assert record.fields["Body"] == "ONE 2 three four"
+            assert record.fields["Count"] == 3
+
+
+# -- F2: resolve never overwrites newer edits silently ---------------------------------
+
+
+async def test_resolve_after_newer_remote_edits_conflicts_instead_of_overwriting(
+    notes: ServeProcess,
+) -> None:
+    alice, bob = user(notes, "alice"), user(notes, "bob")
+    async with alice, bob:
+        rid = await shared_note(alice, [bob], {"Title": "first", "Count": 0})
+        bob.go_offline()
+        bob.update(rid, {"Title": "bob's title", "Count": 1})
+        alice.update(rid, {"Count": 2})
+        await alice.sync()
+        bob.go_online()
+        await bob.sync()
+        assert conflicted_fields(bob, rid) == ["Count"]
+
+        alice.update(rid, {"Title": "alice's title", "Count": 3})
+        await alice.sync()
+        await bob.sync()
+        # The conflict shows the current "theirs", not the one of the first verdict.
+        [change] = bob.pending()
+        assert change.problem is not None
+        [count] = change.problem.conflicts
+        assert (count.base, count.mine, count.theirs, count.changed_by) == (0, 1, 3, "alice")
+
+        bob.resolve(rid, {"Count": 2})  # the stale "theirs" he noted down before
+        await bob.sync()
+        # Title was never resolved: alice changed it since bob's base, so it conflicts.
+        assert conflicted_fields(bob, rid) == ["Title"]
+        await alice.sync()
+        assert alice.get(rid).fields["Title"] == "alice's title"  # type: ignore[union-attr]
+        assert alice.get(rid).fields["Count"] == 3  # type: ignore[union-attr]
+
+        bob.resolve(rid, {"Title": "alice's title"})
+        await bob.sync()
+        await alice.sync()
+        for replica in (alice, bob):
+            record = replica.get(rid)
+            assert record is not None and record.status is Status.SYNCED
+            assert record.fields["Title"] == "alice's title"
+            assert record.fields["Count"] == 2  # what bob decided, knowing it was disputed
