@@ -9,15 +9,18 @@ replies go through a TCP proxy that cuts the connection.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from crdtsync import Client, Status
+from crdtsync import Client, Status, UnresolvableReason
 
-from .conftest import ROOT
+from .conftest import ROOT, eventually
 from .relay_process import ServeProcess, free_port
+from .tcp_proxy import Direction, TcpProxy
 
 pytestmark = pytest.mark.asyncio
 
@@ -179,3 +182,94 @@ async def test_resolve_after_newer_remote_edits_conflicts_instead_of_overwriting
             assert record is not None and record.status is Status.SYNCED
             assert record.fields["Title"] == "alice's title"
             assert record.fields["Count"] == 2  # what bob decided, knowing it was disputed
+
+
+# -- F4, F5: replies lost on the way back ----------------------------------------------
+
+
+def logged(notes: ServeProcess, change_id: str) -> bool:
+    with closing(sqlite3.connect(f"file:{notes.database}?mode=ro", uri=True)) as db:
+        row = db.execute("SELECT 1 FROM changes WHERE change_id = ?", (change_id,)).fetchone()
+    return row is not None
+
+
+def relay_version(notes: ServeProcess, rid: str) -> int:
+    with closing(sqlite3.connect(f"file:{notes.database}?mode=ro", uri=True)) as db:
+        return int(db.execute("SELECT version FROM records WHERE id = ?", (rid,)).fetchone()[0])
+
+
+async def lose_the_reply(
+    notes: ServeProcess, proxy: TcpProxy, client: Client, change: Callable[[], object]
+) -> object:
+    """Make ``change`` on a connected ``client`` while every answer of the relay
+    vanishes; return what ``change`` returned once the relay has stored it."""
+    await client.sync()
+    proxy.black_hole(Direction.DOWNSTREAM)
+    result = change()
+    [pending] = client.pending()
+    await eventually(lambda: logged(notes, pending.change_id), timeout=10)
+    return result
+
+
+async def reconnect(proxy: TcpProxy, client: Client) -> None:
+    proxy.cut_all()
+    proxy.pass_through()
+    await client.sync()
+
+
+async def test_a_lost_ack_never_moves_a_version_back_and_the_next_edit_syncs(
+    notes: ServeProcess,
+) -> None:
+    async with TcpProxy(notes.port) as proxy:
+        alice = notes.client("alice", notes.database.parent / "alice.sqlite3", url=proxy.url)
+        bob = user(notes, "bob")
+        async with alice, bob:
+            rid = await shared_note(alice, [bob], {"Title": "first", "Count": 1})
+            await lose_the_reply(notes, proxy, alice, lambda: alice.update(rid, {"Count": 5}))
+            bob.update(rid, {"Title": "bob's title"})
+            await bob.sync()
+            await reconnect(proxy, alice)
+
+            record = alice.get(rid)
+            assert record is not None and record.status is Status.SYNCED
+            assert record.version == relay_version(notes, rid)  # bob's, not alice's older one
+            assert dict(record.fields) == {"Title": "bob's title", "Count": 5, "Owner": "alice"}
+
+            alice.update(rid, {"Title": "alice on top of bob"})  # she can see bob's title
+            await alice.sync()
+            assert alice.pending() == []
+            await bob.sync()
+            assert bob.get(rid).fields["Title"] == "alice on top of bob"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("edited_since", [False, True])
+async def test_a_record_deleted_while_its_create_ack_was_lost_does_not_linger(
+    notes: ServeProcess, edited_since: bool
+) -> None:
+    async with TcpProxy(notes.port) as proxy:
+        alice = notes.client("alice", notes.database.parent / "alice.sqlite3", url=proxy.url)
+        bob = user(notes, "bob")
+        async with alice, bob:
+            await alice.sync()  # the first replica of an empty relay: cursor 0
+            assert alice.replica.cursor == 0
+            rid = str(
+                await lose_the_reply(
+                    notes, proxy, alice, lambda: alice.create("Note", {"Title": "short-lived"})
+                )
+            )
+            if edited_since:
+                alice.update(rid, {"Count": 7})
+            await bob.sync()
+            bob.delete(rid)
+            await bob.sync()
+            await reconnect(proxy, alice)
+
+            if edited_since:  # her later edit cannot be saved: she is told, and dismisses it
+                [change] = alice.pending()
+                assert change.status is Status.UNRESOLVABLE
+                assert change.problem is not None
+                assert change.problem.reason is UnresolvableReason.DELETED
+                alice.dismiss(rid)
+            assert alice.get(rid) is None
+            assert alice.pending() == []
+            assert alice.replica.store.get_record(rid) is None

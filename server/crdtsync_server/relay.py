@@ -220,9 +220,22 @@ class Relay:
 
     # -- pushing ------------------------------------------------------------------------
 
-    def push(self, origin: RelaySession, changes: Sequence[ChangeFrame]) -> Verdicts:
-        """Decide, persist (one transaction) and fan out a batch of changes."""
+    def push(
+        self,
+        origin: RelaySession,
+        changes: Sequence[ChangeFrame],
+        followups: list[Frame] | None = None,
+    ) -> Verdicts:
+        """Decide, persist (one transaction) and fan out a batch of changes.
+
+        ``followups`` receives frames the origin must be sent right after the verdicts:
+        a tombstone for each retransmitted change whose record was deleted since it was
+        accepted (a replica that never saw the delete, e.g. one resuming from cursor 0,
+        would otherwise keep the record).
+        """
         assert origin.principal is not None
+        if followups is None:
+            followups = []
         principal = origin.principal
         verdicts: list[Verdict] = []
         accepted: list[tuple[StoredRecord, ChangeRow]] = []
@@ -234,7 +247,9 @@ class Relay:
                 # One query for the whole frame: which ids were seen before (retransmits).
                 seen = self.storage.known_change_ids([c.change_id for c in changes])
                 for change in changes:
-                    verdict, outcome = self._push_one(principal, change, touched_cache, seen)
+                    verdict, outcome = self._push_one(
+                        principal, change, touched_cache, seen, followups
+                    )
                     seen.add(change.change_id)
                     verdicts.append(verdict)
                     if outcome is not None:
@@ -268,6 +283,7 @@ class Relay:
         change: ChangeFrame,
         touched_cache: list[str],
         seen: set[str],
+        followups: list[Frame],
     ) -> tuple[Verdict, tuple[StoredRecord, ChangeRow] | None]:
         known = self.storage.find_change(change.change_id) if change.change_id in seen else None
         if known is not None:
@@ -283,7 +299,10 @@ class Relay:
             update = known.update
             if known.compacted and known_record is not None:
                 update = known_record.state  # holds the dropped update (and later ones)
-            if known_record is not None and update:
+            if known_record is not None and known_record.deleted:
+                followups.append(Changes((self._gone_since(principal, known_record),)))
+                update = b""
+            elif known_record is not None and update:
                 update = self.project(principal, self._state(known_record.id, known_record), update)
             return Ack(
                 change_id=change.change_id,
@@ -325,6 +344,16 @@ class Relay:
             ), None
         touched_cache.append(change.record_id)
         return self._store_accepted(principal, change, stored, state, decision)
+
+    def _gone_since(self, principal: Principal, stored: StoredRecord) -> RecordChange:
+        """What a replica must learn of a record deleted after its change was accepted:
+        the tombstone, or only that it may no longer read the record."""
+        item = RecordChange(
+            record_id=stored.id, object=stored.object, version=stored.version, deleted=True
+        )
+        if self.can_read(principal, self.facts(stored)):
+            return item
+        return attrs.evolve(item, deleted=False, revoked=True)
 
     def _store_accepted(
         self,

@@ -233,7 +233,10 @@ class RelaySession:
             self._subscribe(frame)
         elif isinstance(frame, Push):
             assert self.principal is not None
-            self.deliver(self.relay.push(self, frame.changes))
+            followups: list[Frame] = []
+            self.deliver(self.relay.push(self, frame.changes, followups))
+            for followup in followups:
+                self.deliver(followup)
         elif isinstance(frame, Admin):
             assert self.principal is not None
             self.deliver(self.relay.admin(self.principal, frame))
