@@ -80,6 +80,7 @@ class Client:
         self._reconnect_now = asyncio.Event()
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
+        self._flushing = asyncio.Event()  #: set whenever a frame arrives or a connection ends
         self._wake: asyncio.Event | None = None
         self._session: SyncSession | None = None
         self._connection_task: asyncio.Task[None] | None = None
@@ -240,16 +241,38 @@ class Client:
             raise OfflineError("the client is working offline: call go_online() first")
         try:
             async with asyncio.timeout(timeout):
-                await self._ready.wait()
-                self._idle.clear()
-                self._poke()
-                await self._idle.wait()
+                while True:
+                    await self._ready.wait()
+                    self._idle.clear()
+                    self._poke()
+                    await self._idle.wait()
+                    if await self._flushed():
+                        break
         except TimeoutError:
             reason = f": {self.last_error}" if self.last_error else ""
             raise OfflineError(
                 f"could not sync with {self.url} within {timeout} s{reason}"
             ) from None
         return self.summary()
+
+    async def _flushed(self) -> bool:
+        """Ask the relay to send everything it has accepted so far and wait for its
+        answer: True once it came (every remote change acknowledged before is applied
+        here then), False if the connection ended first (the caller tries again). A relay
+        of protocol version 1 cannot be asked: True at once."""
+        session = self._session
+        if session is None:
+            return False
+        request_id = session.flush()
+        if request_id is None:
+            return session.state is SyncState.READY
+        self._poke()
+        while request_id not in session.flushed:
+            if self._session is not session:
+                return False
+            self._flushing.clear()
+            await self._flushing.wait()
+        return True
 
     def _poke(self) -> None:
         if self._wake is not None:
@@ -303,19 +326,22 @@ class Client:
         wake = asyncio.Event()
         reason = ""
         try:
-            async with connect(
+            websocket = await connect(
                 self.url,
                 max_size=MAX_RELAY_FRAME_BYTES,
                 compression=None,
                 open_timeout=10,
                 close_timeout=2,
-            ) as websocket:
+            )
+            try:
                 self._session, self._wake = session, wake
                 wake.set()
                 async with asyncio.TaskGroup() as tasks:
                     writer = tasks.create_task(self._write(websocket, session, wake))
                     await self._read(websocket, session, wake)
                     writer.cancel()
+            finally:
+                await _close(websocket)
         except Exception as exc:
             error = _sole_error(exc)  # the reader's or writer's, out of their task group
             if isinstance(error, _TRANSPORT_ERRORS):
@@ -335,6 +361,7 @@ class Client:
             self.last_error = reason
             self._session, self._wake = None, None
             self._ready.clear()
+            self._flushing.set()
             session.connection_lost()
             self._set_online(False, reason or "disconnected")
 
@@ -351,6 +378,7 @@ class Client:
                 self.last_error = ""
                 self._ready.set()
                 self._set_online(True)
+            self._flushing.set()
             wake.set()
 
     async def _write(
@@ -359,6 +387,8 @@ class Client:
         while True:
             await wake.wait()
             wake.clear()
+            if not self._want_online.is_set():
+                return  # switched offline: what is made from now on stays here until online
             session.push()
             for data in session.data_to_send():
                 await websocket.send(data)
@@ -382,6 +412,16 @@ class Client:
 
 #: How a connection ends when the network or the relay goes away: retried, not logged.
 _TRANSPORT_ERRORS = (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed)
+
+
+async def _close(websocket: ClientConnection) -> None:
+    """Close a connection that is over. One that already failed may fail again while
+    closing (websockets aborting a transport asyncio has dropped): it is gone either
+    way, and the reason it ended is the one that counts."""
+    try:
+        await websocket.close()
+    except Exception:
+        log.debug("closing a connection that had ended", exc_info=True)
 
 
 def _sole_error(exc: BaseException) -> BaseException:

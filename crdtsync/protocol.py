@@ -5,10 +5,13 @@ frames (:func:`decode`), and nothing else. Every frame is one websocket binary
 message holding a msgpack map whose ``"type"`` names the frame; the full description
 is ``docs/protocol.md``.
 
-Replica → relay: :class:`Hello`, :class:`Subscribe`, :class:`Push`.
+Replica → relay: :class:`Hello`, :class:`Subscribe`, :class:`Push`, :class:`Flush`.
 Relay → replica: :class:`Welcome`, :class:`Changes`, :class:`CaughtUp`,
 :class:`Verdicts` (holding :class:`Ack`, :class:`Conflict`, :class:`Unresolvable`,
-:class:`Rejected`), :class:`Error`.
+:class:`Rejected`), :class:`Flushed`, :class:`Error`.
+
+Version 2 adds :class:`Flush` / :class:`Flushed` and ``welcome.max_frame_bytes``; a
+relay speaking version 1 has neither, and a replica must then not send ``flush``.
 
 :func:`decode` raises :class:`ProtocolError` with an :class:`ErrorCode` and a message
 that names the offending part of the frame (``push.changes[2].delta: expected bytes``).
@@ -17,14 +20,14 @@ that names the offending part of the frame (``push.changes[2].delta: expected by
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import attrs
 import msgpack
 
-PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 MAX_FRAME_BYTES = 4 * 1024 * 1024  #: what a relay accepts from a replica
 MAX_RELAY_FRAME_BYTES = 64 * 1024 * 1024  #: what a replica accepts from the relay
 
@@ -175,6 +178,8 @@ class Welcome:
     server_id: str
     schema: Mapping[str, Any]
     readable: tuple[str, ...] | None = None
+    #: the largest message the relay reads from a replica (``None``: not said, version 1)
+    max_frame_bytes: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         wire = {
@@ -186,6 +191,8 @@ class Welcome:
         }
         if self.readable is not None:
             wire["readable"] = list(self.readable)
+        if self.max_frame_bytes is not None:
+            wire["max_frame_bytes"] = self.max_frame_bytes
         return wire
 
     @classmethod
@@ -193,12 +200,16 @@ class Welcome:
         readable = None
         if data.get("readable") is not None:
             readable = _list(data, "readable", "welcome", _str)
+        limit = _get(data, "max_frame_bytes", int, "welcome", optional=True)
+        if limit is not None and limit < 1024:
+            raise _malformed("welcome.max_frame_bytes", f"must be at least 1024, got {limit}")
         return cls(
             _get(data, "version", int, "welcome"),
             _get(data, "user", str, "welcome"),
             _get(data, "server", str, "welcome"),
             _get(data, "schema", dict, "welcome"),
             readable,
+            limit,
         )
 
 
@@ -282,6 +293,67 @@ class Push:
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> Push:
         return cls(_list(data, "changes", "push", ChangeFrame.from_wire))
+
+
+@attrs.frozen(kw_only=True)
+class PushPlan:
+    """Changes laid out in push frames that each fit a size limit (see :func:`plan_pushes`)."""
+
+    #: each encoded ``push`` frame with the changes it carries, in order
+    frames: tuple[tuple[bytes, tuple[ChangeFrame, ...]], ...]
+    #: changes too large to go in any frame, each with the size of a frame holding it alone
+    too_large: tuple[tuple[ChangeFrame, int], ...]
+
+
+_PUSH_HEAD = msgpack.packb({"type": "push", "changes": []}, use_bin_type=True)[:-1]
+
+
+def plan_pushes(changes: Sequence[ChangeFrame], max_bytes: int) -> PushPlan:
+    """Lay ``changes`` out, in order, in as few ``push`` frames as fit ``max_bytes``
+    each once encoded (what the relay announces in ``welcome.max_frame_bytes``). A
+    change that does not fit even alone is returned in ``too_large``, not sent."""
+    frames: list[tuple[bytes, tuple[ChangeFrame, ...]]] = []
+    too_large: list[tuple[ChangeFrame, int]] = []
+    items: list[bytes] = []
+    carried: list[ChangeFrame] = []
+    size = 0
+
+    def close_frame() -> None:
+        nonlocal size
+        if items:
+            frames.append((_push_frame(items), tuple(carried)))
+            items.clear()
+            carried.clear()
+            size = 0
+
+    for change in changes:
+        item = msgpack.packb(change.to_wire(), use_bin_type=True)
+        alone = len(_PUSH_HEAD) + _ARRAY_HEADER_MAX + len(item)
+        if alone > max_bytes:
+            too_large.append((change, len(_push_frame([item]))))
+            continue
+        if size + len(item) + len(_PUSH_HEAD) + _ARRAY_HEADER_MAX > max_bytes:
+            close_frame()
+        items.append(item)
+        carried.append(change)
+        size += len(item)
+    close_frame()
+    return PushPlan(frames=tuple(frames), too_large=tuple(too_large))
+
+
+_ARRAY_HEADER_MAX = 5  #: a msgpack array header takes at most 5 bytes
+
+
+def _push_frame(items: Sequence[bytes]) -> bytes:
+    """The bytes of a ``push`` frame whose change entries are already encoded."""
+    count = len(items)
+    if count < 16:
+        header = bytes([0x90 | count])
+    elif count < 2**16:
+        header = b"\xdc" + count.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + count.to_bytes(4, "big")
+    return bytes(_PUSH_HEAD) + header + b"".join(items)
 
 
 @attrs.frozen(kw_only=True)
@@ -606,6 +678,45 @@ class Error:
         )
 
 
+@attrs.frozen
+class Flush:
+    """Replica → relay (version 2): answer :class:`Flushed` once every change the relay
+    had accepted when it read this frame has been sent to this connection."""
+
+    TYPE: ClassVar[str] = "flush"
+    request_id: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "id": self.request_id}
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Flush:
+        request_id = _get(data, "id", str, "flush")
+        if not 1 <= len(request_id) <= 128:
+            raise _malformed("flush.id", "must be 1 to 128 characters")
+        return cls(request_id)
+
+
+@attrs.frozen
+class Flushed:
+    """Relay → replica (version 2): the answer to :class:`Flush` ``request_id``; every
+    change up to ``cursor`` that this replica may read has been sent before it."""
+
+    TYPE: ClassVar[str] = "flushed"
+    request_id: str
+    cursor: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "id": self.request_id, "cursor": self.cursor}
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Flushed:
+        return cls(
+            _get(data, "id", str, "flushed"),
+            _non_negative(_get(data, "cursor", int, "flushed"), "flushed.cursor"),
+        )
+
+
 ADMIN_ACTIONS = ("share", "unshare", "set_owner", "delete", "access")
 
 
@@ -682,7 +793,18 @@ class AdminResult:
 
 
 Frame = (
-    Hello | Welcome | Subscribe | Push | Changes | CaughtUp | Verdicts | Error | Admin | AdminResult
+    Hello
+    | Welcome
+    | Subscribe
+    | Push
+    | Changes
+    | CaughtUp
+    | Verdicts
+    | Flush
+    | Flushed
+    | Error
+    | Admin
+    | AdminResult
 )
 FRAME_TYPES: dict[str, Any] = {
     cls.TYPE: cls
@@ -694,6 +816,8 @@ FRAME_TYPES: dict[str, Any] = {
         Changes,
         CaughtUp,
         Verdicts,
+        Flush,
+        Flushed,
         Error,
         Admin,
         AdminResult,

@@ -584,16 +584,21 @@ class Replica:
                 return f"waiting for {field.to} {target} to sync{state}"
         return ""
 
-    def requeue_inflight(self) -> int:
-        """After a lost connection: every ``syncing`` change becomes ``pending`` again,
-        keeping its id and sent content so a retransmission is applied once."""
-        entries = self._requeue()
+    def requeue_inflight(self, change_ids: set[str] | None = None) -> int:
+        """After a lost connection: every ``syncing`` change (of ``change_ids``, if given)
+        becomes ``pending`` again, keeping its id and sent content so a retransmission
+        is applied once."""
+        entries = self._requeue(change_ids)
         for entry in entries:
             self._emit(PendingChanged(entry.record_id, entry.object, Status.PENDING))
         return len(entries)
 
-    def _requeue(self) -> list[PendingRow]:
-        entries = self.store.list_pending(Status.SYNCING)
+    def _requeue(self, change_ids: set[str] | None = None) -> list[PendingRow]:
+        entries = [
+            entry
+            for entry in self.store.list_pending(Status.SYNCING)
+            if change_ids is None or entry.change_id in change_ids
+        ]
         with self.store.transaction():
             for entry in entries:
                 self.store.put_pending(attrs.evolve(entry, status=Status.PENDING))
@@ -654,6 +659,17 @@ class Replica:
 
     def apply_unresolvable(self, change_id: str, problem: Problem) -> bool:
         """The relay refused ``change_id`` for good (deleted elsewhere, or forbidden)."""
+        return self._refused(change_id, Status.UNRESOLVABLE, problem, version=None, update=None)
+
+    def apply_unsendable(self, change_id: str, *, size: int, limit: int) -> bool:
+        """``change_id`` is larger than the relay accepts in one message (``size`` bytes
+        against its ``limit``): it can never be sent as it is, so it becomes
+        ``unresolvable`` with a reason the user can act on (the rest still syncs)."""
+        problem = Problem(
+            message=f"this change is too large to sync: {_mib(size)} in one message, and "
+            f"the relay accepts at most {_mib(limit)}. Copy what you need, dismiss it, and "
+            "make it again in smaller parts"
+        )
         return self._refused(change_id, Status.UNRESOLVABLE, problem, version=None, update=None)
 
     def apply_rejected(self, change_id: str, code: str, message: str) -> bool:
@@ -1005,6 +1021,10 @@ class Replica:
             change_id=entry.change_id,
             note=entry.note,
         )
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MiB" if size >= 1024 * 1024 else f"{size:,} bytes"
 
 
 def _same(spec: ObjectSpec, name: str, a: Any, b: Any) -> bool:

@@ -9,15 +9,22 @@ sync entry points::
     HELLO_SENT ──welcome──▶ CATCHING_UP ──caught_up──▶ READY ⇄ (push, verdicts)
         └──────── fatal error frame, rate_limited ──────▶ FAILED
 
-In ``READY`` it pushes pending changes in the order they were made, at most one push
-frame in flight; each verdict updates the replica; remote changes are applied as they
-arrive. The cursor (the last relay version seen) is stored with the replica so a
-reconnect resumes where it left off.
+In ``READY`` it pushes pending changes in the order they were made, one batch at a
+time: a batch goes out in as many push frames as the relay's frame limit
+(``welcome.max_frame_bytes``) needs, the relay answers each frame with one verdicts
+frame, in order, and the next batch waits for the last answer. A change too large for
+any frame is never sent: it becomes ``unresolvable`` with the reason, and the rest
+syncs. Each verdict updates the replica; remote changes are applied as they arrive.
+The cursor (the last relay version seen) is stored with the replica so a reconnect
+resumes where it left off. :meth:`SyncSession.flush` asks the relay (protocol version
+2) to confirm that everything it had accepted has been sent to this connection.
 """
 
 from __future__ import annotations
 
 import enum
+import uuid
+from collections import deque
 from collections.abc import Callable
 
 import attrs
@@ -26,6 +33,7 @@ from .events import Event, SyncFinished, SyncProgress, SyncStarted
 from .exceptions import FieldError
 from .model import FieldConflict, Problem, UnresolvableReason
 from .protocol import (
+    MAX_FRAME_BYTES,
     MAX_RELAY_FRAME_BYTES,
     SUPPORTED_VERSIONS,
     Ack,
@@ -35,10 +43,11 @@ from .protocol import (
     Conflict,
     Error,
     ErrorCode,
+    Flush,
+    Flushed,
     Frame,
     Hello,
     ProtocolError,
-    Push,
     Rejected,
     Subscribe,
     Unresolvable,
@@ -46,6 +55,7 @@ from .protocol import (
     Welcome,
     decode,
     encode,
+    plan_pushes,
 )
 from .replica import Replica
 from .schema import Schema
@@ -90,8 +100,12 @@ class SyncSession:
         self._emit = on_event
         self._on_schema = on_schema
         self._outbox: list[bytes] = []
-        self._inflight: dict[str, ChangeFrame] = {}
+        #: the push frames sent and not answered yet, oldest first, by change id
+        self._pushes: deque[dict[str, ChangeFrame]] = deque()
         self._tally: SyncTally | None = None
+        self.version = 1  #: the protocol version the relay chose (from ``welcome``)
+        self.max_frame_bytes = MAX_FRAME_BYTES  #: the relay's limit for our messages
+        self.flushed: set[str] = set()  #: flush requests the relay has answered
         self._send(Hello(SUPPORTED_VERSIONS, token, replica.replica_id))
 
     # -- I/O boundary -----------------------------------------------------------------
@@ -104,7 +118,7 @@ class SyncSession:
     def idle(self) -> bool:
         """Caught up, nothing in flight, and nothing that could be pushed now."""
         return (
-            self.state is SyncState.READY and not self._inflight and not self.replica.has_pushable()
+            self.state is SyncState.READY and not self._pushes and not self.replica.has_pushable()
         )
 
     def receive(self, data: bytes) -> None:
@@ -115,14 +129,14 @@ class SyncSession:
 
     def connection_lost(self) -> None:
         """Changes in flight go back to pending; they are resent with the same ids."""
-        self._inflight.clear()
+        self._pushes.clear()
         self.replica.requeue_inflight()
         if self._tally is not None:
             self._finish()
 
     def push(self) -> None:
         """Send the next batch of pending changes, if ready and none is in flight."""
-        if self.state is not SyncState.READY or self._inflight:
+        if self.state is not SyncState.READY or self._pushes:
             return
         outgoing = self.replica.outgoing(self.batch_size)
         if not outgoing:
@@ -132,7 +146,7 @@ class SyncSession:
         if self._tally is None:
             self._tally = SyncTally(total=self.replica.count_unsynced())
             self._emit(SyncStarted(self._tally.total))
-        frames = tuple(
+        changes = [
             ChangeFrame(
                 change_id=change.change_id,
                 record_id=change.record_id,
@@ -143,9 +157,27 @@ class SyncSession:
                 delta=change.delta,
             )
             for change in outgoing
-        )
-        self._inflight = {frame.change_id: frame for frame in frames}
-        self._send(Push(frames))
+        ]
+        plan = plan_pushes(changes, self.max_frame_bytes)
+        for change, size in plan.too_large:
+            self.replica.apply_unsendable(change.change_id, size=size, limit=self.max_frame_bytes)
+            self._tally.done += 1
+            self._tally.unresolvable += 1
+        for data, carried in plan.frames:
+            self._pushes.append({change.change_id: change for change in carried})
+            self._outbox.append(data)
+        if not plan.frames:
+            self.push()  # every change of the batch was too large: on to the next one
+
+    def flush(self) -> str | None:
+        """Ask the relay to confirm that every change it has accepted so far has been
+        sent to this connection; return the request id (see :attr:`flushed`), or
+        ``None`` if the relay's protocol version has no ``flush``."""
+        if self.state is not SyncState.READY or self.version < 2:
+            return None
+        request_id = uuid.uuid4().hex
+        self._send(Flush(request_id))
+        return request_id
 
     # -- frames -------------------------------------------------------------------------
 
@@ -159,11 +191,11 @@ class SyncSession:
                 # the transport reconnects with backoff and resends what was in flight.
                 self.state = SyncState.FAILED
                 self.error = frame
-            elif self._inflight:
-                # The relay could not read our push: it will not answer those changes.
-                for change_id in list(self._inflight):
+            elif self._pushes:
+                # The relay could not read our oldest push: it will not answer its changes.
+                for change_id in self._pushes.popleft():
                     self.replica.apply_rejected(change_id, frame.code.value, frame.message)
-                self._inflight.clear()
+                self.push()
             return
         if isinstance(frame, Welcome):
             self._welcome(frame)
@@ -192,6 +224,8 @@ class SyncSession:
             self.push()
         elif isinstance(frame, Verdicts):
             self._verdicts(frame)
+        elif isinstance(frame, Flushed):
+            self.flushed.add(frame.request_id)
         else:
             raise ProtocolError(
                 ErrorCode.UNKNOWN_FRAME_TYPE, f"a relay does not send {type(frame).TYPE!r} frames"
@@ -201,6 +235,9 @@ class SyncSession:
         if self.state is not SyncState.HELLO_SENT:
             raise ProtocolError(ErrorCode.MALFORMED_FRAME, "welcome received twice")
         self.user = welcome.user
+        self.version = welcome.version
+        if welcome.max_frame_bytes is not None:
+            self.max_frame_bytes = welcome.max_frame_bytes
         if self.replica.store.get_meta("server_id") != welcome.server_id:
             # Another relay (or a relay whose database was replaced): start over.
             self.replica.reset_cursor(welcome.server_id)
@@ -221,8 +258,9 @@ class SyncSession:
 
     def _verdicts(self, frame: Verdicts) -> None:
         tally = self._tally or SyncTally()
+        answered = self._pushes.popleft() if self._pushes else {}
         for verdict in frame.items:
-            self._inflight.pop(verdict.change_id, None)
+            answered.pop(verdict.change_id, None)
             tally.done += 1
             if isinstance(verdict, Ack):
                 if self.replica.apply_ack(verdict.change_id, verdict.version, verdict.update):
@@ -248,9 +286,8 @@ class SyncSession:
                 self.replica.apply_rejected(verdict.change_id, verdict.code.value, verdict.message)
                 tally.errors += 1
         # Whatever the relay did not answer is sent again later, with the same id.
-        if self._inflight:
-            self._inflight.clear()
-            self.replica.requeue_inflight()
+        if answered:
+            self.replica.requeue_inflight(set(answered))
         self._tally = tally
         self._emit(SyncProgress(tally.done, max(tally.total, tally.done)))
         self.push()

@@ -9,6 +9,7 @@ replies go through a TCP proxy that cuts the connection.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -273,3 +274,72 @@ async def test_a_record_deleted_while_its_create_ack_was_lost_does_not_linger(
             assert alice.get(rid) is None
             assert alice.pending() == []
             assert alice.replica.store.get_record(rid) is None
+
+
+# -- F3: pushes larger than the relay reads --------------------------------------------
+
+
+def no_client_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        f"{r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.name.startswith("crdtsync") and r.levelno >= logging.WARNING
+    ]
+
+
+async def test_a_hundred_large_records_created_offline_all_sync(
+    notes: ServeProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice, bob = user(notes, "alice"), user(notes, "bob")
+    body = "lorem ipsum " * 5_000  # 60 KB: the hundred of them pass a 4 MiB frame
+    ids = [alice.create("Note", {"Title": f"big {n}", "Body": body}) for n in range(100)]
+    async with alice, bob:
+        await alice.sync(timeout=60)
+        assert alice.pending() == []
+        await bob.sync(timeout=60)
+        assert {r.id for r in bob.records("Note")} == set(ids)
+        assert all(bob.get(rid).fields["Body"] == body for rid in ids)  # type: ignore[union-attr]
+    assert no_client_errors(caplog) == []
+
+
+async def test_a_change_too_large_to_ever_send_is_unresolvable_and_the_rest_syncs(
+    notes: ServeProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice, bob = user(notes, "alice"), user(notes, "bob")
+    huge = alice.create("Note", {"Title": "huge", "Body": "x" * 5_000_000})
+    small = alice.create("Note", {"Title": "small"})
+    async with alice, bob:
+        await alice.sync(timeout=30)
+        [change] = alice.pending()
+        assert change.record_id == huge and change.status is Status.UNRESOLVABLE
+        assert change.problem is not None and "too large to sync" in change.problem.message
+        assert "4.0 MiB" in change.problem.message  # the relay's limit, from its welcome
+        await bob.sync()
+        assert [r.id for r in bob.records("Note")] == [small]
+        alice.dismiss(huge)
+        assert alice.get(huge) is None and alice.pending() == []
+    assert no_client_errors(caplog) == []
+
+
+# -- F7: sync() means "I have everything acknowledged before" ---------------------------
+
+
+@pytest.mark.parametrize("delay", [0.01, 0.05, 0.2])
+async def test_sync_returns_with_every_change_acknowledged_before_it_was_called(
+    notes: ServeProcess, delay: float
+) -> None:
+    async with TcpProxy(notes.port) as proxy:
+        alice = user(notes, "alice")
+        bob = notes.client("bob", notes.database.parent / "bob.sqlite3", url=proxy.url)
+        async with alice, bob:
+            rid = await shared_note(alice, [bob], {"Title": "v0", "Count": 0})
+            proxy.delay(delay)  # every chunk to and from bob now waits this long
+            for n in range(1, 4):
+                alice.update(rid, {"Title": f"v{n}", "Count": n})
+                await alice.sync()  # acknowledged: on the relay before bob asks
+                await bob.sync()
+                assert bob.get(rid).fields == alice.get(rid).fields  # type: ignore[union-attr]
+            created = [alice.create("Note", {"Title": f"new {n}"}) for n in range(5)]
+            await alice.sync()
+            await bob.sync()
+            assert {r.id for r in bob.records("Note")} == {rid, *created}

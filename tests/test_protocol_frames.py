@@ -25,6 +25,8 @@ from crdtsync.protocol import (
     Conflict,
     Error,
     ErrorCode,
+    Flush,
+    Flushed,
     Frame,
     Hello,
     ProtocolError,
@@ -39,6 +41,7 @@ from crdtsync.protocol import (
     WireFieldError,
     decode,
     encode,
+    plan_pushes,
 )
 
 FUZZ = settings(
@@ -117,6 +120,9 @@ FRAMES: dict[str, Frame] = {
     "welcome": Welcome(PROTOCOL_VERSION, "alice", "61fd263f8afc", SCHEMA_WIRE),
     "welcome-empty-schema": Welcome(1, "bob", "srv", {}),
     "welcome-readable": Welcome(1, "bob", "srv", {}, ("Account", "Task")),
+    "welcome-limit": Welcome(2, "bob", "srv", {}, ("Account",), 4 * 1024 * 1024),
+    "flush": Flush("f-1"),
+    "flushed": Flushed("f-1", 45),
     "subscribe": Subscribe(("Account", "Contact"), 41),
     "subscribe-default-cursor": Subscribe(("Task",)),
     "subscribe-nothing": Subscribe((), 0),
@@ -443,6 +449,8 @@ VALID_WIRE: dict[str, dict[str, Any]] = {
     "caught_up": FRAMES["caught_up"].to_wire(),
     "verdicts": FRAMES["verdicts"].to_wire(),
     "error": FRAMES["error"].to_wire(),
+    "flush": FRAMES["flush"].to_wire(),
+    "flushed": FRAMES["flushed"].to_wire(),
 }
 
 # (frame, path to the map holding the key, key, path named in the message)
@@ -489,6 +497,9 @@ REQUIRED: list[tuple[str, tuple[Any, ...], str, str]] = [
     ],
     ("error", (), "code", "error.code"),
     ("error", (), "message", "error.message"),
+    ("flush", (), "id", "flush.id"),
+    ("flushed", (), "id", "flushed.id"),
+    ("flushed", (), "cursor", "flushed.cursor"),
 ]
 
 
@@ -776,3 +787,54 @@ def test_welcome_readable_is_optional_and_must_be_a_list_of_object_names() -> No
     assert decode(pack(wire)) == Welcome(1, "bob", "srv", {}, None)
     assert_malformed({**wire, "readable": "Account"}, "welcome.readable")
     assert_malformed({**wire, "readable": ["Account", 7]}, "welcome.readable[1]")
+
+
+def test_welcome_max_frame_bytes_is_optional_and_must_be_a_sensible_size() -> None:
+    wire = Welcome(2, "bob", "srv", {}).to_wire()
+    assert "max_frame_bytes" not in wire
+    assert decode(pack({**wire, "max_frame_bytes": 65536})).max_frame_bytes == 65536  # type: ignore[union-attr]
+    with pytest.raises(ProtocolError, match=r"welcome\.max_frame_bytes: must be at least 1024"):
+        decode(pack({**wire, "max_frame_bytes": 10}))
+
+
+def _change(n: int, size: int) -> ChangeFrame:
+    return ChangeFrame(
+        change_id=f"c{n}",
+        record_id=f"r{n}",
+        object="Account",
+        kind="update",
+        base_version=1,
+        field_bases={"Name": 1},
+        delta=bytes(size),
+    )
+
+
+@given(
+    sizes=st.lists(st.integers(0, 6000), max_size=40),
+    limit=st.integers(1024, 20_000),
+)
+def test_planned_pushes_fit_the_limit_keep_the_order_and_leave_out_only_what_cannot_fit(
+    sizes: list[int], limit: int
+) -> None:
+    changes = [_change(n, size) for n, size in enumerate(sizes)]
+    plan = plan_pushes(changes, limit)
+    sent = []
+    for data, carried in plan.frames:
+        assert len(data) <= limit and carried
+        assert decode(data, max_bytes=limit) == Push(carried)
+        sent.extend(carried)
+    for change, size in plan.too_large:
+        assert size == len(encode(Push((change,)))) > limit
+    too_large = {change.change_id for change, _ in plan.too_large}
+    assert sent == [c for c in changes if c.change_id not in too_large]
+    # Greedy: a frame ends only where its next change would not have fitted (give or take
+    # the few bytes a longer array header may take).
+    for (_data, a), (_next, b) in zip(plan.frames, plan.frames[1:], strict=False):
+        assert len(encode(Push((*a, b[0])))) > limit - 4
+
+
+def test_a_push_of_many_changes_is_one_frame_when_it_fits() -> None:
+    changes = [_change(n, 10) for n in range(70_000 // 100)]  # past 16 and 2**4 items
+    plan = plan_pushes(changes, 4 * 1024 * 1024)
+    [(data, carried)] = plan.frames
+    assert carried == tuple(changes) and data == encode(Push(tuple(changes)))

@@ -3,6 +3,7 @@ files, two or more clients. One test per scenario of the product brief."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
@@ -387,3 +388,23 @@ async def test_a_replica_id_belongs_to_the_user_who_first_used_it(
             error = await raw.receive()
             assert isinstance(error, Error) and error.code is ErrorCode.AUTH_FAILED
             assert "another user" in error.message
+
+
+async def test_an_edit_made_right_after_going_offline_stays_on_the_device(
+    relay: RelayHarness,
+) -> None:
+    alice, bob = relay.client("alice"), relay.client("bob")
+    async with alice, bob:
+        rid = alice.create("Account", {"Name": "Acme"})
+        await alice.sync()
+        alice.go_offline()
+        alice.update(rid, {"Industry": "Energy"})  # the connection is not closed yet
+        for _ in range(20):  # let every task run, the closing connection's writer included
+            await asyncio.sleep(0.01)
+        await bob.sync()
+        assert "Industry" not in bob.get(rid).fields  # type: ignore[union-attr]
+        assert [c.status for c in alice.pending()] == [Status.PENDING]
+        alice.go_online()
+        await alice.sync()
+        await bob.sync()
+        assert bob.get(rid).fields["Industry"] == "Energy"  # type: ignore[union-attr]

@@ -40,6 +40,8 @@ from crdtsync.protocol import (
     CaughtUp,
     Error,
     ErrorCode,
+    Flush,
+    Flushed,
     Frame,
     Hello,
     ProtocolError,
@@ -237,6 +239,10 @@ class RelaySession:
             self.deliver(self.relay.push(self, frame.changes, followups))
             for followup in followups:
                 self.deliver(followup)
+        elif isinstance(frame, Flush):
+            # Behind any backlog and the fan-out held for it, like a fan-out frame: when it
+            # arrives, everything accepted before it has been sent.
+            self.deliver_fanout(Flushed(frame.request_id, self.relay.storage.seq))
         elif isinstance(frame, Admin):
             assert self.principal is not None
             self.deliver(self.relay.admin(self.principal, frame))
@@ -287,7 +293,14 @@ class RelaySession:
         view = self.relay.policy.schema_for(self.principal)
         readable = self.relay.readable_objects(self.principal)
         self.deliver(
-            Welcome(versions[-1], identity.user, self.relay.server_id, view.to_wire(), readable)
+            Welcome(
+                versions[-1],
+                identity.user,
+                self.relay.server_id,
+                view.to_wire(),
+                readable,
+                self.max_frame_bytes if versions[-1] >= 2 else None,
+            )
         )
 
     def expire(self) -> None:
