@@ -328,11 +328,11 @@ def plan_pushes(changes: Sequence[ChangeFrame], max_bytes: int) -> PushPlan:
 
     for change in changes:
         item = msgpack.packb(change.to_wire(), use_bin_type=True)
-        alone = len(_PUSH_HEAD) + _ARRAY_HEADER_MAX + len(item)
+        alone = len(_PUSH_HEAD) + 1 + len(item)  # a one-item array header is one byte
         if alone > max_bytes:
-            too_large.append((change, len(_push_frame([item]))))
+            too_large.append((change, alone))
             continue
-        if size + len(item) + len(_PUSH_HEAD) + _ARRAY_HEADER_MAX > max_bytes:
+        if items and size + len(item) + len(_PUSH_HEAD) + _ARRAY_HEADER_MAX > max_bytes:
             close_frame()
         items.append(item)
         carried.append(change)

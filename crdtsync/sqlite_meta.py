@@ -1,9 +1,11 @@
 """What the replica's store and the relay's storage share: msgpack blobs in SQLite, a
-``meta (key, value)`` table of small settings and counters, and versioned formats with
-their migrations."""
+``meta (key, value)`` table of small settings and counters, versioned formats with
+their migrations, and an OS lock that keeps a database file to one owner at a time."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -80,3 +82,31 @@ def open_format(
     if found != version:
         set_meta(db, "format_version", version)
     return found
+
+
+class LockedError(Exception):
+    """Another open store (in this process or another) holds the database's lock."""
+
+
+class OwnerLock:
+    """An exclusive OS lock (``flock``) on ``PATH-lock`` beside a database file, held
+    until :meth:`release` or the process ends (``kill -9`` included: the OS drops it).
+
+    The lock is on a file of its own, never on the database: closing a second
+    descriptor of a SQLite file would drop SQLite's own locks on it.
+    """
+
+    def __init__(self, database: str) -> None:
+        self.path = f"{database}-lock"
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockedError(f"{database} is in use by another open store") from None
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None

@@ -27,7 +27,17 @@ from typing import Any
 import attrs
 
 from .exceptions import StoreError
-from .sqlite_meta import META_TABLE, FormatError, get_meta, open_format, pack, set_meta, unpack
+from .sqlite_meta import (
+    META_TABLE,
+    FormatError,
+    LockedError,
+    OwnerLock,
+    get_meta,
+    open_format,
+    pack,
+    set_meta,
+    unpack,
+)
 
 #: 1: the first released format. 2: a pending change's field edits record the value that
 #: went out with the change in flight (:attr:`FieldEdit.sent`).
@@ -199,26 +209,50 @@ class LocalStore:
     def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
         self.path = path
         self._depth = 0
+        self._lock: OwnerLock | None = None
+        if path != ":memory:":
+            try:
+                self._lock = OwnerLock(path)
+            except LockedError:
+                raise StoreError(
+                    f"{path} is open in another client (in this process or another): a "
+                    "store belongs to one client at a time; close the other one first"
+                ) from None
+            except OSError as exc:
+                raise StoreError(f"{path}: cannot open the store: {exc.strerror}") from None
+        db: sqlite3.Connection | None = None
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.row_factory = sqlite3.Row
+            db = self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
             if path != ":memory:":
-                mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if mode != "wal":
                     raise StoreError(f"{path}: cannot switch to WAL mode (got {mode})")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._db.execute("PRAGMA foreign_keys=ON")
+            db.execute(f"PRAGMA synchronous={synchronous}")
+            db.execute("PRAGMA foreign_keys=ON")
             with self.transaction():
-                open_format(
-                    self._db, schema=_SCHEMA, version=FORMAT_VERSION, migrations=_MIGRATIONS
-                )
-        except FormatError as exc:
-            raise StoreError(f"{path}: not a crdtsync store this version reads: {exc}") from None
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{path}: not a crdtsync store ({exc})") from None
+                open_format(db, schema=_SCHEMA, version=FORMAT_VERSION, migrations=_MIGRATIONS)
+        except BaseException as exc:
+            if db is not None:
+                db.close()
+            self._release()
+            if isinstance(exc, FormatError):
+                raise StoreError(
+                    f"{path}: not a crdtsync store this version reads: {exc}"
+                ) from None
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StoreError(f"{path}: not a crdtsync store ({exc})") from None
+            raise
 
     def close(self) -> None:
+        """Close the database and let another client open it."""
         self._db.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:

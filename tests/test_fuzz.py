@@ -46,6 +46,8 @@ from crdtsync.protocol import (
     Conflict,
     Error,
     ErrorCode,
+    Flush,
+    Flushed,
     Frame,
     Hello,
     ProtocolError,
@@ -159,6 +161,8 @@ SAMPLES: dict[type, Frame] = {
     AdminResult: AdminResult(
         request_id="q1", ok=True, message="done", version=7, details={"owner": "alice"}
     ),
+    Flush: Flush("f1"),
+    Flushed: Flushed("f1", 7),
 }
 
 #: A value of every msgpack type (and of the ones msgpack decodes to other Python types).

@@ -516,7 +516,7 @@ ATTACKS = [
     ),
     Attack(
         "version_mismatch",
-        lambda h: encode(Hello((0, 2, 99), h.relay.token("mallory"), "mallory-phone")),
+        lambda h: encode(Hello((0, 3, 99), h.relay.token("mallory"), "mallory-phone")),
         ErrorCode.UNSUPPORTED_VERSION,
         close=1002,
         before_handshake=True,

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from crdtsync import Client, Status, UnresolvableReason
+from crdtsync import Client, Status, StoreError, UnresolvableReason
 
 from .conftest import ROOT, eventually
 from .relay_process import ServeProcess, free_port
@@ -343,3 +345,30 @@ async def test_sync_returns_with_every_change_acknowledged_before_it_was_called(
             await alice.sync()
             await bob.sync()
             assert {r.id for r in bob.records("Note")} == {rid, *created}
+
+
+# -- F6: one store, one client ---------------------------------------------------------
+
+
+async def test_a_store_open_in_one_client_refuses_a_second_one_at_once(
+    notes: ServeProcess,
+) -> None:
+    store = notes.database.parent / "alice.sqlite3"
+    alice = notes.client("alice", store)
+    async with alice:
+        rid = alice.create("Note", {"Title": "mine"})
+        with pytest.raises(StoreError, match="is open in another client"):
+            notes.client("alice", store)
+        # Another process is refused the same way, and its refusal harms nothing here.
+        other = subprocess.run(
+            [sys.executable, "-c", f"from crdtsync import Client; Client(store={str(store)!r})"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert other.returncode != 0 and "is open in another client" in other.stderr
+        await alice.sync()
+        assert alice.pending() == []
+    again = notes.client("alice", store)  # closed: it opens again, with everything
+    async with again:
+        assert again.get(rid).fields["Title"] == "mine"  # type: ignore[union-attr]

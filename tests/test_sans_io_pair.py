@@ -25,7 +25,9 @@ from crdtsync_server.storage import RelayStorage
 
 from crdtsync.model import FieldConflict, Status
 from crdtsync.protocol import (
+    MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     Ack,
     CaughtUp,
     ChangeFrame,
@@ -229,12 +231,17 @@ def test_handshake_reaches_ready_and_the_client_adopts_the_relay_schema(world: W
     assert [type(f) for f in pair.to_client] == [Welcome, CaughtUp]
     hello, subscribe = pair.to_server
     assert isinstance(hello, Hello)
-    assert hello.versions == (PROTOCOL_VERSION,) and hello.replica_id == replica.replica_id
+    assert hello.versions == SUPPORTED_VERSIONS and hello.replica_id == replica.replica_id
     welcome, caught_up = pair.to_client
     view = full.for_roles(frozenset({"default"}))  # the schema as alice's roles see it
     assert welcome == Welcome(
-        PROTOCOL_VERSION, "alice", world.relay.server_id, view.to_wire(), ALL_OBJECTS
-    )  # alice's roles may read every object
+        PROTOCOL_VERSION,
+        "alice",
+        world.relay.server_id,
+        view.to_wire(),
+        ALL_OBJECTS,  # alice's roles may read every object
+        MAX_FRAME_BYTES,  # the largest message the relay reads
+    )
     assert caught_up == CaughtUp(0)
     # The relay's schema was adopted before subscribing: every object is subscribed,
     # not just the one the replica's outdated schema knew.
@@ -249,13 +256,13 @@ def test_unsupported_protocol_version_gets_a_fatal_error_and_close_1002(world: W
     replica = world.replica()
     pair = world.connect(replica)
     pair.client.data_to_send()  # replace the client's hello by one from the future
-    pair.server.receive(encode(Hello((2, 99), world.token("alice"), replica.replica_id)))
+    pair.server.receive(encode(Hello((3, 99), world.token("alice"), replica.replica_id)))
     pair.pump()
 
     [error] = pair.to_client
     assert isinstance(error, Error)
     assert error.code is ErrorCode.UNSUPPORTED_VERSION and error.fatal
-    assert "[2, 99]" in error.message
+    assert "[3, 99]" in error.message
     assert pair.server.close_code == CLOSE_PROTOCOL_ERROR
     assert pair.server.state is SessionState.CLOSING
     assert pair.server.principal is None
