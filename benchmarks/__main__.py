@@ -27,7 +27,7 @@ from .common import Figures, Size, Workload, machine_info, machine_line, median_
 from .profile import hot_spots
 from .profile import render as render_profile
 
-MODULES = ("benchmarks.throughput", "benchmarks.sync_costs")
+MODULES = ("benchmarks.throughput", "benchmarks.sync_costs", "benchmarks.text_edit")
 REPEAT, QUICK_REPEAT = 3, 1
 
 

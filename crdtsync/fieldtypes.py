@@ -130,6 +130,14 @@ def _type_name(value: object) -> str:
 def _coerce_str(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {_type_name(value)}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"cannot be stored: it holds an unpaired surrogate ({value[exc.start]!r} at "
+                f"position {exc.start}), which is not a character; fix how the text was decoded"
+            ) from None
     return value
 
 

@@ -14,7 +14,6 @@ Nothing here knows about storage, networks or permissions.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,6 +21,7 @@ import pycrdt
 
 from .fieldtypes import FieldType
 from .schema import ObjectSpec
+from .textdiff import text_edits
 
 FIELDS_ROOT = "fields"
 
@@ -179,23 +179,22 @@ def _same_stored(current: object, encoded: object, field_type: FieldType) -> boo
 
 
 def _apply_text_diff(text: pycrdt.Text, new: str) -> None:
-    """Edit ``text`` into ``new`` with the fewest character inserts and deletes.
+    """Edit ``text`` into ``new`` with character inserts and deletes (:mod:`.textdiff`).
 
-    pycrdt indexes text by UTF-8 byte offset, so character positions are converted.
-    Edits are applied from the end, where earlier offsets are still those of ``old``.
+    pycrdt indexes text by UTF-8 byte offset, so character positions are converted, in
+    one pass. Edits are applied from the end, where earlier offsets are still those of
+    the old text.
     """
     old = str(text)
-    if old == new:
-        return
-    matcher = difflib.SequenceMatcher(a=old, b=new, autojunk=False)
-
-    def offset(index: int) -> int:
-        return len(old[:index].encode("utf-8"))
-
-    for tag, i1, i2, j1, j2 in reversed(matcher.get_opcodes()):
-        if tag == "equal":
-            continue
-        if tag in ("replace", "delete"):
-            del text[offset(i1) : offset(i2)]
-        if tag in ("replace", "insert"):
-            text.insert(offset(i1), new[j1:j2])
+    edits = []
+    char = byte = 0
+    for start, end, insert in text_edits(old, new):
+        byte += len(old[char:start].encode("utf-8"))
+        removed = len(old[start:end].encode("utf-8"))
+        edits.append((byte, byte + removed, insert))
+        char, byte = end, byte + removed
+    for start_byte, end_byte, insert in reversed(edits):
+        if end_byte > start_byte:
+            del text[start_byte:end_byte]
+        if insert:
+            text.insert(start_byte, insert)

@@ -91,12 +91,15 @@ class RelayHarness:
 
         return TokenAuthority(self.config.secret).issue(user)
 
-    def client(self, user: str, store: str | None = None, **options: object) -> Client:
+    def client(
+        self, user: str, store: str | None = None, *, url: str | None = None, **options: object
+    ) -> Client:
+        """A client of ``user`` (its own store), on the relay or on ``url`` (a proxy)."""
         path = store or str(self.tmp_path / f"{user}.sqlite3")
         options.setdefault("backoff_initial", 0.05)
         options.setdefault("backoff_max", 0.5)
         return Client(
-            self.url, token=self.token(user), store=path, schema=EXAMPLE_CONFIG, **options
+            url or self.url, token=self.token(user), store=path, schema=EXAMPLE_CONFIG, **options
         )  # type: ignore[arg-type]
 
 
