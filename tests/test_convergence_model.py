@@ -20,8 +20,17 @@ change a replica handed to the sync layer, with the values it carried. It checks
   every replica holds exactly the relay's values and versions for every record its user
   may read (by the model's own access rules), and nothing else; a fresh replica of each
   user gets the same; every intent the user did not dismiss or override reached the
-  relay in an accepted change, and is still there unless a later accepted change (or a
-  deliberate removal of a text character) replaced it.
+  relay in an accepted change (or the relay holds it anyway), and is still there unless
+  a later accepted change (or a deliberate removal of a text character) replaced it;
+* no accepted change overwrote another device's acknowledged value of a field that the
+  user never saw: the value it replaced on the relay was written by another device
+  after the version the user last saw of that field, where "saw" is the version the
+  record had on the device when the user first changed the field, or when they resolved
+  a conflict that listed it (the conflict showing the relay's latest value then).
+
+Steps include replies lost on the way back (a push reaches the relay, the connection
+drops before its verdicts return) and a conflict resolved after someone else changed
+one of its fields again.
 
 Text values are made of unique CJK characters, one per edit, so "this insertion" and
 "this removal" are exact facts that character-wise merging cannot blur.
@@ -88,6 +97,9 @@ Choose = Callable[[Sequence[Any]], Any]
 MISSING = object()
 
 TOTALS = {"examples": 0, "steps": 0, "changes": 0, "conflicts": 0, "refused": 0}
+#: how often the targeted scenarios ran: a field changed on two devices, one offline
+#: (and the text with it); a field of a conflict changed again before its resolve
+SCENARIOS = {"concurrent_same_field": 0, "with_text": 0, "newer_remote": 0}
 
 
 # -- plumbing: determinism, a replica that reports what it sends, a pipe in pieces -------
@@ -238,6 +250,8 @@ class SentChange:
     added: set[str]  #: text characters it inserts
     removed: set[str]  #: text characters it removes
     sent_at: int
+    #: plain field -> the record version the user had seen of it (see the module docstring)
+    bases: dict[str, int] = attrs.field(factory=dict)
     seq: int | None = None  #: its version once the relay accepted it
 
 
@@ -274,6 +288,7 @@ class ConvergenceModel(RuleBasedStateMachine):
         self.refused: dict[str, SentChange] = {}
         # What each device's user meant, and when (the model clock).
         self.intents: dict[tuple[int, str, str], tuple[Any, int]] = {}
+        self.seen_base: dict[tuple[int, str, str], int] = {}
         self.text_adds: dict[tuple[int, str, str], int] = {}
         self.text_removals: dict[tuple[int, str, str], int] = {}
         self.delete_intents: dict[tuple[int, str], int] = {}
@@ -306,11 +321,16 @@ class ConvergenceModel(RuleBasedStateMachine):
         values: dict[str, Any] = {}
         added: set[str] = set()
         removed: set[str] = set()
+        bases: dict[str, int] = {}
         if change.kind is not ChangeKind.DELETE:
             for name, edit in entry.changes.items():
                 field = spec.fields.get(name)
                 if field is not None and field.type is not FieldType.TEXT:
                     values[name] = edit.new
+            bases = {
+                name: self.seen_base.get((device.index, change.record_id, name), 0)
+                for name in values
+            }
             for name in spec.text_fields:
                 server, local = text_of(spec, row.server, name), text_of(spec, row.local, name)
                 added |= set(local) - set(server)
@@ -325,6 +345,7 @@ class ConvergenceModel(RuleBasedStateMachine):
             added=added,
             removed=removed,
             sent_at=self.clock,
+            bases=bases if change.kind is not ChangeKind.DELETE else {},
         )
 
     def _observe(self, link: Link, frame: object) -> None:
@@ -405,6 +426,11 @@ class ConvergenceModel(RuleBasedStateMachine):
         record = device.replica.get(record_id)
         assert record is not None
         return encoded(self._spec(device, record.object), dict(record.fields))
+
+    def _version(self, device: Device, record_id: str) -> int:
+        record = device.replica.get(record_id)
+        assert record is not None
+        return record.version
 
     def _status(self, device: Device, record_id: str) -> Status:
         record = device.replica.get(record_id)
@@ -553,18 +579,21 @@ class ConvergenceModel(RuleBasedStateMachine):
             else:
                 self._dismiss(device, record_id)
                 return
+        version = self._version(device, record_id)
         try:
             replica.resolve(record_id, values)
         except ValidationError:
             self._dismiss(device, record_id)
             return
+        for name in {c.field for c in change.problem.conflicts} | set(values):
+            self.seen_base[(device.index, record_id, name)] = version
         entry = replica.store.get_pending(record_id)
         assert entry is None or entry.status == Status.PENDING
-        for name in values:
+        for name in {c.field for c in change.problem.conflicts} | set(values):
             edit = entry.changes.get(name) if entry is not None else None
-            if edit is None:  # the relay's value already: nothing of the user's to carry
+            if edit is None:  # the relay holds that value already: nothing left to carry
                 self.intents.pop((device.index, record_id, name), None)
-            else:
+            elif name in values:
                 self.intents[(device.index, record_id, name)] = (edit.new, self.clock)
 
     # -- rules: setup and connectivity ----------------------------------------------------
@@ -616,6 +645,19 @@ class ConvergenceModel(RuleBasedStateMachine):
         self._begin()
         settle(*self._links())
 
+    @precondition(lambda self: any(d.link is not None for d in self.devices))
+    @rule(pick=st.integers(0, 7))
+    def lose_replies(self, pick: int) -> None:
+        """A device's pushes reach the relay, and the connection drops before anything
+        the relay sends back (verdicts, fan-out) arrives."""
+        self._begin()
+        device = self._pick([d for d in self.devices if d.link is not None], pick)
+        assert device.link is not None
+        device.link.collect()
+        device.link.deliver_up(len(device.link.up))
+        device.link.disconnect()
+        device.link = None
+
     # -- rules: local edits ---------------------------------------------------------------
 
     @rule(pick=st.integers(0, 7), data=st.data())
@@ -650,6 +692,7 @@ class ConvergenceModel(RuleBasedStateMachine):
                 self._note_text(device, record_id, "", edit.new or "")
             else:
                 self.intents[(device.index, record_id, name)] = (edit.new, self.clock)
+                self.seen_base[(device.index, record_id, name)] = 0
 
     @rule(pick=st.integers(0, 7), which=st.integers(0, 63), data=st.data())
     def update_fields(self, pick: int, which: int, data: st.DataObject) -> None:
@@ -671,12 +714,80 @@ class ConvergenceModel(RuleBasedStateMachine):
             with pytest.raises(RecordLocked):
                 device.replica.update(record.id, values)
             return
-        before = self._local(device, record.id)
-        device.replica.update(record.id, values)
-        after = self._local(device, record.id)
+        self._write(device, record.id, values)
+
+    def _write(self, device: Device, record_id: str, values: dict[str, Any]) -> None:
+        """``device``'s user changes plain fields of an unlocked record."""
+        entry = device.replica.store.get_pending(record_id)
+        version = self._version(device, record_id)
+        before = self._local(device, record_id)
+        device.replica.update(record_id, values)
+        after = self._local(device, record_id)
+        left = device.replica.store.get_pending(record_id)
         for name in values:
-            if after.get(name) != before.get(name):
-                self.intents[(device.index, record.id, name)] = (after.get(name), self.clock)
+            if entry is None or name not in entry.changes:  # first changed since it synced
+                self.seen_base[(device.index, record_id, name)] = version
+            if left is None or name not in left.changes:  # edited back: no change of it
+                self.intents.pop((device.index, record_id, name), None)
+            elif after.get(name) != before.get(name):
+                self.intents[(device.index, record_id, name)] = (after.get(name), self.clock)
+
+    @rule(pick=st.integers(0, 7), other=st.integers(0, 7), which=st.integers(0, 63), data=st.data())
+    def concurrent_same_field(self, pick: int, other: int, which: int, data: st.DataObject) -> None:
+        """Two devices change the same field of a record, one of them offline (and maybe
+        another field too), the online one syncs: the offline one's change will meet a
+        conflict when it comes back."""
+        self._begin()
+        choose: Choose = lambda options: data.draw(st.sampled_from(options))  # noqa: E731
+        offline = self._pick(self.devices, pick)
+        if offline.link is None:
+            self._connect(offline)  # so that it holds what the others made
+        settle(*self._links())
+        online = [d for d in self.devices if d is not offline and d.link is not None]
+        if not online:
+            return
+        writer = self._pick(online, other)
+        shared = sorted(
+            record.id
+            for record in offline.replica.records()
+            if not record.status.locked
+            and (theirs := writer.replica.get(record.id)) is not None
+            and not theirs.status.locked
+        )
+        if not shared:
+            return
+        record_id = self._pick(shared, which)
+        record = offline.replica.get(record_id)
+        assert record is not None
+        names = sorted(
+            set(self._writable(offline, record.object)) & set(self._writable(writer, record.object))
+        )
+        if not names:
+            return
+        name = choose(names)
+        if offline.link is not None:
+            offline.link.disconnect()
+            offline.link = None
+        mine = self._value(offline, record.object, name, choose)
+        theirs = self._value(writer, record.object, name, choose)
+        if mine is MISSING or theirs is MISSING or mine == theirs:
+            return
+        values = {name: mine}
+        extra = [n for n in self._writable(offline, record.object) if n != name]
+        if extra and choose([True, False]):
+            second = choose(extra)
+            value = self._value(offline, record.object, second, choose)
+            if value is not MISSING:
+                values[second] = value
+        self._write(offline, record_id, values)
+        self._write(writer, record_id, {name: theirs})
+        if record.object == "Account" and choose([True, False]):
+            # Both edit the collaborative text too: it must merge whatever the conflict.
+            self._edit_text(offline, record_id, data)
+            self._edit_text(writer, record_id, data)
+            SCENARIOS["with_text"] += 1
+        settle(*self._links())
+        SCENARIOS["concurrent_same_field"] += 1
 
     @rule(pick=st.integers(0, 7), which=st.integers(0, 63), data=st.data())
     def edit_text(self, pick: int, which: int, data: st.DataObject) -> None:
@@ -688,6 +799,16 @@ class ConvergenceModel(RuleBasedStateMachine):
         if not records:
             return
         record = self._pick(records, which)
+        if record.status.locked:
+            with pytest.raises(RecordLocked):
+                device.replica.update(record.id, {"Description": "locked"})
+            return
+        self._edit_text(device, record.id, data)
+
+    def _edit_text(self, device: Device, record_id: str, data: st.DataObject) -> None:
+        """Insert a new character somewhere in an Account's Description and/or remove one."""
+        record = device.replica.get(record_id)
+        assert record is not None
         old = str(record.fields.get("Description") or "")
         new = old
         if old and data.draw(st.booleans()):
@@ -696,14 +817,10 @@ class ConvergenceModel(RuleBasedStateMachine):
         if not old or new == old or data.draw(st.booleans()):
             at = data.draw(st.integers(0, len(new)))
             new = new[:at] + self._token() + new[at:]
-        if record.status.locked:
-            with pytest.raises(RecordLocked):
-                device.replica.update(record.id, {"Description": new})
-            return
-        device.replica.update(record.id, {"Description": new})
-        local = device.replica.get(record.id)
+        device.replica.update(record_id, {"Description": new})
+        local = device.replica.get(record_id)
         assert local is not None and (local.fields.get("Description") or "") == new
-        self._note_text(device, record.id, old, new)
+        self._note_text(device, record_id, old, new)
 
     @rule(pick=st.integers(0, 7), which=st.integers(0, 63))
     def delete(self, pick: int, which: int) -> None:
@@ -777,6 +894,62 @@ class ConvergenceModel(RuleBasedStateMachine):
         device, record_id = self._pick(locked, pick)
         self._attend(device, record_id, lambda options: data.draw(st.sampled_from(options)))
 
+    @precondition(
+        lambda self: any(
+            p.status is Status.CONFLICT and p.kind is not ChangeKind.DELETE
+            for d in self.devices
+            for p in d.replica.pending()
+        )
+    )
+    @rule(pick=st.integers(0, 63), data=st.data())
+    def newer_remote_then_resolve(self, pick: int, data: st.DataObject) -> None:
+        """Someone else changes a field of a record in conflict again, the change reaches
+        the conflicted device, and then its user attends to the conflict."""
+        self._begin()
+        conflicted = [
+            (device, change.record_id)
+            for device in self.devices
+            for change in device.replica.pending()
+            if change.status is Status.CONFLICT and change.kind is not ChangeKind.DELETE
+        ]
+        device, record_id = self._pick(conflicted, pick)
+        choose: Choose = lambda options: data.draw(st.sampled_from(options))  # noqa: E731
+        self._newer_remote(device, record_id, choose)
+        self._attend(device, record_id, choose)
+
+    def _newer_remote(self, device: Device, record_id: str, choose: Choose) -> None:
+        """Another online device changes a field of ``device``'s change in conflict (one
+        the conflict does not list, mostly: what a resolve must not overwrite unseen),
+        and everything online settles."""
+        [change] = [p for p in device.replica.pending() if p.record_id == record_id]
+        assert change.problem is not None
+        writers = [
+            d
+            for d in self.devices
+            if d is not device
+            and d.link is not None
+            and (held := d.replica.get(record_id)) is not None
+            and not held.status.locked
+        ]
+        if not writers:
+            return
+        writer = choose(writers)
+        writable = self._writable(writer, change.object)
+        names = sorted(n for n in change.changes if n in writable)
+        disputed = {c.field for c in change.problem.conflicts}
+        undisputed = [n for n in names if n not in disputed]
+        if undisputed and choose([True, True, False]):
+            names = undisputed
+        if not names:
+            return
+        name = choose(names)
+        value = self._value(writer, change.object, name, choose)
+        if value is MISSING:
+            return
+        self._write(writer, record_id, {name: value})
+        settle(*self._links())
+        SCENARIOS["newer_remote"] += 1
+
     # -- rules: administration ------------------------------------------------------------
 
     @precondition(lambda self: self.world.storage.seq > 0)
@@ -842,6 +1015,19 @@ class ConvergenceModel(RuleBasedStateMachine):
             if not locked and not any(d.replica.pending() for d in self.devices):
                 return
             for device, record_id in locked:
+                entry = device.replica.store.get_pending(record_id)
+                if entry is None or not Status(entry.status).locked:
+                    continue  # settled meanwhile (e.g. deleted elsewhere, then dismissed)
+                if (
+                    rounds == 0
+                    and entry.status == Status.CONFLICT
+                    and entry.kind != ChangeKind.DELETE
+                    and self.rng.random() < 0.8
+                ):
+                    self._newer_remote(device, record_id, self.rng.choice)
+                    entry = device.replica.store.get_pending(record_id)
+                    if entry is None or not Status(entry.status).locked:
+                        continue
                 self._attend(device, record_id, self.rng.choice, give_up=rounds >= 6)
         left = {d.index: d.replica.pending() for d in self.devices if d.replica.pending()}
         raise AssertionError(f"never quiet: {left}")
@@ -861,14 +1047,14 @@ class ConvergenceModel(RuleBasedStateMachine):
             )
         # No pending change silently lost.
         for (index, record_id, name), (value, since) in self.intents.items():
+            stored = storage.get_record(record_id)
+            assert stored is not None
+            if stored.deleted or self._relay_values(stored).get(name) == value:
+                continue  # e.g. an edit undone before it synced, or theirs taken
             carrier = self._carried(index, record_id, since, writes(name, value))
             assert carrier is not None and carrier.seq is not None, (
                 f"device {index}: {name}={value!r} of {record_id} never reached the relay"
             )
-            stored = storage.get_record(record_id)
-            assert stored is not None
-            if stored.deleted or self._relay_values(stored).get(name) == value:
-                continue
             later = storage.changes_of(record_id, after=carrier.seq)
             assert any(name in row.fields for row in later), (
                 f"device {index}: {name}={value!r} of {record_id} was accepted as version "
@@ -894,6 +1080,43 @@ class ConvergenceModel(RuleBasedStateMachine):
         for (index, record_id), _since in self.delete_intents.items():
             stored = storage.get_record(record_id)
             assert stored is None or stored.deleted, f"device {index}: delete of {record_id} lost"
+        self._no_silent_overwrites()
+
+    def _no_silent_overwrites(self) -> None:
+        """No accepted change replaced, unseen, a value another device had written."""
+        storage = self.world.storage
+        device_of = {d.replica.replica_id: d.index for d in self.devices}
+        logs: dict[str, list[Any]] = {}
+        for change in self._accepted():
+            assert change.seq is not None
+            logged = storage.find_change(change.change_id)
+            assert logged is not None
+            if change.record_id not in logs:
+                logs[change.record_id] = storage.changes_of(change.record_id)
+            for name, value in logged.fields.items():
+                if name not in change.bases:
+                    continue  # a text (merges), or a value the relay added
+                earlier = [
+                    row
+                    for row in logs[change.record_id]
+                    if row.seq < change.seq and name in row.fields
+                ]
+                if not earlier:
+                    continue
+                replaced = earlier[-1]
+                if (
+                    device_of.get(replaced.replica) == change.device
+                    or replaced.replica == "admin"
+                    or replaced.seq <= change.bases[name]
+                    or replaced.fields[name] == value
+                ):
+                    continue
+                raise AssertionError(
+                    f"device {change.device}'s change {change.change_id} (version "
+                    f"{change.seq}) overwrote {name}={replaced.fields[name]!r} of "
+                    f"{change.record_id}, written by {replaced.user} as version {replaced.seq}, "
+                    f"though its user had seen that field only at version {change.bases[name]}"
+                )
 
     def _check_fresh_replicas(self) -> None:
         """A replica that starts from nothing gets the same records (the backlog)."""
@@ -967,14 +1190,14 @@ def test_replicas_converge_with_no_zombie_ops_and_no_lost_changes() -> None:
     run_state_machine_as_test(
         ConvergenceModel,
         settings=settings(
-            max_examples=scaled(50),
+            max_examples=scaled(200),
             stateful_step_count=30,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
     )
     assert TOTALS["examples"] > 0
-    report("convergence_model", **TOTALS)
+    report("convergence_model", **TOTALS, **SCENARIOS)
 
 
 # -- regressions found by the model ------------------------------------------------------
