@@ -234,15 +234,15 @@ class Replica:
             if not changes[name].in_flight
             and _same(spec, name, changes[name].old, changes[name].new)
         }
-        if reverted and kind is not ChangeKind.CREATE:
+        in_flight = entry is not None and entry.inflight is not None
+        if reverted:
             changes = {name: edit for name, edit in changes.items() if name not in reverted}
-            if entry is None or entry.inflight is None:
+            if kind is ChangeKind.UPDATE and not in_flight:
                 # Nothing of it was sent: its document is the server's plus what is left.
                 doc = self._rebuilt(spec, row.server, self._intents(spec, changes, doc))
-        in_flight = entry is not None and entry.inflight is not None
         with self.store.transaction():
             self.store.put_record(attrs.evolve(row, local=doc.full_update()))
-            if not changes and not in_flight:
+            if not changes and not in_flight and kind is ChangeKind.UPDATE:
                 self.store.remove_pending(record_id)
                 status: Status | None = None
             else:
