@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from crdtsync import Client, Status, ValidationError
+from crdtsync import ChangeKind, Client, Status, ValidationError
 
 from .conftest import RelayHarness, eventually
 from .tcp_proxy import TcpProxy
@@ -74,6 +74,14 @@ async def test_a_field_edited_back_to_its_synced_value_is_no_change(relay: Relay
             record = replica.get(rid)
             assert record is not None and record.status is Status.SYNCED
             assert (record.fields["Employees"], record.fields["Industry"]) == (40, "Energy")
+
+
+def test_a_field_of_a_new_record_set_and_cleared_offline_is_not_listed(client: Client) -> None:
+    rid = client.create("Account", {"Name": "Acme", "Industry": "Energy"})
+    client.update(rid, {"Industry": None})
+    [change] = client.pending()
+    assert change.kind is ChangeKind.CREATE and set(change.changes) == {"Name"}
+    assert client.get(rid).fields == {"Name": "Acme"}  # type: ignore[union-attr]
 
 
 # -- F10: deleted while its create was in flight, and the create refused ----------------
