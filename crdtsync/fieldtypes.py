@@ -92,6 +92,58 @@ class FieldType(enum.Enum):
             return value.isoformat()
         return value
 
+    def stored_form_problem(self, stored: object) -> str | None:
+        """Why ``stored`` is not in the form :meth:`encode` writes (``None``: it is).
+
+        Readers are lenient (:meth:`decode` takes a small integer written as a float, as
+        pycrdt and Yjs hand it back); the relay refuses a *write* in another form, so
+        every replica reads the same value the same way. Integers: a number up to
+        ``2**53 - 1`` in size (a float with no fraction included, as Yjs writes numbers
+        past ``2**31``), a decimal string beyond it. Decimals: a string exactly as
+        ``str(Decimal)`` writes it. Dates: ``YYYY-MM-DD``.
+        """
+        if stored is None:
+            return None
+        if self is FieldType.INTEGER:
+            if isinstance(stored, str) and _INTEGER_TEXT.fullmatch(stored):
+                if abs(int(stored)) <= MAX_SAFE_INTEGER:
+                    return (
+                        f"an integer up to 2**53 - 1 is stored as a number, not as the string "
+                        f"{stored!r}"
+                    )
+            elif (
+                isinstance(stored, int | float)
+                and not isinstance(stored, bool)
+                and math.isfinite(stored)
+                and abs(stored) > MAX_SAFE_INTEGER
+            ):
+                return (
+                    "an integer beyond 2**53 - 1 is stored as a decimal string (e.g. "
+                    f"'9007199254740993'), not as a number, which loses digits: got {stored!r}"
+                )
+        elif self is FieldType.DECIMAL:
+            if not isinstance(stored, str):
+                return (
+                    "a decimal is stored as a string in str(Decimal) form, e.g. '12.50' (a "
+                    f"number would be inexact): got {_type_name(stored)} {stored!r}"
+                )
+            try:
+                canonical = str(Decimal(stored))
+            except InvalidOperation:
+                return None  # not a decimal at all: decode says so
+            if canonical != stored:
+                return (
+                    f"a decimal is stored as str(Decimal) writes it: {canonical!r}, not {stored!r}"
+                )
+        elif self is FieldType.DATE and isinstance(stored, str):
+            try:
+                canonical = dt.date.fromisoformat(stored).isoformat()
+            except ValueError:
+                return None
+            if canonical != stored:
+                return f"a date is stored as 'YYYY-MM-DD': {canonical!r}, not {stored!r}"
+        return None
+
     def decode(self, stored: object) -> Any:
         """Turn a stored value back into the canonical one; ``ValueError`` if it cannot be."""
         if stored is None:

@@ -406,3 +406,40 @@ def test_textual_and_ordered_type_sets() -> None:
         FieldType.DATE,
         FieldType.DATETIME,
     }
+
+
+@pytest.mark.parametrize(
+    ("field_type", "stored"),
+    [
+        (FieldType.INTEGER, 5),
+        (FieldType.INTEGER, 5.0),  # how pycrdt and Yjs hand small integers back
+        (FieldType.INTEGER, float(2**40)),  # Yjs writes numbers past 2**31 as floats
+        (FieldType.INTEGER, "9007199254740993"),
+        (FieldType.INTEGER, None),
+        (FieldType.DECIMAL, "0.10"),
+        (FieldType.DECIMAL, "1E+3"),
+        (FieldType.DATE, "2026-11-25"),
+        (FieldType.DATETIME, "2026-11-25T09:30:00Z"),  # any ISO 8601 with an offset
+        (FieldType.STRING, "5"),
+    ],
+)
+def test_values_in_their_stored_form_pass(field_type: FieldType, stored: object) -> None:
+    assert field_type.stored_form_problem(stored) is None
+
+
+@pytest.mark.parametrize(
+    ("field_type", "stored", "expected"),
+    [
+        (FieldType.INTEGER, "5", "stored as a number, not as the string '5'"),
+        (FieldType.INTEGER, 2**53, "stored as a decimal string"),
+        (FieldType.INTEGER, float(2**60), "stored as a decimal string"),
+        (FieldType.DECIMAL, 1.5, "a decimal is stored as a string"),
+        (FieldType.DECIMAL, "1.50 ", "'1.50', not '1.50 '"),
+        (FieldType.DATE, "20261125", "'2026-11-25', not '20261125'"),
+    ],
+)
+def test_values_in_another_form_say_which_form_is_expected(
+    field_type: FieldType, stored: object, expected: str
+) -> None:
+    problem = field_type.stored_form_problem(stored)
+    assert problem is not None and expected in problem

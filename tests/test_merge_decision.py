@@ -441,6 +441,67 @@ def test_value_of_the_wrong_shape_is_invalid_update(
 
 
 @pytest.mark.parametrize("kind", ["create", "update"])
+@pytest.mark.parametrize(
+    ("field", "raw", "message"),
+    [
+        (
+            "Employees",
+            "5",
+            "an integer up to 2**53 - 1 is stored as a number, not as the string '5'",
+        ),
+        ("Employees", 2**60, "an integer beyond 2**53 - 1 is stored as a decimal string"),
+        ("Revenue", 12.5, "a decimal is stored as a string in str(Decimal) form, e.g. '12.50'"),
+        ("Revenue", 12, "a decimal is stored as a string in str(Decimal) form"),
+        ("Revenue", " 12.50", "a decimal is stored as str(Decimal) writes it: '12.50', not"),
+    ],
+    ids=[
+        "small-int-as-string",
+        "big-int-as-number",
+        "decimal-as-float",
+        "decimal-as-int",
+        "decimal-padded",
+    ],
+)
+def test_a_value_not_in_its_stored_form_is_a_validation_conflict_naming_the_form(
+    h: Harness, account: str, kind: str, field: str, raw: Any, message: str
+) -> None:
+    if kind == "update":
+        stored = h.storage.get_record(account)
+        assert stored is not None
+        delta = raw_delta(stored.state, B_CLIENT, fields={field: raw})
+        change = h.frame(BOB, account, "Account", "update", delta, base=1)
+    else:
+        delta = raw_delta(b"", B_CLIENT, fields={"Name": "Raw", field: raw})
+        change = h.frame(BOB, "acc-raw", "Account", "create", delta)
+
+    conflict = expect_conflict(h.decide(BOB, change))
+
+    assert [e.field for e in conflict.errors] == [field]
+    assert conflict.errors[0].message.startswith(message), conflict.errors[0].message
+
+
+@pytest.mark.parametrize("kind", ["create", "update"])
+def test_an_integer_written_as_a_float_with_no_fraction_is_accepted(
+    h: Harness, account: str, kind: str
+) -> None:
+    """Yjs writes numbers past 2**31 as floats; pycrdt reads small integers as floats."""
+    if kind == "update":
+        stored = h.storage.get_record(account)
+        assert stored is not None
+        delta = raw_delta(stored.state, B_CLIENT, fields={"Employees": float(2**40)})
+        change = h.frame(BOB, account, "Account", "update", delta, base=1)
+    else:
+        delta = raw_delta(b"", B_CLIENT, fields={"Name": "Raw", "Employees": float(2**40)})
+        change = h.frame(BOB, "acc-raw", "Account", "create", delta)
+
+    decision = h.decide(BOB, change)
+
+    assert isinstance(decision, Accepted), decision
+    assert decision.values["Employees"] == 2**40
+    assert type(decision.values["Employees"]) is int
+
+
+@pytest.mark.parametrize("kind", ["create", "update"])
 def test_garbage_delta_is_invalid_update_with_a_message(
     h: Harness, account: str, kind: str
 ) -> None:
@@ -805,6 +866,22 @@ def test_delete_of_a_record_changed_by_another_replica_since_base_is_a_conflict(
         WireConflict(field="Name", base="Acme", mine=None, theirs="Acme Corp", changed_by="bob"),
     )
     assert conflict.version == 2
+
+
+def test_a_delete_conflict_on_a_text_field_gives_the_text_at_the_base(
+    h: Harness, alice: Replica, bob: Replica, account: str
+) -> None:
+    assert isinstance(alice.push(alice.edit(account, {"Description": "n1"})), Ack)  # v2
+    bob.open(account)  # bob sees "n1", then adds to it
+    assert isinstance(bob.push(bob.edit(account, {"Description": "n1 and n2"})), Ack)
+
+    conflict = expect_conflict(h.decide(ALICE, alice.delete(account, base=2)))
+
+    assert conflict.conflicts == (
+        WireConflict(
+            field="Description", base="n1", mine=None, theirs="n1 and n2", changed_by="bob"
+        ),
+    )
 
 
 def test_delete_with_no_changes_by_others_since_base_is_accepted(

@@ -6,6 +6,7 @@ Relay, which is how fan-out and resume are exercised."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import msgpack
@@ -141,10 +142,11 @@ def settle(*pairs: Pair) -> None:
 
 
 class World:
-    """One relay (in-memory SQLite) built from the example app.toml, plus replicas."""
+    """One relay (in-memory SQLite) built from an app's TOML (the example app's by
+    default), plus replicas."""
 
-    def __init__(self) -> None:
-        self.config = RelayConfig.from_toml(EXAMPLE_CONFIG, database=":memory:")
+    def __init__(self, config: Path = EXAMPLE_CONFIG) -> None:
+        self.config = RelayConfig.from_toml(config, database=":memory:")
         self.storage = RelayStorage(":memory:")
         self.relay = Relay(
             schema=self.config.schema, policy=self.config.policy, storage=self.storage
@@ -155,9 +157,13 @@ class World:
     def token(self, user: str) -> str:
         return self.authority.issue(user)
 
-    def replica(self, schema: Schema | None = None) -> Replica:
+    def replica(self, schema: Schema | None = None, *, client_id: int | None = None) -> Replica:
+        """A replica on an in-memory store (editing as CRDT ``client_id``, if given)."""
         store = LocalStore(":memory:")
         self._stores.append(store)
+        if client_id is not None:
+            with store.transaction():
+                store.set_meta("client_id", client_id)
         return Replica(store, schema or self.config.schema)
 
     def connect(

@@ -65,6 +65,7 @@ class MergeContext(Protocol):
 
     def change_fields(self, record_id: str, after: int = 0) -> list[ChangeRow]: ...
     def field_value_at(self, record_id: str, field: str, version: int) -> Any: ...
+    def state_at(self, record_id: str, version: int) -> bytes | None: ...
     def unique_holder(self, object_name: str, field: str, value: Any) -> str | None: ...
     def live_record_exists(self, object_name: str, record_id: str) -> bool: ...
     def client_id_owner(self, client_id: int) -> str | None: ...
@@ -288,10 +289,23 @@ def _delete(
     if not since:
         return Accepted(kind="delete", fields={}, values={}, update=b"")
     changed = sorted({name for c in since for name in c.fields if name in spec.fields})
+    texts_then = None
+    if any(spec.fields[name].type is FieldType.TEXT for name in changed):
+        # The log keeps no text values: the base text comes from the logged updates.
+        then = context.state_at(change.record_id, change.base_version)
+        texts_then = RecordDoc.from_update(spec, then) if then is not None else None
+
+    def base(name: str) -> Any:
+        if spec.fields[name].type is not FieldType.TEXT:
+            return state.value_at(context, name, change.base_version)
+        if texts_then is None:
+            return None  # compacted away: unknown
+        return texts_then.stored_value(name) or None
+
     conflicts = tuple(
         WireConflict(
             field=name,
-            base=state.value_at(context, name, change.base_version),
+            base=base(name),
             mine=None,
             theirs=_canonical_stored(spec.fields[name].type, state.doc.stored_value(name)),
             changed_by=next(c.user for c in reversed(since) if name in c.fields),
@@ -396,23 +410,25 @@ def _merge(
                 ),
                 refused_ops=parsed,
             )
-        # A plain value that breaks its own field's constraints is refused before it is
-        # applied (whether or not it would win): cheap, and nothing to rebuild.
-        early = _written_value_errors(anatomy, spec)
-        if early:
-            return Refused(
-                Conflict(
-                    change_id=change.change_id,
-                    record_id=change.record_id,
-                    version=state.stored.version,
-                    update=state.stored.state,
-                    errors=tuple(
-                        WireFieldError(field=e.field, message=e.message)
-                        for e in _visible_errors(early, view)
-                    ),
+
+    # A plain value that breaks its own field's constraints, or is not written in the
+    # form the schema stores it in, is refused before it is applied (whether or not it
+    # would win): cheap, and nothing to rebuild.
+    early = _written_value_errors(anatomy, spec)
+    if early:
+        return Refused(
+            Conflict(
+                change_id=change.change_id,
+                record_id=change.record_id,
+                version=state.stored.version if state is not None else 0,
+                update=state.stored.state if state is not None else b"",
+                errors=tuple(
+                    WireFieldError(field=e.field, message=e.message)
+                    for e in _visible_errors(early, view)
                 ),
-                refused_ops=parsed,
-            )
+            ),
+            refused_ops=parsed,
+        )
 
     doc = state.doc if state is not None else RecordDoc(spec, client_id=relay_client_id)
     try:
@@ -520,6 +536,10 @@ def _written_value_errors(anatomy: Anatomy, spec: ObjectSpec) -> list[FieldError
     for name, raw in anatomy.written.items():
         field = spec.fields[name]
         if field.type is FieldType.TEXT or isinstance(raw, SharedType):
+            continue
+        form = field.type.stored_form_problem(raw)
+        if form is not None:
+            errors.append(FieldError(name, form))
             continue
         try:
             value = field.type.decode(raw)

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
+import pycrdt
 
 from crdtsync.sqlite_meta import (
     META_TABLE,
@@ -358,6 +359,19 @@ class RelayStorage:
             (record_id, after),
         )
         return [ChangeRow.from_row(row) for row in rows]
+
+    def state_at(self, record_id: str, version: int) -> bytes | None:
+        """The record's CRDT state as of ``version`` (its logged updates up to it, merged),
+        or ``None`` if compaction dropped one of them."""
+        updates = []
+        for change in self.changes_of(record_id):
+            if change.seq > version:
+                break
+            if change.compacted:
+                return None
+            if change.update:
+                updates.append(change.update)
+        return bytes(pycrdt.merge_updates(*updates)) if updates else b""
 
     def field_value_at(self, record_id: str, field: str, version: int) -> Any:
         """The value ``field`` had at ``version`` (stored encoding; None if unset)."""
