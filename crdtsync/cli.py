@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     app.add_argument("--user", required=True, help="whose app it is")
     app.add_argument("--config", help="the app's TOML configuration (default: the example CRM)")
     app.add_argument("--url", help="the relay (default: ws://[server] host:port)")
-    app.add_argument("--token", help="the user's token (default: signed with the config's secret)")
+    app.add_argument("--token", help="the user's token (default: signed with the relay's secret)")
+    app.add_argument("--db", help="the relay's database, beside which its secret is kept")
     app.add_argument("--store", help="local SQLite store (default: crdtsync-app-USER.sqlite3)")
     app.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free)")
 
@@ -48,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     admin = commands.add_parser("admin", help="administer records on a running relay")
     admin.add_argument("--config", required=True, help="the app's TOML configuration")
     admin.add_argument("--url", help="the relay (default: ws://[server] host:port)")
+    admin.add_argument("--db", help="the relay's database, beside which its secret is kept")
     admin.add_argument("--as", dest="as_user", default="admin", help="the administrator's name")
     admin.add_argument("--private-key", metavar="PEM", help="sign with this key (RS256/ES256)")
     admin.add_argument("--algorithm", choices=["HS256", "RS256", "ES256"])
@@ -74,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
 
     token = commands.add_parser("token", help="print a signed token for a user")
     token.add_argument("--config", required=True, help="the app's TOML configuration")
+    token.add_argument(
+        "--db",
+        help="the relay's database (overrides [server] database): without a configured "
+        "secret, tokens are signed with the one the relay keeps beside it",
+    )
     token.add_argument("--user", required=True, help="the user the token names")
     token.add_argument("--role", action="append", default=[], help="a role (repeatable)")
     token.add_argument(
@@ -83,12 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--private-key",
         metavar="PEM",
-        help="sign with this private key (needs --algorithm) instead of the config's secret",
+        help="sign with this private key (needs --algorithm) instead of the relay's secret",
     )
     token.add_argument(
         "--algorithm",
         choices=["HS256", "RS256", "ES256"],
-        help="HS256 (the default: the config's secret) or, with --private-key, RS256 / ES256",
+        help="HS256 (the default: the relay's secret) or, with --private-key, RS256 / ES256",
     )
     return parser
 
@@ -135,19 +142,19 @@ def _fail(message: str) -> int:
 
 
 def _authority(args: argparse.Namespace) -> TokenAuthority:
-    """The authority that signs tokens: the config's secret, or --private-key."""
+    """The authority that signs tokens: the relay's secret, or --private-key."""
     from crdtsync_server.auth import TokenAuthority
     from crdtsync_server.config import RelayConfig
     from crdtsync_server.policy import ConfigError
 
     if args.private_key is None:
-        config = RelayConfig.from_toml(args.config)
+        config = RelayConfig.from_toml(args.config, database=args.db)
         if config.token_algorithm != "HS256":
             raise ConfigError(
                 f"this relay verifies {config.token_algorithm} tokens: sign with "
                 f"--private-key PEM --algorithm {config.token_algorithm}"
             )
-        return TokenAuthority(config.secret)
+        return config.token_authority()
     return TokenAuthority.from_key_files(args.algorithm, private_key_path=args.private_key)
 
 
@@ -157,7 +164,7 @@ def _keys_mismatch(args: argparse.Namespace) -> bool:
 
 _KEYS_MESSAGE = (
     "--private-key and --algorithm RS256|ES256 go together "
-    "(without them the token is signed HS256 with the config's secret)"
+    "(without them the token is signed HS256 with the relay's secret)"
 )
 
 
@@ -187,7 +194,7 @@ def _admin(args: argparse.Namespace) -> int:
 
     if _keys_mismatch(args):
         return _fail(_KEYS_MESSAGE)
-    config = RelayConfig.from_toml(args.config)
+    config = RelayConfig.from_toml(args.config, database=args.db)
     url = args.url or f"ws://{config.host}:{config.port}"
     token = _authority(args).issue(args.as_user, admin=True, ttl=300)
 
@@ -263,7 +270,7 @@ async def _demo_apps() -> None:
 
     from .webapp.launch import run_demo
 
-    logging.getLogger("crdtsync.server").setLevel(logging.ERROR)  # the demo's secret is short
+    logging.getLogger("crdtsync.server").setLevel(logging.ERROR)
 
     await run_demo(sys.stdout)
 
@@ -271,7 +278,6 @@ async def _demo_apps() -> None:
 async def _app(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from crdtsync_server.auth import TokenAuthority
     from crdtsync_server.config import RelayConfig
     from crdtsync_server.policy import ConfigError
 
@@ -279,7 +285,7 @@ async def _app(args: argparse.Namespace) -> None:
     from .webapp.launch import run_app
 
     config_path = Path(args.config) if args.config else example_config()
-    config = RelayConfig.from_toml(config_path)
+    config = RelayConfig.from_toml(config_path, database=args.db)
     token = args.token
     if token is None:
         if config.token_algorithm != "HS256":
@@ -287,7 +293,7 @@ async def _app(args: argparse.Namespace) -> None:
                 f"this relay verifies {config.token_algorithm} tokens: pass --token "
                 "(crdtsync token --private-key PEM ...)"
             )
-        token = TokenAuthority(config.secret).issue(args.user)
+        token = config.token_authority().issue(args.user)
     await run_app(
         sys.stdout,
         url=args.url or f"ws://{config.host}:{config.port}",

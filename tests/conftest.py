@@ -3,10 +3,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from crdtsync_server.session import RelaySession
 
 from crdtsync import Client, Schema
+from crdtsync.protocol import MAX_RELAY_FRAME_BYTES, Changes, RecordChange, decode
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = ROOT / "server" / "example" / "app.toml"
@@ -87,9 +90,8 @@ class RelayHarness:
         return f"ws://127.0.0.1:{self.port}"
 
     def token(self, user: str) -> str:
-        from crdtsync_server.auth import TokenAuthority
 
-        return TokenAuthority(self.config.secret).issue(user)
+        return self.server.authority.issue(user)
 
     def client(
         self, user: str, store: str | None = None, *, url: str | None = None, **options: object
@@ -175,3 +177,44 @@ def raw_connect(relay: RelayHarness) -> Callable[[], object]:
         return connect(relay.url, max_size=None)
 
     return open_connection
+
+
+# -- the tap: every message a relay sends, by user --------------------------------------
+
+
+class Wire:
+    """Every message the relay sent, filed under the user of the receiving session
+    (``None`` before a hello succeeded)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str | None, bytes]] = []
+
+    def to(self, user: str) -> list[bytes]:
+        return [data for who, data in self.sent if who == user]
+
+    def frames_to(self, user: str) -> list[Any]:
+        return [decode(data, max_bytes=MAX_RELAY_FRAME_BYTES) for data in self.to(user)]
+
+    def record_changes_to(self, user: str, record_id: str) -> list[RecordChange]:
+        return [
+            item
+            for frame in self.frames_to(user)
+            if isinstance(frame, Changes)
+            for item in frame.items
+            if item.record_id == record_id
+        ]
+
+
+@pytest.fixture
+def wire(monkeypatch: pytest.MonkeyPatch) -> Wire:
+    tap = Wire()
+    original = RelaySession.data_to_send
+
+    def data_to_send(self: RelaySession) -> list[bytes]:
+        out = original(self)
+        user = self.principal.user if self.principal is not None else None
+        tap.sent.extend((user, data) for data in out)
+        return out
+
+    monkeypatch.setattr(RelaySession, "data_to_send", data_to_send)
+    return tap

@@ -11,6 +11,8 @@ import threading
 import urllib.request
 from pathlib import Path
 
+import attrs
+
 from crdtsync import Client
 
 from .conftest import EXAMPLE_CONFIG
@@ -27,8 +29,17 @@ def free_port() -> int:
 class ServeProcess:
     """One relay process on ``database`` and ``port``, configured by ``config``."""
 
-    def __init__(self, database: Path, port: int, config: Path = EXAMPLE_CONFIG) -> None:
-        self.database, self.port, self.config = database, port, config
+    def __init__(
+        self,
+        database: Path,
+        port: int,
+        config: Path = EXAMPLE_CONFIG,
+        *,
+        secret: str | None = SECRET,
+    ) -> None:
+        """``secret``: the ``CRDTSYNC_SECRET`` it runs with (``None``: none, so the relay
+        uses the one it keeps beside its database)."""
+        self.database, self.port, self.config, self.secret = database, port, config, secret
         self.process: subprocess.Popen[str] | None = None
         self.output: list[str] = []  #: what the process printed, read when it stops
 
@@ -37,7 +48,9 @@ class ServeProcess:
         return f"ws://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        env = {**os.environ, "CRDTSYNC_SECRET": SECRET}
+        env = {k: v for k, v in os.environ.items() if k != "CRDTSYNC_SECRET"}
+        if self.secret is not None:
+            env["CRDTSYNC_SECRET"] = self.secret
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -78,9 +91,12 @@ class ServeProcess:
             return reply.status, reply.headers.get_all("Content-Type"), reply.read().decode()
 
     def token(self, user: str) -> str:
-        from crdtsync_server.auth import TokenAuthority
+        from crdtsync_server.config import RelayConfig
 
-        return TokenAuthority(SECRET).issue(user)
+        config = RelayConfig.from_toml(self.config, database=str(self.database))
+        if self.secret is not None:
+            config = attrs.evolve(config, secret=self.secret)
+        return config.token_authority().issue(user)
 
     def client(
         self, user: str, store: Path, *, url: str | None = None, **options: object

@@ -57,17 +57,28 @@ def test_sync_demo_walks_two_users_through_every_scenario() -> None:
     assert "Traceback" not in out + result.stderr
 
 
-def test_token_command_prints_a_token_the_relay_accepts() -> None:
-    from crdtsync_server.auth import TokenAuthority
+def test_token_command_prints_a_token_the_relay_accepts(tmp_path: object) -> None:
+    from pathlib import Path
+
     from crdtsync_server.config import RelayConfig
 
     from .conftest import EXAMPLE_CONFIG
 
-    result = run("token", "--config", str(EXAMPLE_CONFIG), "--user", "alice", "--role", "sales")
-    assert result.returncode == 0, result.stderr
-    identity = TokenAuthority(RelayConfig.from_toml(EXAMPLE_CONFIG).secret).verify(
-        result.stdout.strip()
+    database = str(Path(str(tmp_path)) / "relay.sqlite3")
+    result = run(
+        "token",
+        "--config",
+        str(EXAMPLE_CONFIG),
+        "--db",
+        database,
+        "--user",
+        "alice",
+        "--role",
+        "sales",
     )
+    assert result.returncode == 0, result.stderr
+    relay = RelayConfig.from_toml(EXAMPLE_CONFIG, database=database).token_authority()
+    identity = relay.verify(result.stdout.strip())
     assert (identity.user, identity.roles) == ("alice", ("sales",))
 
 
@@ -86,9 +97,8 @@ def test_token_for_an_rs256_relay_needs_a_private_key(tmp_path: object) -> None:
     config = Path(str(tmp_path)) / "rs.toml"
     config.write_text(
         EXAMPLE_CONFIG.read_text().replace(
-            'secret = "change-me"',
-            'secret = "change-me"\ntoken_algorithm = "RS256"\n'
-            f'token_public_key = "{tmp_path}/missing.pem"',
+            "[server]\n",
+            f'[server]\ntoken_algorithm = "RS256"\ntoken_public_key = "{tmp_path}/missing.pem"\n',
         )
     )
     result = run("token", "--config", str(config), "--user", "alice")
@@ -152,7 +162,9 @@ def test_app_serves_one_user_with_no_relay_and_keeps_its_store(tmp_path: object)
     from pathlib import Path
 
     store = Path(str(tmp_path)) / "alice.sqlite3"
+    relay_db = Path(str(tmp_path)) / "relay.sqlite3"  # whose secret signs alice's token
     args = ["app", "--user", "alice", "--url", "ws://127.0.0.1:9", "--store", str(store)]
+    args += ["--db", str(relay_db)]
     process, urls = serve_until_urls(args, 1)
     try:
         assert len(urls) == 1, process.stderr.read() if process.stderr else ""

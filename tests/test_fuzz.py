@@ -25,7 +25,6 @@ from typing import Any
 
 import msgpack
 import pytest
-from crdtsync_server.auth import TokenAuthority
 from crdtsync_server.config import RelayConfig
 from crdtsync_server.merge import Accepted, AlreadyDone, RecordState, Refused, decide
 from crdtsync_server.policy import Principal
@@ -406,7 +405,7 @@ class SessionRig:
     def __init__(self, *, admin: bool = False) -> None:
         self.storage = RelayStorage(":memory:")
         self.relay = Relay(schema=SCHEMA, policy=CONFIG.policy, storage=self.storage)
-        self.authority = TokenAuthority(CONFIG.secret)
+        self.authority = CONFIG.token_authority()
         self.session = self.connect(self.authority.issue("alice", admin=admin), RELAY_REPLICA)
         self.bystander = self.connect(self.authority.issue("bob"), "bystander")
         self.clients = itertools.count(100_000)

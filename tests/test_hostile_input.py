@@ -20,7 +20,6 @@ import attrs
 import msgpack
 import pycrdt
 import pytest
-from crdtsync_server.auth import TokenAuthority
 from crdtsync_server.config import RelayConfig
 from crdtsync_server.limits import Admission, FrameRateLimit
 from crdtsync_server.policy import ConfigError
@@ -103,7 +102,7 @@ class SansIoRelay:
         self.relay = Relay(
             schema=self.config.schema, policy=self.config.policy, storage=self.storage
         )
-        self.authority = TokenAuthority(self.config.secret)
+        self.authority = self.config.token_authority()
         self.clock = FakeClock()
         self.rate, self.burst = rate, burst
 

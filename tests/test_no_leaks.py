@@ -31,7 +31,6 @@ import pytest
 from crdtsync_server.admin import AdminClient
 from crdtsync_server.app import RelayServer
 from crdtsync_server.config import RelayConfig
-from crdtsync_server.session import RelaySession
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -47,7 +46,6 @@ from crdtsync.protocol import (
     ErrorCode,
     Hello,
     Push,
-    RecordChange,
     Rejected,
     Unresolvable,
     Verdicts,
@@ -55,7 +53,7 @@ from crdtsync.protocol import (
     decode,
 )
 
-from .conftest import EXAMPLE_CONFIG, RawConnection, RelayHarness, eventually
+from .conftest import EXAMPLE_CONFIG, RawConnection, RelayHarness, Wire, eventually
 
 REVENUES = [
     Decimal("987654.321"),
@@ -74,47 +72,6 @@ def encoded(value: Decimal) -> str:
 
 
 REVENUE_SECRETS = [encoded(value) for value in REVENUES]
-
-
-# -- the tap -----------------------------------------------------------------------------
-
-
-class Wire:
-    """Every message the relay sent, filed under the user of the receiving session
-    (``None`` before a hello succeeded)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str | None, bytes]] = []
-
-    def to(self, user: str) -> list[bytes]:
-        return [data for who, data in self.sent if who == user]
-
-    def frames_to(self, user: str) -> list[Any]:
-        return [decode(data, max_bytes=MAX_RELAY_FRAME_BYTES) for data in self.to(user)]
-
-    def record_changes_to(self, user: str, record_id: str) -> list[RecordChange]:
-        return [
-            item
-            for frame in self.frames_to(user)
-            if isinstance(frame, Changes)
-            for item in frame.items
-            if item.record_id == record_id
-        ]
-
-
-@pytest.fixture
-def wire(monkeypatch: pytest.MonkeyPatch) -> Wire:
-    tap = Wire()
-    original = RelaySession.data_to_send
-
-    def data_to_send(self: RelaySession) -> list[bytes]:
-        out = original(self)
-        user = self.principal.user if self.principal is not None else None
-        tap.sent.extend((user, data) for data in out)
-        return out
-
-    monkeypatch.setattr(RelaySession, "data_to_send", data_to_send)
-    return tap
 
 
 # -- what "nothing leaked" means -----------------------------------------------------------
@@ -200,11 +157,13 @@ def admin(relay: RelayHarness) -> AdminClient:
 
 
 @contextlib.asynccontextmanager
-async def raw_session(url: str, token: str, cursor: int = 0) -> Any:
-    """A hand-driven, subscribed connection; yields it and the frames of its backlog."""
+async def raw_session(url: str, token: str, cursor: int = 0, replica: str | None = None) -> Any:
+    """A hand-driven, subscribed connection (as ``replica``: a new one unless given);
+    yields it and the frames of its backlog."""
     async with connect(url, max_size=None) as websocket:
         raw = RawConnection(websocket)
-        backlog = await raw.handshake(token, replica=f"raw-{uuid.uuid4().hex}", cursor=cursor)
+        replica = replica or f"raw-{uuid.uuid4().hex}"
+        backlog = await raw.handshake(token, replica=replica, cursor=cursor)
         yield raw, backlog
 
 

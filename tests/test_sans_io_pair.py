@@ -151,7 +151,7 @@ class World:
         self.relay = Relay(
             schema=self.config.schema, policy=self.config.policy, storage=self.storage
         )
-        self.authority = TokenAuthority(self.config.secret)
+        self.authority = self.config.token_authority()
         self._stores: list[LocalStore] = []
 
     def token(self, user: str) -> str:

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -492,6 +493,11 @@ def test_parse_duration_rejects_junk_clearly(text: str, reason: str | None) -> N
 # -- the command line ----------------------------------------------------------------
 
 
+#: where the token command runs: the example's relative database, and the secret the
+#: relay keeps beside it, land here
+RUN_DIR = Path(tempfile.mkdtemp(prefix="crdtsync-token-"))
+
+
 def run_token(*args: str, secret: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "CRDTSYNC_SECRET"}
     if secret is not None:
@@ -502,14 +508,21 @@ def run_token(*args: str, secret: str | None = None) -> subprocess.CompletedProc
         text=True,
         timeout=60,
         env=env,
+        cwd=RUN_DIR,
     )
+
+
+def the_relays_authority() -> TokenAuthority:
+    """What a relay on the example config, run from ``RUN_DIR``, verifies with."""
+    database = str(RUN_DIR / "crdtsync.sqlite3")
+    return RelayConfig.from_toml(EXAMPLE_CONFIG, database=database).token_authority()
 
 
 def test_cli_signs_hs256_with_the_config_secret_ttl_roles_and_admin() -> None:
     result = run_token("--user", "root", "--role", "a", "--role", "b", "--ttl", "1h30m", "--admin")
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
-    relay = TokenAuthority(RelayConfig.from_toml(EXAMPLE_CONFIG).secret)
+    relay = the_relays_authority()
     identity = relay.verify(token)
     assert (identity.user, identity.roles, identity.admin) == ("root", ("a", "b"), True)
     assert identity.expires_at is not None
@@ -523,7 +536,7 @@ def test_cli_secret_from_the_environment_overrides_the_config() -> None:
     assert result.returncode == 0, result.stderr
     assert TokenAuthority(SECRET).verify(result.stdout.strip()).user == "alice"
     with pytest.raises(AuthError, match="not signed by this relay"):
-        TokenAuthority("change-me").verify(result.stdout.strip())
+        the_relays_authority().verify(result.stdout.strip())
 
 
 @pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
@@ -596,5 +609,5 @@ def test_cli_inconsistent_options_are_one_clear_error(args: list[str], message: 
 def test_cli_explicit_hs256_and_empty_user() -> None:
     result = run_token("--user", "alice", "--algorithm", "HS256")
     assert result.returncode == 0, result.stderr
-    assert TokenAuthority("change-me").verify(result.stdout.strip()).user == "alice"
+    assert the_relays_authority().verify(result.stdout.strip()).user == "alice"
     assert "a token needs a user name" in one_clear_error(run_token("--user", ""))

@@ -88,12 +88,6 @@ class RelayServer:
             compression=None,
         )
         log.info("relay listening on %s (database %s)", self.url, self.config.database)
-        if self.config.token_algorithm == "HS256" and len(self.config.secret) < 32:
-            log.warning(
-                "the token secret is short (%d bytes): set a long random [server] secret "
-                "or CRDTSYNC_SECRET for anything but a demo",
-                len(self.config.secret),
-            )
 
     async def close(self) -> None:
         """Stop accepting, close connections with 1001, then close the database."""

@@ -1,7 +1,9 @@
 """The relay's configuration: the TOML shape of SPEC §4, plus command-line overrides.
 
-``[server]``: ``host``, ``port``, ``database``, ``secret`` (HS256 token key;
-``CRDTSYNC_SECRET`` overrides it), ``token_algorithm`` (``HS256``, ``RS256`` or
+``[server]``: ``host``, ``port``, ``database``, ``secret`` (HS256 token key, at least
+32 bytes and no placeholder; ``CRDTSYNC_SECRET`` overrides it; with neither, the relay
+creates a random one beside its database, ``DATABASE.secret``, mode 0600, which
+``crdtsync token`` reads), ``token_algorithm`` (``HS256``, ``RS256`` or
 ``ES256``), ``token_public_key`` (PEM file, for RS256 / ES256), ``token_leeway``
 (seconds of clock skew), and limits (``max_frame_bytes``, ``max_queued_bytes``,
 ``cache_records``; against floods ``max_frames_per_second`` and ``frame_burst`` per
@@ -15,6 +17,7 @@ override the file. Relative database paths are relative to the current directory
 from __future__ import annotations
 
 import os
+import secrets
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -54,7 +57,8 @@ class RelayConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     database: str = "crdtsync.sqlite3"
-    secret: str = attrs.field(default="change-me", repr=False)
+    #: the HS256 signing key as configured (``None``: the relay's own, see :meth:`signing_secret`)
+    secret: str | None = attrs.field(default=None, repr=False)
     max_frame_bytes: int = MAX_FRAME_BYTES
     max_queued_bytes: int = 64 * 1024 * 1024
     cache_records: int = 10_000
@@ -67,10 +71,31 @@ class RelayConfig:
     schema: Schema
     policy: AccessPolicy
 
+    @property
+    def secret_path(self) -> Path | None:
+        """Where the relay keeps the secret it made itself: beside its database file
+        (``None`` for a database that is not a file)."""
+        if self.database == ":memory:" or "://" in self.database:
+            return None
+        return Path(f"{self.database}.secret")
+
+    def signing_secret(self) -> str:
+        """The HS256 key: the configured one, else the one beside the database, created
+        (random, mode 0600) the first time it is needed."""
+        if self.secret is not None:
+            return self.secret
+        path = self.secret_path
+        if path is None:
+            raise ConfigError(
+                f"[server] secret (or CRDTSYNC_SECRET) is needed: the database "
+                f"{self.database!r} is not a file the relay can keep its own secret beside"
+            )
+        return _secret_beside_database(path)
+
     def token_authority(self) -> TokenAuthority:
         """The authority that verifies this relay's tokens (and, for HS256, issues them)."""
         if self.token_algorithm == "HS256":
-            return TokenAuthority(self.secret, leeway=self.token_leeway)
+            return TokenAuthority(self.signing_secret(), leeway=self.token_leeway)
         if self.token_public_key is None:
             raise ConfigError(
                 f"[server] token_algorithm = {self.token_algorithm!r} needs token_public_key, "
@@ -135,8 +160,14 @@ class RelayConfig:
                 raise ConfigError(f"[server] {key} must be a non-negative integer")
         if settings.get("frame_burst") == 0:
             raise ConfigError("[server] frame_burst must be at least 1")
+        secret = settings.get("secret")
+        if secret is not None:
+            _check_secret(secret, "[server] secret (or CRDTSYNC_SECRET)")
+        elif settings.get("database") == ":memory:":
+            settings["secret"] = secrets.token_urlsafe(48)  # nothing to keep one beside
         config = cls(schema=schema, policy=policy, **settings)
-        config.token_authority()  # a bad algorithm or key file fails here, clearly
+        if config.token_algorithm != "HS256" or config.secret is not None:
+            config.token_authority()  # a bad algorithm, key file or secret fails here, clearly
         return config
 
     @classmethod
@@ -152,3 +183,57 @@ class RelayConfig:
             return cls.from_dict(data, **overrides)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+
+
+#: Secrets shipped in examples and docs: a relay never signs or accepts tokens with them.
+PLACEHOLDER_SECRETS = frozenset({"change-me", "changeme", "secret", "password", "placeholder"})
+MIN_SECRET_BYTES = 32
+
+
+def _check_secret(secret: str, where: str) -> None:
+    """A secret anyone could guess is refused, never used: the relay would accept tokens
+    anyone can mint, for any user, administrators included."""
+    if secret.strip().lower() in PLACEHOLDER_SECRETS:
+        raise ConfigError(
+            f"{where} is the placeholder {secret!r}: anyone could sign tokens with it. Remove "
+            "it (the relay then makes a random one beside its database) or set a long random "
+            "one"
+        )
+    if len(secret.encode("utf-8")) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"{where} is {len(secret.encode('utf-8'))} bytes: at least {MIN_SECRET_BYTES} "
+            "random bytes are needed (e.g. python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(48))'), or remove it and the relay makes one"
+        )
+
+
+def _secret_beside_database(path: Path) -> str:
+    """Read the relay's own secret, or create it: random, written to a private temporary
+    file and linked into place, so two processes starting at once end up with the same
+    one, and no one ever reads it half written."""
+    for _ in range(2):
+        try:
+            secret = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise ConfigError(f"cannot read the relay's secret {path}: {exc.strerror}") from None
+        else:
+            _check_secret(secret, f"the relay's secret {path}")
+            return secret
+        fresh = secrets.token_urlsafe(48)
+        draft = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        try:
+            fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                file.write(fresh + "\n")
+            try:
+                os.link(draft, path)
+            except FileExistsError:
+                continue  # another process made it first: read theirs
+            finally:
+                draft.unlink()
+        except OSError as exc:
+            raise ConfigError(f"cannot create the relay's secret {path}: {exc.strerror}") from None
+        return fresh
+    raise ConfigError(f"cannot read or create the relay's secret {path}")

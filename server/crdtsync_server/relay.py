@@ -295,21 +295,7 @@ class Relay:
                     code=ErrorCode.MALFORMED_FRAME,
                     message="this change id was already used; every change needs a new one",
                 ), None
-            known_record = self.storage.get_record(known.record_id)
-            update = known.update
-            if known.compacted and known_record is not None:
-                update = known_record.state  # holds the dropped update (and later ones)
-            if known_record is not None and known_record.deleted:
-                followups.append(Changes((self._gone_since(principal, known_record),)))
-                update = b""
-            elif known_record is not None and update:
-                update = self.project(principal, self._state(known_record.id, known_record), update)
-            return Ack(
-                change_id=change.change_id,
-                record_id=change.record_id,
-                version=known.seq,
-                update=update,
-            ), None
+            return self._retransmitted(principal, change, known, followups), None
         cached = self._cache.get(change.record_id)
         # Every write goes through this relay, so a cached record is the stored one.
         stored = cached.stored if cached is not None else self.storage.get_record(change.record_id)
@@ -344,6 +330,27 @@ class Relay:
             ), None
         touched_cache.append(change.record_id)
         return self._store_accepted(principal, change, stored, state, decision)
+
+    def _retransmitted(
+        self, principal: Principal, change: ChangeFrame, known: ChangeRow, followups: list[Frame]
+    ) -> Ack:
+        """The answer to a change accepted before (its verdict was lost): an ack with its
+        original version, and with what it added to the record, as far as the user may
+        read it *now*. A user who lost access since gets the ack alone; a record deleted
+        since also gets its tombstone (in ``followups``)."""
+        stored = self.storage.get_record(known.record_id)
+        update = b""
+        if stored is not None and stored.deleted:
+            followups.append(Changes((self._gone_since(principal, stored),)))
+        elif stored is not None and self.can_read(principal, self.facts(stored)):
+            # A compacted change's update is gone: the whole state holds it (and more the
+            # user may read as well).
+            update = stored.state if known.compacted else known.update
+            if update:
+                update = self.project(principal, self._state(stored.id, stored), update)
+        return Ack(
+            change_id=change.change_id, record_id=change.record_id, version=known.seq, update=update
+        )
 
     def _gone_since(self, principal: Principal, stored: StoredRecord) -> RecordChange:
         """What a replica must learn of a record deleted after its change was accepted:

@@ -1,0 +1,292 @@
+"""What a security audit of real relays on loopback found, each turned into a test: no
+one reads, rewrites or stalls what they shouldn't.
+
+S1: a retransmission (or any other answer that carries stored state) after compaction
+never returns what the user may no longer read. S2: a relay never accepts tokens signed
+with a placeholder, empty or short secret; with none configured it makes its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+import sys
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pycrdt
+import pytest
+from crdtsync_server.config import RelayConfig
+from crdtsync_server.policy import ConfigError
+from crdtsync_server.storage import RelayStorage
+from websockets.asyncio.client import connect
+
+from crdtsync.protocol import (
+    Ack,
+    ChangeFrame,
+    Error,
+    ErrorCode,
+    Hello,
+    Unresolvable,
+)
+
+from .conftest import EXAMPLE_CONFIG, RawConnection, RelayHarness, Wire
+from .relay_process import ServeProcess, free_port
+from .test_access_changes import TasksForPlannersOnly
+from .test_no_leaks import (
+    admin,
+    assert_never_sent,
+    change,
+    delta_writing,
+    push_one,
+    raw_session,
+)
+
+SECRET_NAME = "Project Kingfisher"
+SECRET_AMOUNT = Decimal("9191.9191")
+SECRETS = [SECRET_NAME, str(SECRET_AMOUNT)]
+
+
+# -- S1: retransmissions after compaction -----------------------------------------------
+
+
+def edit_delta(
+    relay: RelayHarness, record_id: str, values: dict[str, Any], client_id: int
+) -> bytes:
+    """An update writing ``values`` on top of the record as the relay holds it."""
+    assert relay.server.storage is not None
+    stored = relay.server.storage.get_record(record_id)
+    assert stored is not None
+    doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=client_id)
+    doc.apply_update(stored.state)
+    before = doc.get_state()
+    fields: pycrdt.Map[Any] = doc.get("fields", type=pycrdt.Map)
+    with doc.transaction():
+        for name, value in values.items():
+            fields[name] = value
+    return bytes(doc.get_update(before))
+
+
+async def pushed(
+    relay: RelayHarness, token: str, *changes: ChangeFrame, replica: str | None = None
+) -> list[Ack]:
+    async with raw_session(relay.url, token, replica=replica) as (raw, _backlog):
+        verdicts = [await push_one(raw, c) for c in changes]
+    assert all(isinstance(v, Ack) for v in verdicts), verdicts
+    return verdicts
+
+
+def compact_everything(relay: RelayHarness) -> int:
+    """What ``crdtsync compact --through SEQ`` does, on a second connection."""
+    storage = RelayStorage(relay.config.database)
+    try:
+        return storage.compact(storage.seq)
+    finally:
+        storage.close()
+
+
+async def write_the_secret(relay: RelayHarness, token: str, record_id: str) -> None:
+    delta = edit_delta(
+        relay,
+        record_id,
+        {"Name": SECRET_NAME, "Amount": str(SECRET_AMOUNT)},
+        client_id=int(uuid.uuid4().int % 2**50) + 1,
+    )
+    await pushed(relay, token, change(record_id, "Opportunity", "update", delta, base=2))
+
+
+async def resend_and_look_around(
+    relay: RelayHarness,
+    token: str,
+    replica: str,
+    original: ChangeFrame,
+    record_id: str,
+    object_name: str,
+) -> None:
+    """The user who lost access re-sends their old change, pushes an edit with an old
+    base, and resumes from every cursor: each answer is checked by the wire tap."""
+    async with raw_session(relay.url, token, replica=replica) as (raw, _backlog):
+        again = await push_one(raw, original)
+        assert isinstance(again, Ack) and again.update == b"", again
+        stale = edit_delta(relay, record_id, {"Name": "mine"}, client_id=424242)
+        verdict = await push_one(raw, change(record_id, object_name, "update", stale, base=1))
+        assert isinstance(verdict, Unresolvable) and verdict.reason == "forbidden", verdict
+    assert relay.server.storage is not None
+    for cursor in range(relay.server.storage.seq + 1):
+        async with raw_session(relay.url, token, cursor) as (_raw, _backlog):
+            pass
+
+
+@pytest.mark.parametrize("way", ["set_owner", "unshare"])
+async def test_a_retransmission_after_compaction_returns_nothing_the_user_lost_access_to(
+    relay: RelayHarness, wire: Wire, way: str
+) -> None:
+    account, deal = f"acc-{uuid.uuid4().hex}", f"deal-{uuid.uuid4().hex}"
+    create_account = change(account, "Account", "create", delta_writing({"Name": "Acme"}))
+    create_deal = change(
+        deal,
+        "Opportunity",
+        "create",
+        delta_writing({"Name": "Deal", "Account": account, "Stage": "Proposal"}),
+    )
+    await pushed(relay, relay.token("alice"), create_account, create_deal, replica="alice-1")
+    async with admin(relay) as root:
+        if way == "set_owner":  # alice, who created it, may no longer read it
+            await root.set_owner(deal, "bob")
+            loser, original, writer = "alice", create_deal, "bob"
+        else:  # bob edited it under a share, then the share went
+            await root.share(deal, "bob", access="edit")
+            delta = edit_delta(relay, deal, {"Stage": "Qualification"}, client_id=515151)
+            original = change(deal, "Opportunity", "update", delta, base=2)
+            await pushed(relay, relay.token("bob"), original, replica="bob-1")
+            await root.unshare(deal, "bob")
+            loser, writer = "bob", "alice"
+    await write_the_secret(relay, relay.token(writer), deal)
+    assert compact_everything(relay) > 0
+
+    replica = f"{loser}-1"
+    await resend_and_look_around(relay, relay.token(loser), replica, original, deal, "Opportunity")
+
+    assert_never_sent(wire.to(loser), secrets=SECRETS)
+
+
+async def test_a_retransmission_after_compaction_returns_nothing_of_an_object_no_role_reads_now(
+    tmp_path: Path, wire: Wire
+) -> None:
+    relay = TasksForPlannersOnly(tmp_path)
+    await relay.start()
+    try:
+        planner = relay.server.authority.issue("alice", roles=["planner"])
+        task = f"task-{uuid.uuid4().hex}"
+        create_task = change(task, "Task", "create", delta_writing({"Subject": "Plan"}))
+        await pushed(relay, planner, create_task, replica="alice-1")
+        bob_planner = relay.server.authority.issue("bob", roles=["planner"])
+        delta = edit_delta(relay, task, {"Subject": SECRET_NAME}, client_id=616161)
+        await pushed(relay, bob_planner, change(task, "Task", "update", delta, base=1))
+        assert compact_everything(relay) > 0
+
+        no_longer = relay.server.authority.issue("alice")  # the planner role taken away
+        async with raw_session(relay.url, no_longer, replica="alice-1") as (raw, _backlog):
+            again = await push_one(raw, create_task)
+            assert isinstance(again, Ack) and again.update == b"", again
+        for cursor in range(3):
+            async with raw_session(relay.url, no_longer, cursor) as (_raw, _backlog):
+                pass
+        assert_never_sent(wire.to("alice")[2:], secrets=[SECRET_NAME])  # after the first push
+    finally:
+        await relay.stop()
+
+
+async def test_a_retransmission_by_a_user_who_may_still_read_gets_the_state_after_compaction(
+    relay: RelayHarness,
+) -> None:
+    """The control: what the fix must keep working (the replica needs the dropped update)."""
+    account = f"acc-{uuid.uuid4().hex}"
+    create_account = change(account, "Account", "create", delta_writing({"Name": "Acme"}))
+    await pushed(relay, relay.token("alice"), create_account, replica="alice-1")
+    assert compact_everything(relay) == 1
+    [again] = await pushed(relay, relay.token("alice"), create_account, replica="alice-1")
+    doc: pycrdt.Doc[Any] = pycrdt.Doc()
+    doc.apply_update(again.update)
+    assert doc.get("fields", type=pycrdt.Map).to_py()["Name"] == "Acme"
+
+
+# -- S2: secrets ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", ["change-me", "secret", "", "short but not empty", "x" * 31])
+def test_a_relay_config_with_a_placeholder_or_short_secret_is_refused(
+    tmp_path: Path, secret: str
+) -> None:
+    toml = EXAMPLE_CONFIG.read_text().replace("[server]\n", f'[server]\nsecret = "{secret}"\n')
+    path = tmp_path / "app.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=r"\[server\] secret"):
+        RelayConfig.from_toml(path, database=str(tmp_path / "relay.sqlite3"))
+
+
+def test_a_short_secret_in_the_environment_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRDTSYNC_SECRET", "change-me")
+    with pytest.raises(ConfigError, match="placeholder"):
+        RelayConfig.from_toml(EXAMPLE_CONFIG, database=str(tmp_path / "relay.sqlite3"))
+
+
+def test_serve_with_a_placeholder_secret_exits_with_one_line(tmp_path: Path) -> None:
+    toml = EXAMPLE_CONFIG.read_text().replace("[server]\n", '[server]\nsecret = "change-me"\n')
+    config = tmp_path / "app.toml"
+    config.write_text(toml)
+    env = {k: v for k, v in os.environ.items() if k != "CRDTSYNC_SECRET"}
+    done = subprocess.run(
+        [sys.executable, "-m", "crdtsync", "serve", "--config", str(config), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert "placeholder 'change-me'" in line and "Traceback" not in done.stderr
+    assert not (tmp_path / "crdtsync.sqlite3").exists()
+
+
+@pytest.fixture
+def own_secret_relay(tmp_path: Path) -> Any:
+    process = ServeProcess(tmp_path / "relay.sqlite3", free_port(), secret=None)
+    process.start()
+    yield process
+    process.stop()
+
+
+async def hello_with(process: ServeProcess, token: str) -> object:
+    async with connect(process.url) as websocket:
+        raw = RawConnection(websocket)
+        await raw.send(Hello((2,), token, f"r-{uuid.uuid4().hex}"))
+        return await raw.receive()
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # on purpose
+async def test_a_relay_without_a_secret_makes_its_own_and_refuses_placeholder_tokens(
+    own_secret_relay: ServeProcess,
+) -> None:
+    secret_file = Path(f"{own_secret_relay.database}.secret")
+    mode = stat.S_IMODE(secret_file.stat().st_mode)
+    assert mode == 0o600, oct(mode)
+    secret = secret_file.read_text().strip()
+    assert len(secret) >= 32
+
+    for placeholder in ("change-me", "secret", "a" * 40):
+        forged = jwt.encode({"sub": "root", "admin": True}, placeholder, algorithm="HS256")
+        refused = await hello_with(own_secret_relay, forged)
+        assert isinstance(refused, Error) and refused.code is ErrorCode.AUTH_FAILED, refused
+
+    # The token command finds the relay's secret beside its database.
+    env = {k: v for k, v in os.environ.items() if k != "CRDTSYNC_SECRET"}
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "crdtsync", "token", "--config", str(EXAMPLE_CONFIG)),
+            *("--db", str(own_secret_relay.database), "--user", "alice"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    welcome = await hello_with(own_secret_relay, done.stdout.strip())
+    assert not isinstance(welcome, Error), welcome
+    assert getattr(welcome, "user", None) == "alice"
+
+
+async def test_two_processes_creating_the_secret_at_once_agree(tmp_path: Path) -> None:
+    config = RelayConfig.from_toml(EXAMPLE_CONFIG, database=str(tmp_path / "relay.sqlite3"))
+    secrets = await asyncio.gather(*(asyncio.to_thread(config.signing_secret) for _ in range(8)))
+    assert len(set(secrets)) == 1
+    assert list(tmp_path.iterdir()) == [tmp_path / "relay.sqlite3.secret"]  # no drafts left
