@@ -1,7 +1,7 @@
 """The schema: object types, their typed fields, constraints and custom rules.
 
 A :class:`Schema` is built in Python or read from the ``[objects.*]`` tables of the
-TOML configuration shared with the relay (SPEC §4)::
+TOML configuration shared with the relay::
 
     [objects.Account.fields]
     Name = { type = "string", required = true, max_length = 80 }

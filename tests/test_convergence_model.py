@@ -1,4 +1,4 @@
-"""A model-based (hypothesis stateful) test of SPEC §3 invariants 1 and 2 and of "no
+"""A model-based (hypothesis stateful) test of the convergence and no-zombie-ops invariants and of "no
 pending change is silently lost", in process, with the sans-I/O pair of
 ``test_sans_io_pair``: a real ``Relay`` on in-memory storage, real sessions and replicas,
 frames passed as bytes.

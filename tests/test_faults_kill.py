@@ -1,4 +1,4 @@
-"""``kill -9`` under load (SPEC §3 invariants 1, 3 and 4).
+"""``kill -9`` under load (convergence, durability, exactly once).
 
 * The relay is killed again and again while several clients keep editing; each time,
   before it restarts, every version a client holds as acknowledged is in the relay's

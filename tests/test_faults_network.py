@@ -3,7 +3,7 @@
 Connections are cut at random points (between frames and inside them), delayed,
 black-holed and replayed late from a stranded connection, while several replicas edit;
 afterwards nothing is lost, nothing is applied twice and every replica converges to the
-relay (SPEC §3: convergence, exactly once, nothing stored damaged). A replica that stops reading is
+relay (convergence, exactly once, nothing stored damaged). A replica that stops reading is
 closed with 1013 while the relay keeps serving everyone else, with bounded memory.
 """
 

@@ -1,4 +1,4 @@
-"""Fuzzing hostile input (SPEC §3 invariant 6), with hypothesis, in three layers:
+"""Fuzzing hostile input (bounded, clear failure), with hypothesis, in three layers:
 
 (a) ``protocol.decode`` on arbitrary bytes, on mutated encodings, and on every field of
     every frame type replaced by a value of every wrong msgpack type: it returns a frame

@@ -1,4 +1,4 @@
-"""Hostile input (SPEC §3 invariant 6): floods of frames and connections, and every kind
+"""Hostile input (bounded, clear failure): floods of frames and connections, and every kind
 of hostile frame, over real websockets on loopback (fixture ``relay``) where it matters,
 sans I/O (a fake clock) where timing would make a socket test flaky.
 

@@ -1,4 +1,4 @@
-"""The relay's configuration: the TOML shape of SPEC §4, plus command-line overrides.
+"""The relay's configuration: the app's TOML file, plus command-line overrides.
 
 ``[server]``: ``host``, ``port``, ``database``, ``secret`` (HS256 token key, at least
 32 bytes and no placeholder; ``CRDTSYNC_SECRET`` overrides it; with neither, the relay
