@@ -1,5 +1,5 @@
-"""A model-based (hypothesis stateful) test of the convergence and no-zombie-ops invariants and of "no
-pending change is silently lost", in process, with the sans-I/O pair of
+"""A model-based (hypothesis stateful) test of convergence, of "no zombie ops" and of
+"no pending change is silently lost", in process, with the sans-I/O pair of
 ``test_sans_io_pair``: a real ``Relay`` on in-memory storage, real sessions and replicas,
 frames passed as bytes.
 
