@@ -94,6 +94,12 @@ class RecordDoc:
                 values[name] = decoded
         return values, problems
 
+    def track_changes(self) -> ChangeTracker:
+        """Start recording which keys of the ``fields`` map any transaction changes from
+        now on (an entry set or deleted, or the content of a text under it edited), as
+        yrs reports it: what an update *did*, whatever its bytes claim."""
+        return ChangeTracker(self._fields)
+
     def stored_value(self, name: str) -> Any:
         """The raw value of a field as the map holds it (``str`` for a text)."""
         stored = self._fields.get(name)
@@ -158,6 +164,38 @@ class RecordDoc:
     def copy(self, *, client_id: int | None = None) -> RecordDoc:
         """An independent document with the same content."""
         return RecordDoc.from_update(self.spec, self.full_update(), client_id=client_id)
+
+
+class ChangeTracker:
+    """The keys of a ``fields`` map changed since the last :meth:`take` (see
+    :meth:`RecordDoc.track_changes`).
+
+    It subscribes to yrs's own deep events (``Map.integrated``): pycrdt's wrapper turns
+    every event into Python objects, old and new values included, some 15 µs per
+    transaction on the relay's hot path; the raw events cost about 1.5 µs. Subscribing is
+    dearer than observing, so a tracker stays for the document's life."""
+
+    __slots__ = ("_changed", "_subscription")
+
+    def __init__(self, fields: pycrdt.Map[Any]) -> None:
+        self._changed: set[str] = set()
+        changed = self._changed
+
+        def observe(events: list[Any]) -> None:
+            for event in events:
+                path = event.path
+                if path:  # inside a shared value under a key: the key changed
+                    changed.add(str(path[0]))
+                else:
+                    changed.update(event.keys)
+
+        self._subscription = fields.integrated.observe_deep(observe)
+
+    def take(self) -> set[str]:
+        """The keys changed since the last call (and forget them)."""
+        changed = set(self._changed)
+        self._changed.clear()
+        return changed
 
 
 def _has_value(field_type: FieldType, decoded: object) -> bool:

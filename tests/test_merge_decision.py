@@ -44,6 +44,8 @@ from crdtsync.protocol import (
 from crdtsync.record import RecordDoc
 from crdtsync.yupdate import parse_update
 
+from .test_yupdate import vu
+
 EXAMPLE_CONFIG = Path(__file__).parent.parent / "server/example/app.toml"
 SCHEMA = Schema.from_toml(EXAMPLE_CONFIG)
 POLICY = RelayConfig.from_toml(EXAMPLE_CONFIG).policy
@@ -609,6 +611,32 @@ def test_delta_without_its_dependencies_is_missing_dependencies_and_leaves_doc_c
     assert h.values(account)["Description"] == "Hello draft two"
 
 
+def test_re_sending_operations_the_record_has_is_invalid_update(h: Harness, alice: Replica) -> None:
+    """yrs keeps only the part of such a struct past what it has, re-attached to the item
+    before it: not the write the update encodes. Nothing honest re-sends."""
+    created = alice.create("Account", "acc-9", {"Name": "Acme", "Industry": "Technology"})
+    assert isinstance(alice.push(created), Ack)
+    third = alice.edit("acc-9", {"Industry": "Retail"})
+    again = attrs.evolve(third, delta=bytes(pycrdt.merge_updates(created.delta, third.delta)))
+
+    refused = expect_rejected(h.decide(ALICE, again), ErrorCode.INVALID_UPDATE)
+
+    assert "re-sends operations the record already has" in refused.verdict.message
+    assert not refused.dirty
+
+
+def with_skip_first(update: bytes, skip: int, start: int) -> bytes:
+    """``update`` (one client's structs, from ``start + skip``) preceded by a Skip struct
+    of ``skip`` clocks, so that it starts at ``start``: a gap inside the update."""
+    parsed = parse_update(update)
+    [client] = parsed.clients()
+    spans = [s.byte_span for s in parsed.structs]
+    assert all(span is not None for span in spans) and parsed.delete_set_at is not None
+    body = b"".join(update[a:b] for a, b in spans)  # type: ignore[misc]
+    head = vu(1) + vu(len(spans) + 1) + vu(client) + vu(start)
+    return head + bytes([10]) + vu(skip) + body + update[parsed.delete_set_at :]
+
+
 def test_gap_found_only_when_applying_is_missing_dependencies_with_dirty_doc(
     h: Harness, alice: Replica
 ) -> None:
@@ -616,9 +644,10 @@ def test_gap_found_only_when_applying_is_missing_dependencies_with_dirty_doc(
     assert isinstance(alice.push(created), Ack)
     second = alice.edit("acc-9", {"Website": "acme.test"})
     third = alice.edit("acc-9", {"Industry": "Retail"})
-    # Resending the create with the third edit (skipping the second) names only known
-    # origins, so the gap shows only once pycrdt holds the third edit as pending.
-    gapped = attrs.evolve(third, delta=bytes(pycrdt.merge_updates(created.delta, third.delta)))
+    # The third edit after a Skip over the second: the update starts where the record
+    # ends, so the gap shows only once pycrdt holds the third edit as pending.
+    [(start, end)] = parse_update(second.delta).client_ranges().values()
+    gapped = attrs.evolve(third, delta=with_skip_first(third.delta, end - start, start))
     state = h.state("acc-9")
     assert state is not None
 

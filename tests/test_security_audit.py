@@ -21,6 +21,7 @@ from typing import Any
 import jwt
 import pycrdt
 import pytest
+from crdtsync_server import merge
 from crdtsync_server.config import RelayConfig
 from crdtsync_server.policy import ConfigError
 from crdtsync_server.storage import RelayStorage
@@ -32,8 +33,10 @@ from crdtsync.protocol import (
     Error,
     ErrorCode,
     Hello,
+    Rejected,
     Unresolvable,
 )
+from crdtsync.record import RecordDoc
 
 from .conftest import EXAMPLE_CONFIG, RawConnection, RelayHarness, Wire
 from .relay_process import ServeProcess, free_port
@@ -46,6 +49,7 @@ from .test_no_leaks import (
     push_one,
     raw_session,
 )
+from .test_yupdate import one_client, root_item, vs, vu
 
 SECRET_NAME = "Project Kingfisher"
 SECRET_AMOUNT = Decimal("9191.9191")
@@ -290,3 +294,66 @@ async def test_two_processes_creating_the_secret_at_once_agree(tmp_path: Path) -
     secrets = await asyncio.gather(*(asyncio.to_thread(config.signing_secret) for _ in range(8)))
     assert len(set(secrets)) == 1
     assert list(tmp_path.iterdir()) == [tmp_path / "relay.sqlite3.secret"]  # no drafts left
+
+
+# -- S9: judged by effect, not by the parser's prediction ------------------------------
+
+BOB_CLIENT = 2**53 - 2  #: above the relay's own (random 53-bit) id: its Owner write loses to bob's
+
+
+async def owner_smuggle(relay: RelayHarness) -> tuple[str, ChangeFrame]:
+    """bob creates an Account writing Name (clock 0) then Owner = bob (clock 1); an
+    administrator gives it to alice. Returns it and bob's smuggling update: one struct
+    from clock 1 (known), two values long, keyed Name. The parser sees a write of Name;
+    yrs keeps only the unknown second value, re-attached after bob's Owner item: a write
+    of Owner = "bob"."""
+    account = f"acc-{uuid.uuid4().hex}"
+    doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=BOB_CLIENT)
+    fields: pycrdt.Map[Any] = doc.get("fields", type=pycrdt.Map)
+    with doc.transaction():
+        fields["Name"] = "Bob's"
+        fields["Owner"] = "bob"
+    create = change(account, "Account", "create", bytes(doc.get_update()))
+    await pushed(relay, relay.token("bob"), create, replica="bob-1")
+    async with admin(relay) as root:
+        await root.set_owner(account, "alice")
+    content = vu(2) + b"\x77" + vs("x") + b"\x77" + vs("bob")  # ContentAny ["x", "bob"]
+    delta = one_client(BOB_CLIENT, 1, [root_item(8, content, root="fields", key="Name")])
+    return account, change(account, "Account", "update", delta, base=2)
+
+
+def stored_owner(relay: RelayHarness, record_id: str) -> object:
+    assert relay.server.storage is not None
+    stored = relay.server.storage.get_record(record_id)
+    assert stored is not None
+    spec = relay.config.schema.objects["Account"]
+    return RecordDoc.from_update(spec, stored.state).read().get("Owner")
+
+
+async def test_a_struct_re_sending_known_clocks_cannot_smuggle_a_write_of_the_owner(
+    relay: RelayHarness,
+) -> None:
+    account, smuggle = await owner_smuggle(relay)
+    async with raw_session(relay.url, relay.token("bob"), replica="bob-1") as (raw, _backlog):
+        verdict = await push_one(raw, smuggle)
+    assert isinstance(verdict, Rejected) and verdict.code is ErrorCode.INVALID_UPDATE, verdict
+    assert "re-sends operations the record already has" in verdict.message
+    await relay.stop()
+    await relay.start()  # what is stored, not what a cache holds
+    assert stored_owner(relay, account) == "alice"
+
+
+async def test_a_field_changed_by_the_apply_but_not_named_by_the_update_is_refused(
+    relay: RelayHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second line of defence alone: with the overlap check out of the way, the
+    change the apply made to Owner, which the update does not name, is refused."""
+    monkeypatch.setattr(merge, "_known_operations_resent", lambda ranges, index: None)
+    account, smuggle = await owner_smuggle(relay)
+    async with raw_session(relay.url, relay.token("bob"), replica="bob-1") as (raw, _backlog):
+        verdict = await push_one(raw, smuggle)
+    assert isinstance(verdict, Rejected) and verdict.code is ErrorCode.INVALID_UPDATE, verdict
+    assert "changed fields its operations do not name: Owner" in verdict.message
+    await relay.stop()
+    await relay.start()
+    assert stored_owner(relay, account) == "alice"

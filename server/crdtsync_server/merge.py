@@ -44,7 +44,7 @@ from crdtsync.protocol import (
     WireConflict,
     WireFieldError,
 )
-from crdtsync.record import RecordDoc
+from crdtsync.record import ChangeTracker, RecordDoc
 from crdtsync.schema import ObjectSpec, Schema
 from crdtsync.yupdate import ParsedUpdate, UpdateDecodeError, parse_update
 
@@ -82,6 +82,13 @@ class RecordState:
     #: the document's decoded values and undecodable fields, kept in step with it
     values: dict[str, Any] = attrs.field(factory=dict)
     problems: dict[str, str] = attrs.field(factory=dict)
+    #: what each transaction on ``doc`` changed (an update is judged by its effect)
+    changes: ChangeTracker | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.changes is None:
+            self.changes = self.doc.track_changes()
+
     shares: dict[str, int] | None = None  #: manual shares, loaded on first use
     #: field -> replica -> (version, user) of that replica's last write to it (lazy)
     writes: dict[str, dict[str | None, tuple[int, str | None]]] | None = None
@@ -360,6 +367,10 @@ def _merge(
                 ErrorCode.FORGED_CLIENT_ID, f"CRDT client id {client} belongs to another replica"
             )
     ranges = parsed.client_ranges()
+    index = state.index if state is not None else ItemIndex()
+    overlap = _known_operations_resent(ranges, index)
+    if overlap is not None:
+        return rejected(ErrorCode.INVALID_UPDATE, overlap)
     for client, (start, end) in ranges.items():
         earlier = context.refused_by(change.record_id, client, start, end)
         if earlier is not None and earlier != change.change_id:
@@ -368,7 +379,6 @@ def _merge(
                 f"the update carries operations the relay refused in change {earlier}; "
                 "rebuild the record from the relay's version",
             )
-    index = state.index if state is not None else ItemIndex()
     delta = change.delta
     hidden = hidden_now | principal.once_hidden.get(change.object, frozenset())
     if hidden and state is not None:
@@ -431,6 +441,9 @@ def _merge(
         )
 
     doc = state.doc if state is not None else RecordDoc(spec, client_id=relay_client_id)
+    if state is not None:
+        assert state.changes is not None
+        state.changes.take()  # forget what earlier transactions (the relay's own) did
     try:
         doc.apply(delta)
     except BaseException as exc:
@@ -446,6 +459,17 @@ def _merge(
                 dirty=True,
             )
 
+    if state is not None:
+        # Judged by effect: every field the apply changed, as yrs reports it, must be
+        # one the update names (and so one it was allowed to write, checked above).
+        assert state.changes is not None
+        unnamed = sorted(state.changes.take() - anatomy.fields)
+        if unnamed:
+            return rejected(
+                ErrorCode.INVALID_UPDATE,
+                f"the update changed fields its operations do not name: {', '.join(unnamed)}",
+                dirty=True,
+            )
     if state is None:
         values, decode_problems = doc.read_checked()
     else:  # only the touched fields changed: read those, keep the rest
@@ -527,6 +551,21 @@ def _merge(
         doc=doc,
         problems=decode_problems,
     )
+
+
+def _known_operations_resent(ranges: Mapping[int, tuple[int, int]], index: ItemIndex) -> str | None:
+    """Why the update re-sends clocks the record already holds, if it does: yrs would keep
+    only the part of such a struct past what it has, re-attached to the item before it,
+    which is not the write the update encodes. Nothing honest re-sends."""
+    for client, (start, _end) in ranges.items():
+        known = index.end_clock(client)
+        if start < known:
+            return (
+                f"the update re-sends operations the record already has (CRDT client "
+                f"{client} from clock {start}; the record has it up to {known - 1}): send "
+                "only operations past the record's state vector"
+            )
+    return None
 
 
 def _written_value_errors(anatomy: Anatomy, spec: ObjectSpec) -> list[FieldError]:
