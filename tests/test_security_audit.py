@@ -357,3 +357,43 @@ async def test_a_field_changed_by_the_apply_but_not_named_by_the_update_is_refus
     await relay.stop()
     await relay.start()
     assert stored_owner(relay, account) == "alice"
+
+
+# -- S10: content a record is never made of -------------------------------------------
+
+#: (name, content ref, content bytes) of each Yjs content type a record does not use
+FOREIGN_CONTENT = [
+    ("json", 2, vu(0) + vs('"x"')),  # yrs reads count + 1 strings
+    ("binary", 3, vs(b"\x00\x01")),
+    ("embed", 5, vs('{"a": 1}')),
+    ("format", 6, vs("bold") + vs("true")),
+    ("doc", 9, vs("guid-1") + b"\x76\x00"),  # options: an empty any map
+    ("type-map", 7, b"\x01"),  # a Y.Map where a plain value belongs
+    ("type-array", 7, b"\x00"),
+    ("type-xml-text", 7, b"\x06"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "ref", "content"), FOREIGN_CONTENT, ids=[c[0] for c in FOREIGN_CONTENT]
+)
+async def test_content_a_record_never_holds_is_refused_and_the_record_still_loads(
+    relay: RelayHarness, name: str, ref: int, content: bytes
+) -> None:
+    account = f"acc-{uuid.uuid4().hex}"
+    create = change(account, "Account", "create", delta_writing({"Name": "Acme"}))
+    await pushed(relay, relay.token("bob"), create, replica="bob-1")
+    client = 888_001
+    delta = one_client(client, 0, [root_item(ref, content, root="fields", key="Website")])
+    async with raw_session(relay.url, relay.token("bob"), replica="bob-1") as (raw, _backlog):
+        verdict = await push_one(raw, change(account, "Account", "update", delta, base=1))
+    assert isinstance(verdict, Rejected) and verdict.code is ErrorCode.INVALID_UPDATE, verdict
+    assert "not part of a record" in verdict.message
+
+    await relay.stop()
+    await relay.start()  # the stored state loads, and takes a plain edit
+    good = edit_delta(relay, account, {"Website": "acme.example"}, client_id=client + 1)
+    [ack] = await pushed(
+        relay, relay.token("bob"), change(account, "Account", "update", good, base=1)
+    )
+    assert ack.version == 2

@@ -48,7 +48,7 @@ from crdtsync.record import ChangeTracker, RecordDoc
 from crdtsync.schema import ObjectSpec, Schema
 from crdtsync.yupdate import ParsedUpdate, UpdateDecodeError, parse_update
 
-from .anatomy import TEXT, Anatomy, ItemIndex, SharedType
+from .anatomy import TEXT, TEXT_TYPE_REF, Anatomy, ItemIndex, SharedType
 from .policy import Action, Policy, Principal, RecordFacts
 from .storage import ChangeRow, StoredRecord
 
@@ -367,6 +367,9 @@ def _merge(
                 ErrorCode.FORGED_CLIENT_ID, f"CRDT client id {client} belongs to another replica"
             )
     ranges = parsed.client_ranges()
+    foreign = _foreign_content(parsed)
+    if foreign is not None:
+        return rejected(ErrorCode.INVALID_UPDATE, foreign)
     index = state.index if state is not None else ItemIndex()
     overlap = _known_operations_resent(ranges, index)
     if overlap is not None:
@@ -551,6 +554,31 @@ def _merge(
         doc=doc,
         problems=decode_problems,
     )
+
+
+#: The Yjs content a record is made of: ``any`` values in the ``fields`` map, a ``type``
+#: (a Y.Text) per text field, ``string`` characters inside it, and ``deleted`` content.
+#: JSON (legacy, and re-encoded by yrs unreadably: the record would no longer load),
+#: binary, embed, format and subdocument content are not.
+RECORD_CONTENT = frozenset({"any", "type", "string", "deleted"})
+
+
+def _foreign_content(parsed: ParsedUpdate) -> str | None:
+    """Why the update holds content a record never does, if it does."""
+    for struct in parsed.structs:
+        if struct.kind != "item":
+            continue
+        if struct.content not in RECORD_CONTENT:
+            return (
+                f"{struct.content} content (CRDT client {struct.client}, clock {struct.clock}) "
+                "is not part of a record: fields hold plain values or a Y.Text of characters"
+            )
+        if struct.content == "type" and struct.type_ref != TEXT_TYPE_REF:
+            return (
+                f"a shared type other than Y.Text (type ref {struct.type_ref}; CRDT client "
+                f"{struct.client}, clock {struct.clock}) is not part of a record"
+            )
+    return None
 
 
 def _known_operations_resent(ranges: Mapping[int, tuple[int, int]], index: ItemIndex) -> str | None:
