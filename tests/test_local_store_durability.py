@@ -135,6 +135,11 @@ def test_pending_changes_survive_kill_9_of_the_client_process(
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
+    # What it printed before the kill and this test had not read yet was confirmed too.
+    for rest in process.stdout.read().splitlines():
+        line = rest.split()
+        if len(line) == 3:  # not a line the kill cut short
+            confirmed.append((int(line[1]), line[2]))
 
     client = Client(store=store_path, schema=schema)
     assert client.replica.store.integrity_check() == "ok"
