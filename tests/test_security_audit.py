@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -39,7 +41,7 @@ from crdtsync.protocol import (
 from crdtsync.record import RecordDoc
 
 from .conftest import EXAMPLE_CONFIG, RawConnection, RelayHarness, Wire
-from .relay_process import ServeProcess, free_port
+from .relay_process import SECRET, ServeProcess, free_port
 from .test_access_changes import TasksForPlannersOnly
 from .test_no_leaks import (
     admin,
@@ -397,3 +399,56 @@ async def test_content_a_record_never_holds_is_refused_and_the_record_still_load
         relay, relay.token("bob"), change(account, "Account", "update", good, base=1)
     )
     assert ack.version == 2
+
+
+# -- S5: one relay per database -----------------------------------------------------------
+
+
+def serve_once(database: Path, port: int) -> subprocess.CompletedProcess[str]:
+    """``crdtsync serve`` that is expected to stop at once."""
+    env = {**os.environ, "CRDTSYNC_SECRET": SECRET}
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "crdtsync", "serve", "--config", str(EXAMPLE_CONFIG)),
+            *("--db", str(database), "--port", str(port)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+async def test_a_second_relay_on_a_database_in_use_exits_at_once_naming_it(
+    tmp_path: Path,
+) -> None:
+    first = ServeProcess(tmp_path / "relay.sqlite3", free_port())
+    first.start()
+    try:
+        second = serve_once(first.database, free_port())
+        assert second.returncode == 2
+        [line] = second.stderr.splitlines()
+        assert line.startswith("crdtsync: error: ") and str(first.database) in line
+        assert "in use by another relay" in line and "Traceback" not in second.stderr
+        async with first.client("alice", tmp_path / "alice.sqlite3") as alice:
+            alice.create("Account", {"Name": "Still served"})
+            await alice.sync(timeout=10)  # the first relay carries on
+        assert first.process is not None
+        first.process.send_signal(signal.SIGKILL)  # the OS drops the lock with the process
+        first.process.wait()
+        first.start()
+        assert first.get("/healthz") == (200, "ok\n")
+    finally:
+        first.stop()
+
+
+def test_a_relay_that_cannot_listen_leaves_no_database_behind(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        database = tmp_path / "never.sqlite3"
+        result = serve_once(database, taken.getsockname()[1])
+    assert result.returncode == 2
+    assert "cannot listen on" in result.stderr and "Traceback" not in result.stderr
+    assert not database.exists()
+    assert not Path(f"{database}-wal").exists()

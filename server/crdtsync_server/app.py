@@ -19,6 +19,7 @@ import logging
 import signal
 import time
 from http import HTTPStatus
+from pathlib import Path
 from types import TracebackType
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -26,10 +27,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from crdtsync.sqlite_meta import LockedError, OwnerLock
+
 from .config import RelayConfig
 from .relay import Relay
 from .session import RelaySession
-from .storage import RelayStorage
+from .storage import RelayStorage, StorageError
 
 log = logging.getLogger("crdtsync.server")
 
@@ -47,6 +50,7 @@ class RelayServer:
         self.relay: Relay | None = None
         self._server: Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._lock: OwnerLock | None = None
         #: websockets admitted (upgrade accepted) and not yet finished
         self._admitted: set[ServerConnection] = set()
 
@@ -72,21 +76,43 @@ class RelayServer:
         await self.close()
 
     async def start(self) -> None:
-        self.storage = RelayStorage(self.config.database)
-        self.relay = Relay(
-            schema=self.config.schema,
-            policy=self.config.policy,
-            storage=self.storage,
-            cache_records=self.config.cache_records,
-        )
-        self._server = await serve(
-            self._handle,
-            self.config.host,
-            self.config.port,
-            process_request=self._http,
-            max_size=self.config.max_frame_bytes,
-            compression=None,
-        )
+        """Take the database (one relay per database, held by an OS lock the process
+        keeps until it stops or dies), open it, and listen. If listening fails, a
+        database this start created is removed again."""
+        database = self.config.database
+        existed = database == ":memory:" or Path(database).exists()
+        if database != ":memory:":
+            try:
+                self._lock = OwnerLock(database)
+            except LockedError:
+                raise StorageError(
+                    f"{database} is in use by another relay: one relay process per database "
+                    "(stop the other, or give this one another --db)"
+                ) from None
+            except OSError as exc:
+                raise StorageError(f"{database}: cannot open it: {exc.strerror}") from None
+        try:
+            self.storage = RelayStorage(database)
+            self.relay = Relay(
+                schema=self.config.schema,
+                policy=self.config.policy,
+                storage=self.storage,
+                cache_records=self.config.cache_records,
+            )
+            self._server = await serve(
+                self._handle,
+                self.config.host,
+                self.config.port,
+                process_request=self._http,
+                max_size=self.config.max_frame_bytes,
+                compression=None,
+            )
+        except BaseException:
+            await self.close()
+            if not existed:  # leave nothing behind: no empty database
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    Path(database + suffix).unlink(missing_ok=True)
+            raise
         log.info("relay listening on %s (database %s)", self.url, self.config.database)
 
     async def close(self) -> None:
@@ -98,6 +124,9 @@ class RelayServer:
         if self.storage is not None:
             self.storage.close()
             self.storage = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     async def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT, then shut down gracefully."""
