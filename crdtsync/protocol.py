@@ -128,6 +128,16 @@ def _str(value: object, where: str) -> str:
     return value
 
 
+def _shown(value: object) -> str:
+    """A peer's value as an error message may show it: a string quoted and cut short,
+    anything else by its type only (never the repr of data nested without bound)."""
+    if isinstance(value, str):
+        return repr(value[:40] + "…") if len(value) > 40 else repr(value)
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
 def _non_negative(value: int, where: str) -> int:
     if value < 0:
         raise _malformed(where, f"must not be negative, got {value}")
@@ -264,7 +274,9 @@ class ChangeFrame:
                 raise _malformed(f"{where}.{name}", "must be 1 to 128 characters")
         kind = _get(data, "kind", str, where)
         if kind not in ("create", "update", "delete"):
-            raise _malformed(f"{where}.kind", f"must be create, update or delete, got {kind!r}")
+            raise _malformed(
+                f"{where}.kind", f"must be create, update or delete, got {_shown(kind)}"
+            )
         bases = _get(data, "bases", dict, where, optional=True, default={})
         for name, base in bases.items():
             if not isinstance(name, str) or isinstance(base, bool) or not isinstance(base, int):
@@ -575,7 +587,9 @@ class Unresolvable:
     def from_wire(cls, data: Mapping[str, Any], where: str) -> Unresolvable:
         reason = _get(data, "reason", str, where)
         if reason not in ("deleted", "forbidden"):
-            raise _malformed(f"{where}.reason", f"must be deleted or forbidden, got {reason!r}")
+            raise _malformed(
+                f"{where}.reason", f"must be deleted or forbidden, got {_shown(reason)}"
+            )
         return cls(
             change_id=_get(data, "id", str, where),
             record_id=_get(data, "record", str, where),
@@ -627,7 +641,7 @@ def _verdict(value: object, where: str) -> Verdict:
     data = _map(value, where)
     kind = _get(data, "verdict", str, where)
     if kind not in _VERDICTS:
-        raise _malformed(f"{where}.verdict", f"unknown verdict {kind!r}")
+        raise _malformed(f"{where}.verdict", f"unknown verdict {_shown(kind)}")
     verdict: Verdict = _VERDICTS[kind].from_wire(data, where)
     return verdict
 
@@ -750,7 +764,7 @@ class Admin:
             raise _malformed("admin.action", f"must be one of {', '.join(ADMIN_ACTIONS)}")
         access = _get(data, "access", str, "admin", optional=True)
         if access is not None and access not in ("read", "edit"):
-            raise _malformed("admin.access", f"must be read or edit, got {access!r}")
+            raise _malformed("admin.access", f"must be read or edit, got {_shown(access)}")
         return cls(
             request_id=_get(data, "id", str, "admin"),
             action=action,
@@ -857,6 +871,8 @@ def decode(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
     frame_type = payload.get("type")
     cls = FRAME_TYPES.get(frame_type) if isinstance(frame_type, str) else None
     if cls is None:
-        raise ProtocolError(ErrorCode.UNKNOWN_FRAME_TYPE, f"unknown frame type {frame_type!r}")
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_FRAME_TYPE, f"unknown frame type {_shown(frame_type)}"
+        )
     frame: Frame = cls.from_wire(payload)
     return frame

@@ -416,6 +416,10 @@ def _parse(buf: bytes, max_structs: int) -> ParsedUpdate:
                 pos += 1
                 if length & 0x80:
                     length, pos = tail(buf, pos, length)
+                if length == 0:
+                    # pycrdt panics on a zero-length GC (a division by zero); neither Yjs
+                    # nor yrs ever writes one.
+                    raise UpdateDecodeError("a gc/skip struct of length 0", start)
                 if clock + length > MAX_CLOCK:
                     raise UpdateDecodeError("struct end clock exceeds 32 bits", start)
                 append(
@@ -607,6 +611,10 @@ def _parse(buf: bytes, max_structs: int) -> ParsedUpdate:
                 for _ in range(length):
                     pos = read_str(buf, pos, "json string")[1]
 
+            if length == 0:
+                # An item that takes no clock: Yjs never writes one, and yrs would take it
+                # as something else than what it says (a write of nothing, yet a new version).
+                raise UpdateDecodeError(f"an item of length 0 ({_CONTENT[ref]} content)", start)
             if clock + length > MAX_CLOCK:
                 raise UpdateDecodeError("struct end clock exceeds 32 bits", start)
             append(

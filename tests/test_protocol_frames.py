@@ -414,11 +414,31 @@ def test_missing_type_is_an_unknown_frame_type() -> None:
     assert error.message == "unknown frame type None"
 
 
-@pytest.mark.parametrize("frame_type", ["bogus", "Hello", "", 1, b"hello", ["hello"]])
-def test_unknown_frame_type(frame_type: object) -> None:
+@pytest.mark.parametrize(
+    ("frame_type", "shown"),
+    [
+        ("bogus", "'bogus'"),
+        ("Hello", "'Hello'"),
+        ("", "''"),
+        (1, "1"),
+        (b"hello", "a bytes"),
+        (["hello"], "a list"),
+        ("h" * 100, repr("h" * 40 + "…")),
+    ],
+)
+def test_unknown_frame_type(frame_type: object, shown: str) -> None:
     error = decode_error(pack({"type": frame_type, "cursor": 1}))
     assert error.code is ErrorCode.UNKNOWN_FRAME_TYPE
-    assert repr(frame_type) in error.message
+    assert error.message == f"unknown frame type {shown}"
+
+
+def test_a_type_nested_a_thousand_deep_is_an_unknown_frame_type_not_a_recursion_error() -> None:
+    nested: object = "hello"
+    for _ in range(1000):
+        nested = [nested]
+    error = decode_error(pack({"type": nested}))
+    assert error.code is ErrorCode.UNKNOWN_FRAME_TYPE
+    assert error.message == "unknown frame type a list"
 
 
 def test_text_instead_of_bytes_is_malformed() -> None:

@@ -9,6 +9,7 @@ with a placeholder, empty or short secret; with none configured it makes its own
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import msgpack
 import pycrdt
 import pytest
 from crdtsync_server import merge
@@ -452,3 +454,57 @@ def test_a_relay_that_cannot_listen_leaves_no_database_behind(tmp_path: Path) ->
     assert "cannot listen on" in result.stderr and "Traceback" not in result.stderr
     assert not database.exists()
     assert not Path(f"{database}-wal").exists()
+
+
+# -- S11: attacker data is never shown unbounded ------------------------------------------
+
+
+async def test_a_first_frame_with_a_deeply_nested_type_gets_a_clear_error_and_harms_nothing(
+    relay: RelayHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    nested: object = "hello"
+    for _ in range(1000):
+        nested = [nested]
+    async with connect(relay.url) as websocket:
+        raw = RawConnection(websocket)
+        await raw.send(msgpack.packb({"type": nested}))
+        error = await raw.receive()
+        assert isinstance(error, Error) and error.fatal, error
+        assert (error.code, error.message) == (
+            ErrorCode.UNKNOWN_FRAME_TYPE,
+            "unknown frame type a list",
+        )
+        await websocket.wait_closed()
+        assert websocket.close_code == 1002
+    [ack] = await pushed(
+        relay,
+        relay.token("bob"),
+        change("acc-after", "Account", "create", delta_writing({"Name": "A"})),
+    )
+    assert ack.version == 1  # the relay carries on
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# -- S12: zero-length structs ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "struct",
+    [root_item(4, vs(""), root="fields", key="Name"), b"\x00" + vu(0)],
+    ids=["empty-item", "empty-gc"],
+)
+async def test_a_zero_length_struct_is_refused_and_binds_no_client_id(
+    relay: RelayHarness, struct: bytes
+) -> None:
+    account = f"acc-{uuid.uuid4().hex}"
+    create = change(account, "Account", "create", delta_writing({"Name": "Acme"}))
+    await pushed(relay, relay.token("bob"), create, replica="bob-1")
+    stranger = 999_001
+    delta = one_client(stranger, 0, [struct])
+    async with raw_session(relay.url, relay.token("bob"), replica="bob-1") as (raw, _backlog):
+        verdict = await push_one(raw, change(account, "Account", "update", delta, base=1))
+    assert isinstance(verdict, Rejected) and verdict.code is ErrorCode.INVALID_UPDATE, verdict
+    assert "of length 0" in verdict.message
+    assert relay.server.storage is not None
+    assert relay.server.storage.client_id_owner(stranger) is None
+    assert relay.server.storage.get_record(account).version == 1  # type: ignore[union-attr]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from typing import Any
 
 import pycrdt
@@ -488,14 +489,23 @@ def test_crafted_content_end_clock_matches_pycrdt(label: str, content: bytes) ->
     assert end_clocks(parsed) == pycrdt_state_after_applying(update)
 
 
-def test_zero_length_item_is_accepted_and_covers_no_clock() -> None:
-    # yrs drops empty items (old yrs versions produced them) without advancing the clock.
-    update = one_client(7, 0, [root_item(4, vs(""), root="t"), TRUE_ENTRY])
-
-    parsed = parse_update(update)
-
-    assert [(s.clock, s.length) for s in parsed.structs] == [(0, 0), (0, 1)]
-    assert end_clocks(parsed) == pycrdt_state_after_applying(update) == {7: 1}
+@pytest.mark.parametrize(
+    ("struct", "message"),
+    [
+        (root_item(4, vs(""), root="t"), "an item of length 0 (string content)"),
+        (root_item(8, vu(0), root="t", key="k"), "an item of length 0 (any content)"),
+        (root_item(1, vu(0), root="t", key="k"), "an item of length 0 (deleted content)"),
+        (b"\x00" + vu(0), "a gc/skip struct of length 0"),  # pycrdt panics on it
+        (b"\x0a" + vu(0), "a gc/skip struct of length 0"),
+    ],
+    ids=["string", "any", "deleted", "gc", "skip"],
+)
+def test_a_struct_of_length_zero_is_refused(struct: bytes, message: str) -> None:
+    """Yjs never writes one; yrs would take it as something else than it says (an empty
+    item that binds a client id and makes a new version, or a panic)."""
+    update = one_client(7, 0, [struct, TRUE_ENTRY])
+    with pytest.raises(UpdateDecodeError, match=re.escape(message)):
+        parse_update(update)
 
 
 # --------------------------------------------------------------------------- malformed input
