@@ -35,7 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     app.add_argument("--user", required=True, help="whose app it is")
     app.add_argument("--config", help="the app's TOML configuration (default: the example CRM)")
     app.add_argument("--url", help="the relay (default: ws://[server] host:port)")
-    app.add_argument("--token", help="the user's token (default: signed with the relay's secret)")
+    app.add_argument(
+        "--token",
+        help="the user's token (visible to other local users in the process list: prefer "
+        "--token-file or CRDTSYNC_TOKEN; default: signed with the relay's secret)",
+    )
+    app.add_argument("--token-file", help="read the user's token from this file")
     app.add_argument("--db", help="the relay's database, beside which its secret is kept")
     app.add_argument("--store", help="local SQLite store (default: crdtsync-app-USER.sqlite3)")
     app.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free)")
@@ -276,6 +281,7 @@ async def _demo_apps() -> None:
 
 
 async def _app(args: argparse.Namespace) -> None:
+    import os
     from pathlib import Path
 
     from crdtsync_server.config import RelayConfig
@@ -286,7 +292,16 @@ async def _app(args: argparse.Namespace) -> None:
 
     config_path = Path(args.config) if args.config else example_config()
     config = RelayConfig.from_toml(config_path, database=args.db)
-    token = args.token
+    token = args.token or os.environ.get("CRDTSYNC_TOKEN") or None
+    if args.token_file is not None:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read --token-file {args.token_file}: {exc.strerror}"
+            ) from None
+        if not token:
+            raise ConfigError(f"--token-file {args.token_file} is empty")
     if token is None:
         if config.token_algorithm != "HS256":
             raise ConfigError(

@@ -84,6 +84,19 @@ def open_format(
     return found
 
 
+def create_private(path: str) -> None:
+    """Create the database file ``path``, empty and readable by its owner only, unless it
+    exists (SQLite gives its ``-wal`` and ``-shm`` files the same mode): what it holds
+    (records, pending changes, the relay's log) is nobody else's business on the host."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
 class LockedError(Exception):
     """Another open store (in this process or another) holds the database's lock."""
 

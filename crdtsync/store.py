@@ -32,6 +32,7 @@ from .sqlite_meta import (
     FormatError,
     LockedError,
     OwnerLock,
+    create_private,
     get_meta,
     open_format,
     pack,
@@ -222,6 +223,7 @@ class LocalStore:
                 raise StoreError(f"{path}: cannot open the store: {exc.strerror}") from None
         db: sqlite3.Connection | None = None
         try:
+            create_private(path)
             db = self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             db.row_factory = sqlite3.Row
             if path != ":memory:":
@@ -242,6 +244,8 @@ class LocalStore:
                 ) from None
             if isinstance(exc, sqlite3.DatabaseError):
                 raise StoreError(f"{path}: not a crdtsync store ({exc})") from None
+            if isinstance(exc, OSError):
+                raise StoreError(f"{path}: cannot create the store: {exc.strerror}") from None
             raise
 
     def close(self) -> None:

@@ -176,3 +176,69 @@ def test_app_serves_one_user_with_no_relay_and_keeps_its_store(tmp_path: object)
     assert result.returncode == 0, result.stderr
     assert store.exists()
     assert "Traceback" not in result.stdout + result.stderr
+
+
+async def test_app_takes_its_token_from_a_file_never_the_command_line(relay: object) -> None:
+    import asyncio
+    import signal
+    from pathlib import Path
+
+    from .conftest import RelayHarness
+
+    assert isinstance(relay, RelayHarness)
+    token_file = Path(relay.tmp_path) / "carol.token"
+    token_file.write_text(relay.token("carol") + "\n")
+    args = ["app", "--user", "carol", "--url", relay.url, "--token-file", str(token_file)]
+    args += ["--store", str(Path(relay.tmp_path) / "carol.sqlite3")]
+    process, urls = await asyncio.to_thread(serve_until_urls, args, 1)
+    try:
+        assert len(urls) == 1
+        assert str(token_file) in " ".join(process.args)  # type: ignore[arg-type]
+        assert relay.token("carol") not in " ".join(process.args)  # type: ignore[arg-type]
+        for _ in range(100):  # the app connects with the token it read
+            home = await asyncio.to_thread(page, urls[0] + "o/Account")
+            if 'data-state="online"' in home:
+                break
+            await asyncio.sleep(0.1)
+        assert 'data-user="carol"' in home and 'data-state="online"' in home
+    finally:
+        result = await asyncio.to_thread(stop, process, signal.SIGTERM)
+    assert result.returncode == 0, result.stderr
+
+
+def test_app_with_an_empty_or_missing_token_file_is_one_clear_error(tmp_path: object) -> None:
+    from pathlib import Path
+
+    empty = Path(str(tmp_path)) / "empty.token"
+    empty.write_text("\n")
+    for path, message in ((empty, "is empty"), (empty.with_name("none"), "cannot read")):
+        result = run(
+            "app", "--user", "carol", "--token-file", str(path), "--url", "ws://127.0.0.1:9"
+        )
+        assert result.returncode == 2
+        [line] = result.stderr.splitlines()
+        assert line.startswith("crdtsync: error: --token-file") or message in line
+        assert message in line and "Traceback" not in result.stderr
+
+
+def test_stores_and_relay_databases_are_readable_by_their_owner_only(tmp_path: object) -> None:
+    import stat
+    from pathlib import Path
+
+    from crdtsync_server.storage import RelayStorage
+
+    from crdtsync import Client, Schema
+
+    from .conftest import EXAMPLE_CONFIG
+
+    directory = Path(str(tmp_path))
+    client = Client(store=str(directory / "a.sqlite3"), schema=Schema.from_toml(EXAMPLE_CONFIG))
+    client.create("Account", {"Name": "Private"})
+    storage = RelayStorage(str(directory / "relay.sqlite3"))
+    with storage.transaction():
+        storage.set_meta("touched", 1)
+    for name in ("a.sqlite3", "a.sqlite3-wal", "relay.sqlite3", "relay.sqlite3-wal"):
+        mode = stat.S_IMODE((directory / name).stat().st_mode)
+        assert mode == 0o600, (name, oct(mode))
+    client.close()
+    storage.close()

@@ -143,3 +143,37 @@ async def test_sync_now_reports_an_unreachable_relay_as_a_message(
         result = await receive(websocket, "result")
         assert result["id"] == 1 and not result["ok"]
         assert result["message"].startswith("Could not sync with ws://")
+
+
+def raw_headers(url: str, headers: dict[str, str] | None = None) -> dict[str, str]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return dict(error.headers)
+
+
+@pytest.mark.parametrize("path", ["o/Account", "static/app.js", "healthz", "no/such/page"])
+async def test_no_answer_of_the_app_may_be_framed_by_another_page(
+    app: AppServer, path: str
+) -> None:
+    headers = await asyncio.to_thread(raw_headers, app.url + path)
+    assert headers["X-Frame-Options"] == "DENY"
+    policy = headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy
+    assert "script-src 'self'" in policy and "default-src 'self'" in policy
+    assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_a_doubled_host_header_is_a_bad_request_not_a_traceback(
+    app: AppServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    host = f"127.0.0.1:{app.port}"
+    writer.write(f"GET /pending HTTP/1.1\r\nHost: {host}\r\nHost: {host}\r\n\r\n".encode())
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 400"), status_line
+    assert not [r for r in caplog.records if r.levelno >= 40]  # nothing logged as an error

@@ -120,14 +120,38 @@ class AppServer:
         return hosts, {f"http://{host}" for host in hosts}
 
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        response = self._respond(connection, request)
+        if response is not None:  # every answer refuses to be framed (clickjacking)
+            for name, value in self._security_headers().items():
+                _set_header(response, name, value)
+        return response
+
+    def _security_headers(self) -> dict[str, str]:
+        hosts, _origins = self._origins()
+        sockets = " ".join(f"ws://{host}" for host in sorted(hosts))
+        return {
+            "X-Frame-Options": "DENY",
+            "Content-Security-Policy": (
+                "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                f"connect-src 'self' {sockets}; frame-ancestors 'none'; base-uri 'none'; "
+                "form-action 'self'; object-src 'none'"
+            ),
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+        }
+
+    def _respond(self, connection: ServerConnection, request: Request) -> Response | None:
         hosts, origins = self._origins()
-        if request.headers.get("Host") not in hosts:
+        host = _single(request, "Host")
+        if host is None:
+            return connection.respond(400, "crdtsync app: one Host header, please\n")
+        if host not in hosts:
             return connection.respond(403, "crdtsync app: unexpected Host header\n")
         path = request.path.split("?", 1)[0]
         if path == "/live":
-            if request.headers.get("Upgrade", "").lower() != "websocket":
+            if (_single(request, "Upgrade") or "").lower() != "websocket":
                 return connection.respond(400, "crdtsync app: /live is a websocket\n")
-            if request.headers.get("Origin") not in origins:
+            if _single(request, "Origin") not in origins:
                 return connection.respond(403, "crdtsync app: /live only for the app's pages\n")
             return None  # the websocket handshake goes on
         if path == "/healthz":
@@ -278,6 +302,12 @@ def _html(connection: ServerConnection, page: Page) -> Response:
     if page.location is not None:
         _set_header(response, "Location", page.location)
     return response
+
+
+def _single(request: Request, name: str) -> str | None:
+    """The request's one value of header ``name`` (``None``: absent, or given twice)."""
+    values = request.headers.get_all(name)
+    return values[0] if len(values) == 1 else None
 
 
 def _set_header(response: Response, name: str, value: str) -> None:

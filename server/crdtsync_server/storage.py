@@ -34,6 +34,7 @@ from crdtsync.sqlite_meta import (
     META_TABLE,
     FormatError,
     Migration,
+    create_private,
     get_meta,
     open_format,
     pack,
@@ -198,6 +199,7 @@ class RelayStorage:
     def __init__(self, path: str) -> None:
         self.path = path
         try:
+            create_private(path)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.row_factory = sqlite3.Row
             if path != ":memory:":
@@ -211,6 +213,8 @@ class RelayStorage:
             raise StorageError(f"{path}: not a crdtsync relay database: {exc}") from None
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"{path}: not a crdtsync relay database ({exc})") from None
+        except OSError as exc:
+            raise StorageError(f"{path}: cannot create the database: {exc.strerror}") from None
         self._seq: int = self.get_meta("seq", 0)
         # Caches of rows that never change once committed (cleared on a rollback).
         self._refused_records: set[str] | None = None  # records with refused ops (lazy)
