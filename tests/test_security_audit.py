@@ -21,6 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import attrs
 import jwt
 import msgpack
 import pycrdt
@@ -34,6 +35,7 @@ from websockets.asyncio.client import connect
 from crdtsync.protocol import (
     Ack,
     ChangeFrame,
+    Conflict,
     Error,
     ErrorCode,
     Hello,
@@ -508,3 +510,48 @@ async def test_a_zero_length_struct_is_refused_and_binds_no_client_id(
     assert relay.server.storage is not None
     assert relay.server.storage.client_id_owner(stranger) is None
     assert relay.server.storage.get_record(account).version == 1  # type: ignore[union-attr]
+
+
+# -- S7: a conflict shows nothing from before the user could read the record ----------------
+
+
+async def test_a_conflict_never_shows_a_value_from_before_the_user_gained_access(
+    relay: RelayHarness, wire: Wire
+) -> None:
+    account, deal = f"acc-{uuid.uuid4().hex}", f"deal-{uuid.uuid4().hex}"
+    secret_then = "1111.11"
+    await pushed(
+        relay,
+        relay.token("alice"),
+        change(account, "Account", "create", delta_writing({"Name": "Acme"})),
+        change(
+            deal,
+            "Opportunity",
+            "create",
+            delta_writing(
+                {"Name": "Deal", "Account": account, "Stage": "Proposal", "Amount": secret_then}
+            ),
+        ),
+        replica="alice-1",
+    )  # versions 1, 2
+    async with admin(relay) as root:
+        amount_2 = edit_delta(relay, deal, {"Amount": "2222.22"}, client_id=121212)
+        await pushed(
+            relay, relay.token("alice"), change(deal, "Opportunity", "update", amount_2, base=2)
+        )
+        await root.share(deal, "bob", access="edit")  # version 4: bob may read from here
+    amount_3 = edit_delta(relay, deal, {"Amount": "3333.33"}, client_id=131313)
+    await pushed(
+        relay, relay.token("alice"), change(deal, "Opportunity", "update", amount_3, base=4)
+    )
+
+    mine = edit_delta(relay, deal, {"Amount": "4444.44"}, client_id=141414)
+    claim = attrs.evolve(
+        change(deal, "Opportunity", "update", mine, base=1), field_bases={"Amount": 1}
+    )  # bob claims a base from before the share
+    async with raw_session(relay.url, relay.token("bob"), replica="bob-1") as (raw, _backlog):
+        verdict = await push_one(raw, claim)
+    assert isinstance(verdict, Conflict), verdict
+    [amount] = verdict.conflicts
+    assert (amount.field, amount.base, amount.theirs) == ("Amount", "2222.22", "3333.33")
+    assert_never_sent(wire.to("bob"), secrets=[secret_then])

@@ -66,6 +66,7 @@ class MergeContext(Protocol):
     def change_fields(self, record_id: str, after: int = 0) -> list[ChangeRow]: ...
     def field_value_at(self, record_id: str, field: str, version: int) -> Any: ...
     def state_at(self, record_id: str, version: int) -> bytes | None: ...
+    def access_gained_at(self, record_id: str, user: str) -> int: ...
     def unique_holder(self, object_name: str, field: str, value: Any) -> str | None: ...
     def live_record_exists(self, object_name: str, record_id: str) -> bool: ...
     def client_id_owner(self, client_id: int) -> str | None: ...
@@ -296,15 +297,16 @@ def _delete(
     if not since:
         return Accepted(kind="delete", fields={}, values={}, update=b"")
     changed = sorted({name for c in since for name in c.fields if name in spec.fields})
+    shown = _revealable(change.base_version, change, principal, context)
     texts_then = None
     if any(spec.fields[name].type is FieldType.TEXT for name in changed):
         # The log keeps no text values: the base text comes from the logged updates.
-        then = context.state_at(change.record_id, change.base_version)
+        then = context.state_at(change.record_id, shown)
         texts_then = RecordDoc.from_update(spec, then) if then is not None else None
 
     def base(name: str) -> Any:
         if spec.fields[name].type is not FieldType.TEXT:
-            return state.value_at(context, name, change.base_version)
+            return state.value_at(context, name, shown)
         if texts_then is None:
             return None  # compacted away: unknown
         return texts_then.stored_value(name) or None
@@ -699,13 +701,24 @@ def _concurrent_edits(
         conflicts.append(
             WireConflict(
                 field=name,
-                base=state.value_at(context, name, bases[name]),
+                base=state.value_at(
+                    context, name, _revealable(bases[name], change, principal, context)
+                ),
                 mine=field_type.encode(_decoded(field_type, mine)),
                 theirs=field_type.encode(_decoded(field_type, theirs)),
                 changed_by=theirs_changes[-1][1],
             )
         )
     return tuple(conflicts)
+
+
+def _revealable(
+    version: int, change: ChangeFrame, principal: Principal, context: MergeContext
+) -> int:
+    """The version whose values a conflict may show for a base of ``version``: a base is
+    the client's claim, so never one before the user last gained access to the record
+    (they were sent the record whole then; what it held before is not theirs to see)."""
+    return max(version, context.access_gained_at(change.record_id, principal.user))
 
 
 def _canonical_stored(field_type: FieldType, value: Any) -> Any:

@@ -508,6 +508,15 @@ class RelayStorage:
             (seq, record_id, user, int(gained)),
         )
 
+    def access_gained_at(self, record_id: str, user: str) -> int:
+        """The version at which ``user`` last gained read access to the record through an
+        administrator's action (a share, an owner change); 0 if none is logged."""
+        row = self._db.execute(
+            "SELECT MAX(seq) FROM access_log WHERE record_id = ? AND user = ? AND gained = 1",
+            (record_id, user),
+        ).fetchone()
+        return int(row[0] or 0)
+
     def access_events(self, user: str, after: int) -> dict[str, bool]:
         """``{record_id: gained}``: the last access change of each record for ``user``
         after version ``after``."""
