@@ -29,6 +29,9 @@ import msgpack
 PROTOCOL_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
 MAX_FRAME_BYTES = 4 * 1024 * 1024  #: what a relay accepts from a replica
+#: changes a relay decides in one push frame (the relay does one frame at a time, so this
+#: bounds how long one connection keeps the others waiting)
+MAX_CHANGES_PER_FRAME = 500
 MAX_RELAY_FRAME_BYTES = 64 * 1024 * 1024  #: what a replica accepts from the relay
 
 
@@ -190,6 +193,8 @@ class Welcome:
     readable: tuple[str, ...] | None = None
     #: the largest message the relay reads from a replica (``None``: not said, version 1)
     max_frame_bytes: int | None = None
+    #: the most changes it takes in one push frame (``None``: not said, version 1)
+    max_changes_per_frame: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         wire = {
@@ -203,6 +208,8 @@ class Welcome:
             wire["readable"] = list(self.readable)
         if self.max_frame_bytes is not None:
             wire["max_frame_bytes"] = self.max_frame_bytes
+        if self.max_changes_per_frame is not None:
+            wire["max_changes_per_frame"] = self.max_changes_per_frame
         return wire
 
     @classmethod
@@ -213,6 +220,9 @@ class Welcome:
         limit = _get(data, "max_frame_bytes", int, "welcome", optional=True)
         if limit is not None and limit < 1024:
             raise _malformed("welcome.max_frame_bytes", f"must be at least 1024, got {limit}")
+        changes = _get(data, "max_changes_per_frame", int, "welcome", optional=True)
+        if changes is not None and changes < 1:
+            raise _malformed("welcome.max_changes_per_frame", f"must be at least 1, got {changes}")
         return cls(
             _get(data, "version", int, "welcome"),
             _get(data, "user", str, "welcome"),
@@ -220,6 +230,7 @@ class Welcome:
             _get(data, "schema", dict, "welcome"),
             readable,
             limit,
+            changes,
         )
 
 
@@ -320,10 +331,13 @@ class PushPlan:
 _PUSH_HEAD = msgpack.packb({"type": "push", "changes": []}, use_bin_type=True)[:-1]
 
 
-def plan_pushes(changes: Sequence[ChangeFrame], max_bytes: int) -> PushPlan:
-    """Lay ``changes`` out, in order, in as few ``push`` frames as fit ``max_bytes``
-    each once encoded (what the relay announces in ``welcome.max_frame_bytes``). A
-    change that does not fit even alone is returned in ``too_large``, not sent."""
+def plan_pushes(
+    changes: Sequence[ChangeFrame], max_bytes: int, max_changes: int = MAX_CHANGES_PER_FRAME
+) -> PushPlan:
+    """Lay ``changes`` out, in order, in as few ``push`` frames as fit ``max_bytes`` each
+    once encoded and hold at most ``max_changes`` (what the relay announces in
+    ``welcome.max_frame_bytes`` and ``welcome.max_changes_per_frame``). A change that does
+    not fit even alone is returned in ``too_large``, not sent."""
     frames: list[tuple[bytes, tuple[ChangeFrame, ...]]] = []
     too_large: list[tuple[ChangeFrame, int]] = []
     items: list[bytes] = []
@@ -344,7 +358,8 @@ def plan_pushes(changes: Sequence[ChangeFrame], max_bytes: int) -> PushPlan:
         if alone > max_bytes:
             too_large.append((change, alone))
             continue
-        if items and size + len(item) + len(_PUSH_HEAD) + _ARRAY_HEADER_MAX > max_bytes:
+        full = len(items) >= max_changes
+        if items and (full or size + len(item) + len(_PUSH_HEAD) + _ARRAY_HEADER_MAX > max_bytes):
             close_frame()
         items.append(item)
         carried.append(change)

@@ -33,6 +33,7 @@ from .events import Event, SyncFinished, SyncProgress, SyncStarted
 from .exceptions import FieldError
 from .model import FieldConflict, Problem, UnresolvableReason
 from .protocol import (
+    MAX_CHANGES_PER_FRAME,
     MAX_FRAME_BYTES,
     MAX_RELAY_FRAME_BYTES,
     SUPPORTED_VERSIONS,
@@ -105,6 +106,7 @@ class SyncSession:
         self._tally: SyncTally | None = None
         self.version = 1  #: the protocol version the relay chose (from ``welcome``)
         self.max_frame_bytes = MAX_FRAME_BYTES  #: the relay's limit for our messages
+        self.max_changes_per_frame = MAX_CHANGES_PER_FRAME  #: and for changes per push
         self.flushed: set[str] = set()  #: flush requests the relay has answered
         self._send(Hello(SUPPORTED_VERSIONS, token, replica.replica_id))
 
@@ -158,7 +160,7 @@ class SyncSession:
             )
             for change in outgoing
         ]
-        plan = plan_pushes(changes, self.max_frame_bytes)
+        plan = plan_pushes(changes, self.max_frame_bytes, self.max_changes_per_frame)
         for change, size in plan.too_large:
             self.replica.apply_unsendable(change.change_id, size=size, limit=self.max_frame_bytes)
             self._tally.done += 1
@@ -238,6 +240,8 @@ class SyncSession:
         self.version = welcome.version
         if welcome.max_frame_bytes is not None:
             self.max_frame_bytes = welcome.max_frame_bytes
+        if welcome.max_changes_per_frame is not None:
+            self.max_changes_per_frame = welcome.max_changes_per_frame
         if self.replica.store.get_meta("server_id") != welcome.server_id:
             # Another relay (or a relay whose database was replaced): start over.
             self.replica.reset_cursor(welcome.server_id)

@@ -150,8 +150,8 @@ def test_token_bucket_passes_a_burst_then_the_rate_and_closes_a_sustained_flood(
 def test_frames_over_the_rate_are_dropped_with_a_non_fatal_error_and_the_session_recovers() -> None:
     world = SansIoRelay(rate=2.0, burst=4)
     session = world.session("mallory")  # the handshake took 2 of the 4 frames
-    session.receive(encode(Subscribe(("Task",), 0)))
-    session.receive(encode(Subscribe(("Task",), 0)))
+    session.receive(encode(Subscribe((), 0)))
+    session.receive(encode(Subscribe((), 0)))
     session.receive(encode(Push((create_change("r-dropped", account_delta(51, "Dropped")),))))
     frames = world.drain(session)  # the subscribes' backlogs are produced lazily
     [error] = [f for f in frames if isinstance(f, Error)]
@@ -176,7 +176,7 @@ def test_a_sustained_flood_gets_a_fatal_rate_limited_and_close_1008_others_unaff
     bystander = world.session("alice")
     sent = 0
     while flooder.close_code is None:
-        flooder.receive(encode(Subscribe(("Task",), 0)))
+        flooder.receive(encode(Subscribe((), 0)))
         sent += 1
         world.clock.now += 0.01  # 100 frames per second against a limit of 5
         assert sent < 100, "the flood was never ended"
@@ -188,7 +188,7 @@ def test_a_sustained_flood_gets_a_fatal_rate_limited_and_close_1008_others_unaff
     assert flooder.close_code == CLOSE_POLICY_VIOLATION == 1008
     assert flooder.close_reason.startswith("rate limit")
     assert flooder.state is SessionState.CLOSING
-    flooder.receive(encode(Subscribe(("Task",), 0)))  # after the fatal error: ignored
+    flooder.receive(encode(Subscribe((), 0)))  # after the fatal error: ignored
     assert world.drain(flooder) == []
 
     bystander.receive(encode(Push((create_change("r-ok", account_delta(52, "Fine")),))))
@@ -305,7 +305,7 @@ async def test_frame_flood_is_rate_limited_then_closed_with_1008_while_others_sy
         websocket = await connect(relay.url)
         raw = RawConnection(websocket)
         await raw.handshake(relay.token("mallory"), replica="flooder")
-        flood = encode(Subscribe(("Task",), 0))
+        flood = encode(Subscribe((), 0))
         with contextlib.suppress(ConnectionClosed):
             for _ in range(500):
                 await websocket.send(flood)
@@ -337,7 +337,7 @@ async def test_a_short_burst_over_the_rate_is_refused_but_the_connection_carries
             raw = RawConnection(websocket)
             await raw.handshake(relay.token("mallory"), replica="bursty")  # 2 of 6
             for _ in range(6):
-                await raw.send(Subscribe(("Task",), 0))
+                await raw.send(Subscribe((), 0))
             answers = [await raw.receive() for _ in range(6)]
             refused = [a for a in answers if isinstance(a, Error)]
             assert refused, answers

@@ -854,7 +854,14 @@ def test_planned_pushes_fit_the_limit_keep_the_order_and_leave_out_only_what_can
 
 
 def test_a_push_of_many_changes_is_one_frame_when_it_fits() -> None:
-    changes = [_change(n, 10) for n in range(70_000 // 100)]  # past 16 and 2**4 items
-    plan = plan_pushes(changes, 4 * 1024 * 1024)
+    changes = [_change(n, 10) for n in range(700)]  # past 16 and 2**4 items
+    plan = plan_pushes(changes, 4 * 1024 * 1024, max_changes=1000)
     [(data, carried)] = plan.frames
     assert carried == tuple(changes) and data == encode(Push(tuple(changes)))
+
+
+def test_pushes_hold_at_most_the_changes_the_relay_takes_per_frame() -> None:
+    changes = [_change(n, 10) for n in range(1201)]
+    plan = plan_pushes(changes, 4 * 1024 * 1024)  # MAX_CHANGES_PER_FRAME: 500
+    assert [len(carried) for _data, carried in plan.frames] == [500, 500, 201]
+    assert [c for _data, carried in plan.frames for c in carried] == changes

@@ -26,6 +26,7 @@ from crdtsync_server.storage import RelayStorage
 
 from crdtsync.model import FieldConflict, Status
 from crdtsync.protocol import (
+    MAX_CHANGES_PER_FRAME,
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
@@ -247,6 +248,7 @@ def test_handshake_reaches_ready_and_the_client_adopts_the_relay_schema(world: W
         view.to_wire(),
         ALL_OBJECTS,  # alice's roles may read every object
         MAX_FRAME_BYTES,  # the largest message the relay reads
+        MAX_CHANGES_PER_FRAME,  # and the most changes it takes in one push
     )
     assert caught_up == CaughtUp(0)
     # The relay's schema was adopted before subscribing: every object is subscribed,

@@ -27,11 +27,13 @@ import msgpack
 import pycrdt
 import pytest
 from crdtsync_server import merge
+from crdtsync_server import relay as relay_module
 from crdtsync_server.config import RelayConfig
 from crdtsync_server.policy import ConfigError
 from crdtsync_server.storage import RelayStorage
 from websockets.asyncio.client import connect
 
+from crdtsync import Status
 from crdtsync.protocol import (
     Ack,
     ChangeFrame,
@@ -39,8 +41,11 @@ from crdtsync.protocol import (
     Error,
     ErrorCode,
     Hello,
+    Push,
     Rejected,
+    Subscribe,
     Unresolvable,
+    encode,
 )
 from crdtsync.record import RecordDoc
 
@@ -555,3 +560,123 @@ async def test_a_conflict_never_shows_a_value_from_before_the_user_gained_access
     [amount] = verdict.conflicts
     assert (amount.field, amount.base, amount.theirs) == ("Amount", "2222.22", "3333.33")
     assert_never_sent(wire.to("bob"), secrets=[secret_then])
+
+
+# -- S3: no one connection holds up the others ------------------------------------------
+
+
+async def canary(url: str, token: str, stop: asyncio.Event) -> list[float]:
+    """Push a small edit every 50 ms until ``stop``; return each ack's latency (s)."""
+    latencies: list[float] = []
+    loop = asyncio.get_running_loop()
+    async with raw_session(url, token, replica="canary-1") as (raw, _backlog):
+        record = f"acc-canary-{uuid.uuid4().hex}"
+        doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=565656)
+        fields: pycrdt.Map[Any] = doc.get("fields", type=pycrdt.Map)
+        fields["Name"] = "Canary"
+        await push_one(raw, change(record, "Account", "create", bytes(doc.get_update())))
+        version = 1
+        n = 0
+        while not stop.is_set():
+            before = doc.get_state()
+            fields["Employees"] = n
+            n += 1
+            edit = change(record, "Account", "update", bytes(doc.get_update(before)), base=version)
+            started = loop.time()
+            verdict = await push_one(raw, edit)
+            latencies.append(loop.time() - started)
+            assert isinstance(verdict, Ack), verdict
+            await asyncio.sleep(0.05)
+    return latencies
+
+
+def tiny_creates(count: int) -> Push:
+    delta = delta_writing({"Name": "x"}, client_id=7_000)  # one client's first op, per record
+    return Push(tuple(change(f"r{n}", "Account", "create", delta) for n in range(count)))
+
+
+async def test_a_huge_push_and_a_subscribe_flood_do_not_hold_up_another_client(
+    tmp_path: Path,
+) -> None:
+    served = ServeProcess(tmp_path / "relay.sqlite3", free_port())
+    served.start()
+    try:
+        frame = encode(tiny_creates(33_000))  # built before the clock starts
+        assert 3_000_000 < len(frame) < 4 * 1024 * 1024  # under the size limit
+        stop = asyncio.Event()
+        watch = asyncio.create_task(canary(served.url, served.token("carol"), stop))
+        await asyncio.sleep(0.3)
+        # mallory never reads most answers: no waiting on a close handshake behind them
+        async with connect(served.url, max_size=None, close_timeout=0.2) as websocket:
+            raw = RawConnection(websocket)
+            await raw.handshake(served.token("mallory"), replica="mallory-1")
+            await raw.send(frame)
+            refused = await raw.receive(timeout=10)
+            assert isinstance(refused, Error) and refused.code is ErrorCode.FRAME_TOO_LARGE
+            assert "at most 500 per frame" in refused.message
+            for _ in range(300):  # each subscribe would list every record again
+                await raw.send(Subscribe(("Account", "Contact", "Opportunity", "Task"), 0))
+            answers = await raw.receive_until(Error, timeout=10)
+            assert "still catching up" in answers[-1].message  # type: ignore[attr-defined]
+        await asyncio.sleep(0.5)
+        stop.set()
+        latencies = await watch
+        assert len(latencies) >= 5
+        assert max(latencies) < 1.0, latencies  # loosely: nobody waited seconds
+    finally:
+        served.stop()
+
+
+# -- S4: no record can keep a new device from loading ---------------------------------------
+
+
+async def test_a_record_cannot_grow_past_its_cap_and_a_new_device_loads_everything(
+    tmp_path: Path,
+) -> None:
+    relay = RelayHarness(tmp_path, max_record_bytes=64 * 1024)
+    await relay.start()
+    try:
+        alice = relay.client("alice")
+        async with alice:
+            other = alice.create("Account", {"Name": "Unrelated"})
+            poison = alice.create("Account", {"Name": "Growing", "Description": ""})
+            await alice.sync()
+            text = ""
+            while True:
+                text += "lorem ipsum dolor sit amet " * 800  # ~21 KB more each time
+                alice.update(poison, {"Description": text})
+                await alice.sync()
+                if alice.pending():
+                    break
+                assert len(text) < 200_000, "the cap never applied"
+            [change_] = alice.pending()
+            assert change_.status is Status.CONFLICT and change_.problem is not None
+            [error] = change_.problem.errors
+            assert "more than the 65,536 a record may hold" in error.message
+            alice.dismiss(poison)
+        bob = relay.client("bob")  # a new device
+        async with bob:
+            await bob.sync()
+            assert {r.id for r in bob.records("Account")} == {other, poison}
+            kept = bob.get(poison)
+            assert kept is not None and len(kept.fields["Description"]) < len(text)
+    finally:
+        await relay.stop()
+
+
+async def test_a_record_too_large_to_send_is_left_out_and_the_rest_arrives(
+    relay: RelayHarness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record stored before records had a cap (here: one over a lowered frame bound)."""
+    monkeypatch.setattr(relay_module, "BACKLOG_MAX_FRAME_BYTES", 50_000)
+    alice = relay.client("alice")
+    async with alice:
+        big = alice.create("Account", {"Name": "Big", "Description": "x" * 60_000})
+        small = [alice.create("Account", {"Name": f"Small {n}"}) for n in range(3)]
+        await alice.sync()
+    bob = relay.client("bob")
+    async with bob:
+        await bob.sync()
+        assert bob.online
+        assert {r.id for r in bob.records("Account")} == set(small)
+    assert any(big in r.getMessage() and "too large" in r.getMessage() for r in caplog.records)

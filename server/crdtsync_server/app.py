@@ -98,6 +98,7 @@ class RelayServer:
                 policy=self.config.policy,
                 storage=self.storage,
                 cache_records=self.config.cache_records,
+                max_record_bytes=self.config.max_record_bytes,
             )
             self._server = await serve(
                 self._handle,
@@ -192,6 +193,7 @@ class RelayServer:
             self.relay,
             self.authority,
             max_frame_bytes=self.config.max_frame_bytes,
+            max_changes_per_frame=self.config.max_changes_per_frame,
             max_queued_bytes=self.config.max_queued_bytes,
             max_frames_per_second=self.config.max_frames_per_second,
             frame_burst=self.config.frame_burst,

@@ -26,11 +26,11 @@ from typing import Any
 import attrs
 
 from crdtsync.exceptions import SchemaError
-from crdtsync.protocol import MAX_FRAME_BYTES
+from crdtsync.protocol import MAX_CHANGES_PER_FRAME, MAX_FRAME_BYTES
 from crdtsync.schema import Schema
 
 from .auth import TokenAuthority
-from .limits import FRAME_BURST, MAX_CONNECTIONS, MAX_FRAMES_PER_SECOND
+from .limits import FRAME_BURST, MAX_CONNECTIONS, MAX_FRAMES_PER_SECOND, MAX_RECORD_BYTES
 from .policy import AccessPolicy, ConfigError
 
 _SERVER_KEYS = frozenset(
@@ -40,6 +40,8 @@ _SERVER_KEYS = frozenset(
         "database",
         "secret",
         "max_frame_bytes",
+        "max_changes_per_frame",
+        "max_record_bytes",
         "max_queued_bytes",
         "cache_records",
         "token_algorithm",
@@ -60,6 +62,8 @@ class RelayConfig:
     #: the HS256 signing key as configured (``None``: the relay's own, see :meth:`signing_secret`)
     secret: str | None = attrs.field(default=None, repr=False)
     max_frame_bytes: int = MAX_FRAME_BYTES
+    max_changes_per_frame: int = MAX_CHANGES_PER_FRAME  #: changes decided in one push frame
+    max_record_bytes: int = MAX_RECORD_BYTES  #: a record's whole CRDT state, at most
     max_queued_bytes: int = 64 * 1024 * 1024
     cache_records: int = 10_000
     max_frames_per_second: float = MAX_FRAMES_PER_SECOND  #: per connection; 0: no limit
@@ -148,6 +152,8 @@ class RelayConfig:
         for key in (
             "port",
             "max_frame_bytes",
+            "max_changes_per_frame",
+            "max_record_bytes",
             "max_queued_bytes",
             "cache_records",
             "frame_burst",
@@ -160,6 +166,10 @@ class RelayConfig:
                 raise ConfigError(f"[server] {key} must be a non-negative integer")
         if settings.get("frame_burst") == 0:
             raise ConfigError("[server] frame_burst must be at least 1")
+        if settings.get("max_changes_per_frame") == 0:
+            raise ConfigError("[server] max_changes_per_frame must be at least 1")
+        if settings.get("max_record_bytes") == 0:
+            raise ConfigError("[server] max_record_bytes must be at least 1")
         secret = settings.get("secret")
         if secret is not None:
             _check_secret(secret, "[server] secret (or CRDTSYNC_SECRET)")

@@ -22,6 +22,10 @@ import attrs
 MAX_FRAMES_PER_SECOND = 500.0  #: ``[server] max_frames_per_second``: the bucket's refill rate
 FRAME_BURST = 1000  #: ``[server] frame_burst``: the bucket's size (frames at once)
 MAX_CONNECTIONS = 1000  #: ``[server] max_connections``: open websockets, per relay
+#: ``[server] max_record_bytes``: a record's whole CRDT state at most, so that a record
+#: always fits a message to a replica (whose limit is 64 MiB), and one user cannot grow
+#: a record until no new device can load it
+MAX_RECORD_BYTES = 16 * 1024 * 1024
 SUSTAINED_GAP = 1.0  #: seconds without a refused frame that forgive the earlier ones
 
 

@@ -49,6 +49,7 @@ from crdtsync.schema import ObjectSpec, Schema
 from crdtsync.yupdate import ParsedUpdate, UpdateDecodeError, parse_update
 
 from .anatomy import TEXT, TEXT_TYPE_REF, Anatomy, ItemIndex, SharedType
+from .limits import MAX_RECORD_BYTES
 from .policy import Action, Policy, Principal, RecordFacts
 from .storage import ChangeRow, StoredRecord
 
@@ -151,6 +152,7 @@ class Accepted:
     relay_update: bytes = b""
     parsed: ParsedUpdate | None = None
     doc: RecordDoc | None = None  #: the merged document (a new one for a create)
+    state: bytes = b""  #: ``doc``'s whole state (what the relay stores)
     problems: Mapping[str, str] = attrs.field(factory=dict)  #: undecodable fields (none)
 
 
@@ -184,12 +186,14 @@ def decide(
     context: MergeContext,
     relay_client_id: int,
     facts: RecordFacts | None = None,
+    max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> Decision:
     """Decide what to do with ``change`` to the record in ``state`` (None: unknown).
 
     ``facts`` (owner, shares) is what the record's access depends on; ``schema`` is the
     full schema: the principal's view of it (hidden fields left out, read-only ones
-    marked) comes from ``policy``.
+    marked) comes from ``policy``. A record whose whole state would outgrow
+    ``max_record_bytes`` is a validation conflict.
     """
 
     def rejected(code: ErrorCode, message: str, *, dirty: bool = False) -> Refused:
@@ -229,6 +233,7 @@ def decide(
             context=context,
             relay_client_id=relay_client_id,
             hidden_now=policy.hidden_fields(principal, change.object),
+            max_record_bytes=max_record_bytes,
         )
     if state is None:
         return rejected(ErrorCode.UNKNOWN_RECORD, f"no record {change.record_id}")
@@ -265,6 +270,7 @@ def decide(
         context=context,
         relay_client_id=relay_client_id,
         hidden_now=policy.hidden_fields(principal, change.object),
+        max_record_bytes=max_record_bytes,
     )
 
 
@@ -345,6 +351,7 @@ def _merge(
     context: MergeContext,
     relay_client_id: int,
     hidden_now: frozenset[str] = frozenset(),
+    max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> Decision:
     creating = state is None
 
@@ -539,6 +546,26 @@ def _merge(
             dirty=True,
             refused_ops=parsed,
         )
+    whole = doc.full_update()
+    if len(whole) > max_record_bytes:
+        version = state.stored.version if state is not None else 0
+        return Refused(
+            Conflict(
+                change_id=change.change_id,
+                record_id=change.record_id,
+                version=version,
+                update=state.stored.state if state is not None else b"",
+                errors=(
+                    WireFieldError(
+                        field="",
+                        message=f"the record would be {len(whole):,} bytes, more than the "
+                        f"{max_record_bytes:,} a record may hold: make it smaller",
+                    ),
+                ),
+            ),
+            dirty=True,
+            refused_ops=parsed,
+        )
     fields = {
         name: None
         if spec.fields[name].type is FieldType.TEXT
@@ -554,6 +581,7 @@ def _merge(
         relay_update=relay_update,
         parsed=parsed,
         doc=doc,
+        state=whole,
         problems=decode_problems,
     )
 

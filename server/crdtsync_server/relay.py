@@ -22,6 +22,7 @@ import attrs
 import pycrdt
 
 from crdtsync.protocol import (
+    MAX_RELAY_FRAME_BYTES,
     Ack,
     Admin,
     AdminResult,
@@ -40,6 +41,7 @@ from crdtsync.protocol import (
 from crdtsync.schema import Schema
 
 from .anatomy import ItemIndex
+from .limits import MAX_RECORD_BYTES
 from .merge import Accepted, AlreadyDone, RecordState, Refused, decide
 from .metrics import Metrics
 from .policy import Access, Action, Policy, Principal, RecordFacts, owner_field
@@ -52,6 +54,8 @@ log = logging.getLogger("crdtsync.relay")
 
 BACKLOG_BATCH = 500
 BACKLOG_BATCH_BYTES = 1024 * 1024
+#: no backlog frame is larger: what a replica reads in one message, less room for the rest
+BACKLOG_MAX_FRAME_BYTES = MAX_RELAY_FRAME_BYTES - 64 * 1024
 
 
 class Relay:
@@ -65,6 +69,7 @@ class Relay:
         storage: RelayStorage,
         cache_records: int = 10_000,
         metrics: Metrics | None = None,
+        max_record_bytes: int = MAX_RECORD_BYTES,
     ) -> None:
         self.schema = schema
         self.policy = policy
@@ -73,6 +78,7 @@ class Relay:
         self._cache: OrderedDict[str, RecordState] = OrderedDict()
         self._bound: dict[int, str] = {}  # CRDT client ids known to be bound, and to whom
         self._cache_records = cache_records
+        self.max_record_bytes = max_record_bytes
         self.sessions: set[RelaySession] = set()
         with storage.transaction():
             self.server_id: str = storage.get_meta("server_id") or uuid.uuid4().hex
@@ -177,8 +183,22 @@ class Relay:
             item = self._catch_up_item(principal, stored, cursor, events.get(record_id))
             if item is None:
                 continue
+            item_size = len(item.update) + 128
+            if item_size > BACKLOG_MAX_FRAME_BYTES:
+                # Stored before [server] max_record_bytes bounded records: no replica can
+                # read it, and sending it would end the connection with the rest unsent.
+                log.warning(
+                    "record %s (%d bytes) is too large for a replica to receive: left out of "
+                    "the backlog",
+                    record_id,
+                    item_size,
+                )
+                continue
+            if batch and size + item_size > BACKLOG_MAX_FRAME_BYTES:
+                yield Changes(tuple(batch))
+                batch, size = [], 0
             batch.append(item)
-            size += len(item.update) + 128
+            size += item_size
             if len(batch) >= BACKLOG_BATCH or size >= BACKLOG_BATCH_BYTES:
                 yield Changes(tuple(batch))
                 batch, size = [], 0
@@ -310,6 +330,7 @@ class Relay:
             context=self.storage,
             relay_client_id=self.client_id,
             facts=facts,
+            max_record_bytes=self.max_record_bytes,
         )
         if isinstance(decision, Refused):
             verdict = decision.verdict
@@ -383,7 +404,7 @@ class Relay:
             new = StoredRecord(
                 id=change.record_id,
                 object=change.object,
-                state=decision.doc.full_update(),
+                state=decision.state,
                 version=seq,
                 created_by=stored.created_by if stored is not None else principal.user,
                 owner=(

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 import attrs
 
 from crdtsync.protocol import (
+    MAX_CHANGES_PER_FRAME,
     SUPPORTED_VERSIONS,
     Admin,
     CaughtUp,
@@ -79,6 +80,7 @@ class RelaySession:
         authority: TokenAuthority,
         *,
         max_frame_bytes: int,
+        max_changes_per_frame: int = MAX_CHANGES_PER_FRAME,
         max_queued_bytes: int = 64 * 1024 * 1024,
         max_frames_per_second: float = 0,
         frame_burst: int = FRAME_BURST,
@@ -88,6 +90,7 @@ class RelaySession:
         self.relay = relay
         self.authority = authority
         self.max_frame_bytes = max_frame_bytes
+        self.max_changes_per_frame = max_changes_per_frame
         self.max_queued_bytes = max_queued_bytes
         self.wake = wake
         self.rate_limit = FrameRateLimit(max_frames_per_second, frame_burst, clock)
@@ -99,6 +102,8 @@ class RelaySession:
         self.expires_at: float | None = None
         #: each pending subscribe's frames (ending with caught_up), pulled lazily, in order
         self._backlogs: deque[Iterator[Frame]] = deque()
+        #: the objects each pending subscribe is catching up on (one backlog per object)
+        self._catching_up: deque[frozenset[str]] = deque()
         self._held: list[bytes] = []  # fan-out waiting for the backlog to complete
         self._held_bytes = 0
         self._outbox: deque[bytes] = deque()
@@ -130,6 +135,7 @@ class RelaySession:
         if frame is None or isinstance(frame, CaughtUp):
             # This subscribe is answered; the next one's backlog (if any) comes next.
             self._backlogs.popleft()
+            self._catching_up.popleft()
             if self._backlogs:
                 return
             held, self._held = self._held, []
@@ -235,6 +241,12 @@ class RelaySession:
             self._subscribe(frame)
         elif isinstance(frame, Push):
             assert self.principal is not None
+            if len(frame.changes) > self.max_changes_per_frame:
+                raise ProtocolError(
+                    ErrorCode.FRAME_TOO_LARGE,
+                    f"push of {len(frame.changes)} changes: at most "
+                    f"{self.max_changes_per_frame} per frame (welcome.max_changes_per_frame)",
+                )
             followups: list[Frame] = []
             self.deliver(self.relay.push(self, frame.changes, followups))
             for followup in followups:
@@ -300,6 +312,7 @@ class RelaySession:
                 view.to_wire(),
                 readable,
                 self.max_frame_bytes if versions[-1] >= 2 else None,
+                self.max_changes_per_frame if versions[-1] >= 2 else None,
             )
         )
 
@@ -314,9 +327,21 @@ class RelaySession:
         unknown = [name for name in subscribe.objects if name not in self.relay.schema.objects]
         if unknown:
             raise ProtocolError(ErrorCode.UNKNOWN_OBJECT, f"no object type(s) {', '.join(unknown)}")
+        busy = sorted(
+            name for name in subscribe.objects if any(name in c for c in self._catching_up)
+        )
+        if busy:
+            # Each backlog lists the records it will send: one per object at a time keeps
+            # what a connection can make the relay hold and do bounded.
+            raise ProtocolError(
+                ErrorCode.MALFORMED_FRAME,
+                f"subscribe: {', '.join(busy)} still catching up on this connection (one "
+                "subscribe per object until its caught_up)",
+            )
         self.subscriptions.update(subscribe.objects)
         backlog = self.relay.backlog(self.principal, subscribe.objects, subscribe.cursor)
         self._backlogs.append(backlog)
+        self._catching_up.append(frozenset(subscribe.objects))
         self.wake()
 
     def _fail(self, code: ErrorCode, message: str, close_code: int) -> None:
