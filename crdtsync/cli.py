@@ -196,6 +196,7 @@ def _admin(args: argparse.Namespace) -> int:
 
     from crdtsync_server.admin import AdminClient, AdminError
     from crdtsync_server.config import RelayConfig
+    from websockets.exceptions import InvalidHandshake, InvalidURI
 
     if _keys_mismatch(args):
         return _fail(_KEYS_MESSAGE)
@@ -215,12 +216,16 @@ def _admin(args: argparse.Namespace) -> int:
                 return (await admin.delete(args.record)).details
             return await admin.access(args.record)
 
+    if not url.startswith(("ws://", "wss://")):
+        return _fail(f"--url must start with ws:// or wss://, got {url!r}")
     try:
         result = asyncio.run(run())
     except AdminError as exc:
         return _fail(str(exc))
     except OSError as exc:
         return _fail(f"cannot reach the relay at {url}: {exc.strerror or exc}")
+    except (InvalidHandshake, InvalidURI) as exc:
+        return _fail(f"no crdtsync relay answers at {url}: {exc}")
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 
@@ -235,7 +240,7 @@ def _compact(args: argparse.Namespace) -> int:
     from crdtsync_server.storage import RelayStorage
 
     config = RelayConfig.from_toml(args.config, database=args.db)
-    storage = RelayStorage(config.database)
+    storage = RelayStorage(config.database, create=False)
     try:
         if args.older_than is not None:
             try:

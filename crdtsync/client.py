@@ -27,8 +27,9 @@ from .events import (
     EventBus,
     EventStream,
     PendingChanged,
+    SyncFailed,
 )
-from .exceptions import OfflineError, SchemaError
+from .exceptions import InvalidOperation, OfflineError, SchemaError, SyncError
 from .model import PendingChange, Record, Status
 from .protocol import MAX_RELAY_FRAME_BYTES, ErrorCode, ProtocolError
 from .replica import Replica
@@ -60,6 +61,11 @@ class Client:
         backoff_max: float = 30.0,
         batch_size: int = 200,
     ) -> None:
+        if url is not None and not url.startswith(("ws://", "wss://")):
+            raise InvalidOperation(
+                f"the relay URL must start with ws:// or wss://, got {url!r} "
+                "(e.g. ws://127.0.0.1:8765)"
+            )
         self.url = url
         self.token = token
         self.backoff_initial = backoff_initial
@@ -88,6 +94,10 @@ class Client:
         self._runner: asyncio.Task[None] | None = None
         self.last_error: str = ""
         self._auth_failed = False
+        #: why the last connection was refused for good (cleared by a connection that
+        #: gets through, or by a new token); ``sync()`` raises it at once
+        self._failure: SyncError | None = None
+        self._failed = asyncio.Event()
 
     def _initial_schema(self, schema: Schema | str | Path | None) -> Schema:
         if isinstance(schema, str | Path):
@@ -134,6 +144,15 @@ class Client:
             self._closed = True
             self._store.close()
 
+    def _open(self) -> Replica:
+        """The replica, unless this client is closed (its store with it)."""
+        if self._closed:
+            raise InvalidOperation(
+                "this client is closed (its 'async with' block has ended, or close() was "
+                "called): make a new Client on the same store to go on"
+            )
+        return self._replica
+
     # -- identity -----------------------------------------------------------------------
 
     @property
@@ -163,42 +182,42 @@ class Client:
         Raises ``UnknownObject`` or ``ValidationError`` (naming each bad field); in
         that case nothing is stored or queued.
         """
-        return self._replica.create(object_name, values)
+        return self._open().create(object_name, values)
 
     def update(self, record_id: str, values: Mapping[str, object]) -> None:
         """Change fields of a record. ``text`` fields take the whole new text and are
         stored as a character diff. Raises ``RecordNotFound``, ``RecordDeleted``,
         ``RecordLocked`` or ``ValidationError``; nothing is queued then."""
-        self._replica.update(record_id, values)
+        self._open().update(record_id, values)
 
     def delete(self, record_id: str) -> None:
         """Delete a record. Raises ``RecordNotFound``, ``RecordDeleted`` or ``RecordLocked``."""
-        self._replica.delete(record_id)
+        self._open().delete(record_id)
 
     def get(self, record_id: str) -> Record | None:
         """The record as this replica sees it, or ``None`` (unknown or deleted)."""
-        return self._replica.get(record_id)
+        return self._open().get(record_id)
 
     def records(self, object_name: str | None = None) -> list[Record]:
         """Every record (of one object type, if given)."""
-        return self._replica.records(object_name)
+        return self._open().records(object_name)
 
     def pending(self) -> list[PendingChange]:
         """Every record with unsynced changes, in the order they were made."""
-        return self._replica.pending()
+        return self._open().pending()
 
     def summary(self) -> dict[str, dict[str, int]]:
         """``{object: {status: count}}`` for every object type in the schema."""
-        return self._replica.summary()
+        return self._open().summary()
 
     def resolve(self, record_id: str, values: Mapping[str, object] | None = None) -> None:
         """Save fixes for a record in conflict on top of the latest server version and
         queue it again (see :meth:`Replica.resolve`)."""
-        self._replica.resolve(record_id, values)
+        self._open().resolve(record_id, values)
 
     def dismiss(self, record_id: str) -> None:
         """Discard the record's local changes and restore the server's version."""
-        self._replica.dismiss(record_id)
+        self._open().dismiss(record_id)
 
     def events(self) -> EventStream:
         """A stream of the events emitted from now on (``async for event in ...``)."""
@@ -216,6 +235,8 @@ class Client:
         """Use a new token (e.g. after :class:`AuthenticationFailed`) and reconnect now."""
         self.token = token
         self._auth_failed = False
+        self._failure = None
+        self._failed.clear()
         if self._connection_task is not None:
             self._connection_task.cancel()
         self._reconnect_now.set()
@@ -242,7 +263,7 @@ class Client:
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    await self._ready.wait()
+                    await self._until_ready()
                     self._idle.clear()
                     self._poke()
                     await self._idle.wait()
@@ -254,6 +275,22 @@ class Client:
                 f"could not sync with {self.url} within {timeout} s{reason}"
             ) from None
         return self.summary()
+
+    async def _until_ready(self) -> None:
+        """Wait for a connection that is caught up; raise :class:`SyncError` at once if
+        the relay refused this client for good."""
+        while not self._ready.is_set():
+            if self._failure is not None:
+                raise self._failure
+            ready = asyncio.ensure_future(self._ready.wait())
+            failed = asyncio.ensure_future(self._failed.wait())
+            try:
+                await asyncio.wait((ready, failed), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                ready.cancel()
+                failed.cancel()
+        if self._failure is not None and not self._ready.is_set():
+            raise self._failure
 
     async def _flushed(self) -> bool:
         """Ask the relay to send everything it has accepted so far and wait for its
@@ -358,6 +395,8 @@ class Client:
                 if session.error.code is ErrorCode.AUTH_FAILED:
                     self._auth_failed = True
                     self._bus.publish(AuthenticationFailed(session.error.message))
+                if session.error.code in _PERMANENT:
+                    self._fail(session.error.code.value, _PERMANENT[session.error.code], reason)
             self.last_error = reason
             self._session, self._wake = None, None
             self._ready.clear()
@@ -376,6 +415,8 @@ class Client:
                 return
             if session.state is SyncState.READY and not self._ready.is_set():
                 self.last_error = ""
+                self._failure = None
+                self._failed.clear()
                 self._ready.set()
                 self._set_online(True)
             self._flushing.set()
@@ -395,6 +436,14 @@ class Client:
             if session.idle:
                 self._idle.set()
 
+    def _fail(self, code: str, advice: str, reason: str) -> None:
+        """The relay refused this client for a reason retrying cannot fix: ``sync()``
+        raises it at once, and the app hears of it."""
+        message = f"{reason}. {advice}"
+        self._failure = SyncError(code, message)
+        self._failed.set()
+        self._bus.publish(SyncFailed(code, message))
+
     def _adopt_schema(self, schema: Schema) -> None:
         """The relay's schema replaces the cached one; rules this process can run keep
         their functions (the relay enforces them all)."""
@@ -409,6 +458,16 @@ class Client:
         with self._store.transaction():
             self._store.set_meta("schema", adopted.to_wire())
 
+
+#: Refusals retrying cannot fix, with what to do about each.
+_PERMANENT = {
+    ErrorCode.AUTH_FAILED: "Get a new token (crdtsync token …) and pass it to set_token()",
+    ErrorCode.UNSUPPORTED_VERSION: "Upgrade this client or the relay so that they share a "
+    "protocol version",
+    ErrorCode.NOT_AUTHENTICATED: "This client's handshake was refused: upgrade it",
+    ErrorCode.UNKNOWN_OBJECT: "Point this client at the relay of its own app, or give it "
+    "the relay's schema",
+}
 
 #: How a connection ends when the network or the relay goes away: retried, not logged.
 _TRANSPORT_ERRORS = (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed)

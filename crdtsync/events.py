@@ -85,6 +85,16 @@ class AuthenticationFailed:
 
 
 @attrs.frozen
+class SyncFailed:
+    """The relay refused this client for a reason retrying cannot fix (``code``: the
+    protocol's error code, e.g. ``auth_failed``); ``message`` says what to do. The client
+    keeps its pending changes and tries again slowly (at once after ``set_token``)."""
+
+    code: str
+    message: str
+
+
+@attrs.frozen
 class EventsDropped:
     """This subscriber fell behind and ``count`` older events were discarded."""
 
@@ -101,6 +111,7 @@ Event = (
     | RemoteChangeArrived
     | AccessLost
     | AuthenticationFailed
+    | SyncFailed
     | EventsDropped
 )
 

@@ -10,8 +10,9 @@ never exceptions. Exceptions are for misuse of the API and for faults::
      ├── RecordNotFound       no such record in the local store
      ├── RecordDeleted        the record is deleted (locally or on the relay)
      ├── RecordLocked         the record has a conflict or is unresolvable
-     ├── InvalidOperation     the call does not fit the record's state
+     ├── InvalidOperation     the call does not fit the record's or the client's state
      ├── OfflineError         a sync was asked for but the relay cannot be reached
+     ├── SyncError            the relay refused this client in a way retrying cannot fix
      └── StoreError           the local store cannot be opened or is damaged
 """
 
@@ -99,6 +100,16 @@ class InvalidOperation(CrdtsyncError):
 
 class OfflineError(CrdtsyncError):
     """``sync()`` could not reach the relay (no URL, switched offline, or unreachable)."""
+
+
+class SyncError(CrdtsyncError):
+    """The relay refused this client for a reason retrying cannot fix (a rejected
+    token, no common protocol version, an app the relay does not run): ``code`` is the
+    protocol's error code, the message says what to do. Pending changes are kept."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class StoreError(CrdtsyncError):

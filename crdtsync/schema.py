@@ -388,8 +388,7 @@ class Schema:
         """Canonical values for a new record, or :class:`ValidationError` naming each field."""
         spec = self.object(object_name)
         canonical, errors = spec.check_changes(values, creating=True)
-        if not errors:
-            errors = spec.check_record(canonical)
+        errors += _record_errors(spec, canonical, errors)
         if errors:
             raise ValidationError(object_name, errors)
         return canonical
@@ -400,8 +399,7 @@ class Schema:
         """Canonical changes for an existing record, checked on the record they produce."""
         spec = self.object(object_name)
         canonical, errors = spec.check_changes(changes, creating=False)
-        if not errors:
-            errors = spec.check_record({**current, **canonical})
+        errors += _record_errors(spec, {**current, **canonical}, errors)
         if errors:
             raise ValidationError(object_name, errors)
         return canonical
@@ -451,3 +449,17 @@ class Schema:
             return cls.from_dict(config, load_rules=load_rules)
         except SchemaError as exc:
             raise SchemaError(f"{path}: {exc}") from None
+
+
+def _record_errors(
+    spec: ObjectSpec, values: Mapping[str, Any], field_errors: list[FieldError]
+) -> list[FieldError]:
+    """The whole record's errors besides ``field_errors``, so that one ``ValidationError``
+    names every bad field: required fields missing (those not already named), and the
+    custom rules once every value is valid (a rule expects valid values)."""
+    named = {error.field for error in field_errors}
+    return [
+        error
+        for error in spec.check_record(values, run_rules=not field_errors)
+        if error.field not in named
+    ]

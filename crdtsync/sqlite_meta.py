@@ -53,6 +53,7 @@ def open_format(
     schema: str,
     version: int,
     migrations: Mapping[int, Migration],
+    kind: str,
 ) -> int | None:
     """Bring the database on ``db`` to format ``version``; return the format it had
     (``None``: it was empty and now holds ``schema``).
@@ -61,7 +62,10 @@ def open_format(
     leaves the old format intact and the next open migrates again. An older format is
     migrated one step at a time (``migrations[n]`` takes format ``n`` to ``n + 1``), then
     ``schema`` (``CREATE ... IF NOT EXISTS`` statements) adds what a step did not need to.
-    A newer or unknown format raises :class:`FormatError`.
+    A newer or unknown format raises :class:`FormatError`, and so does a database of the
+    other ``kind`` (``"client store"`` or ``"relay database"``): both are crdtsync
+    formats with the same numbers, told apart by ``meta.kind``, or for files written
+    before it by the table only the other kind has.
     """
     has_meta = db.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
@@ -70,6 +74,9 @@ def open_format(
     if found is None and db.execute("SELECT 1 FROM sqlite_master").fetchone():
         raise FormatError("it holds tables of something else")
     if found is not None:
+        other = get_meta(db, "kind") or _kind_by_tables(db)
+        if other is not None and other != kind:
+            raise FormatError(f"it is a crdtsync {other}, not a {kind}")
         if not isinstance(found, int) or found < 1:
             raise FormatError(f"format {found!r} is not one crdtsync ever wrote")
         if found > version:
@@ -81,7 +88,23 @@ def open_format(
             db.execute(statement)
     if found != version:
         set_meta(db, "format_version", version)
+    if get_meta(db, "kind") != kind:
+        set_meta(db, "kind", kind)
     return found
+
+
+#: a table only one kind of crdtsync database has
+_KIND_TABLES = {"pending": "client store", "changes": "relay database"}
+
+
+def _kind_by_tables(db: sqlite3.Connection) -> str | None:
+    for table, kind in _KIND_TABLES.items():
+        found = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+        ).fetchone()
+        if found:
+            return kind
+    return None
 
 
 def create_private(path: str) -> None:

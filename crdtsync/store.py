@@ -216,8 +216,8 @@ class LocalStore:
                 self._lock = OwnerLock(path)
             except LockedError:
                 raise StoreError(
-                    f"{path} is open in another client (in this process or another): a "
-                    "store belongs to one client at a time; close the other one first"
+                    f"{path} is open in another client (in this process or another), or is "
+                    "a running relay's database: a store belongs to one client at a time"
                 ) from None
             except OSError as exc:
                 raise StoreError(f"{path}: cannot open the store: {exc.strerror}") from None
@@ -233,14 +233,20 @@ class LocalStore:
             db.execute(f"PRAGMA synchronous={synchronous}")
             db.execute("PRAGMA foreign_keys=ON")
             with self.transaction():
-                open_format(db, schema=_SCHEMA, version=FORMAT_VERSION, migrations=_MIGRATIONS)
+                open_format(
+                    db,
+                    schema=_SCHEMA,
+                    version=FORMAT_VERSION,
+                    migrations=_MIGRATIONS,
+                    kind="client store",
+                )
         except BaseException as exc:
             if db is not None:
                 db.close()
             self._release()
             if isinstance(exc, FormatError):
                 raise StoreError(
-                    f"{path}: not a crdtsync store this version reads: {exc}"
+                    f"{path}: not a client store this version of crdtsync reads: {exc}"
                 ) from None
             if isinstance(exc, sqlite3.DatabaseError):
                 raise StoreError(f"{path}: not a crdtsync store ({exc})") from None
@@ -401,6 +407,11 @@ class LocalStore:
 
     def remove_pending(self, record_id: str) -> None:
         self._db.execute("DELETE FROM pending WHERE record_id = ?", (record_id,))
+
+    def objects(self) -> set[str]:
+        """The object types of the records this store holds."""
+        rows = self._db.execute("SELECT DISTINCT object FROM records")
+        return {str(row[0]) for row in rows}
 
     def count_by_status(self) -> dict[tuple[str, str], int]:
         """``{(object, status): count}`` over the outbox."""

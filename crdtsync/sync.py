@@ -246,6 +246,18 @@ class SyncSession:
             # Another relay (or a relay whose database was replaced): start over.
             self.replica.reset_cursor(welcome.server_id)
         schema = Schema.from_wire(welcome.schema)
+        foreign = sorted(self.replica.store.objects() - set(schema.objects))
+        if foreign:
+            # Records of an app the relay does not run can never sync: say so, once.
+            self.state = SyncState.FAILED
+            self.error = Error(
+                ErrorCode.UNKNOWN_OBJECT,
+                f"the relay has no object type {', '.join(map(repr, foreign))}, which this "
+                "client holds records of: the client and the relay are set up for different "
+                "apps (check the schema the client was given and the relay's config)",
+                fatal=True,
+            )
+            return
         gained = self.replica.fields_gained(schema) | self.replica.objects_gained(welcome.readable)
         lost = self.replica.objects_lost(welcome.readable)
         self._on_schema(schema)

@@ -45,7 +45,7 @@ def test_typed_values_read_back_exactly_from_the_local_store(client: Client) -> 
 def test_invalid_create_raises_naming_each_field_and_queues_nothing(client: Client) -> None:
     with pytest.raises(ValidationError) as info:
         client.create("Account", {"Industry": "Mining", "Employees": "many"})
-    assert set(info.value.fields) == {"Industry", "Employees"}
+    assert set(info.value.fields) == {"Industry", "Employees", "Name"}  # Name is required
     assert "Industry" in str(info.value) and "Employees" in str(info.value)
     assert client.pending() == []
     assert client.records() == []

@@ -115,6 +115,18 @@ class RelayServer:
                     Path(database + suffix).unlink(missing_ok=True)
             raise
         log.info("relay listening on %s (database %s)", self.url, self.config.database)
+        ungranted = self.config.policy.ungranted()
+        if ungranted:
+            nobody = "; ".join(
+                f"{name} ({', '.join(action.value for action in actions)})"
+                for name, actions in ungranted.items()
+            )
+            log.warning(
+                "no role grants %s: nobody can do that%s; grant it in [roles.NAME] "
+                "(every user has [roles.default])",
+                nobody,
+                " unless the policy hook allows it" if self.config.policy.hook else "",
+            )
 
     async def close(self) -> None:
         """Stop accepting, close connections with 1001, then close the database."""

@@ -164,6 +164,19 @@ class AccessPolicy:
                         )
         return cls(schema, grants, load_hook(hook) if hook else None)
 
+    def ungranted(self) -> dict[str, list[Action]]:
+        """Per object, the actions no role grants: nobody can do them (unless a policy
+        hook allows them case by case)."""
+        missing = {}
+        for name in self.schema.objects:
+            granted: set[Action] = set()
+            for table in self.grants.values():
+                granted |= table.get(name, frozenset())
+            lacking = [action for action in Action if action not in granted]
+            if lacking:
+                missing[name] = lacking
+        return missing
+
     # -- object and record level ------------------------------------------------------
 
     def object_actions(self, principal: Principal, object_name: str) -> frozenset[Action]:

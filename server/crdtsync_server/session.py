@@ -276,6 +276,8 @@ class RelaySession:
         try:
             identity = self.authority.verify(hello.token)
         except AuthError as exc:
+            # Why, for the operator; never the token itself.
+            log.warning("refused a token from replica %r: %s", hello.replica_id[:64], exc)
             self._fail(ErrorCode.AUTH_FAILED, str(exc), CLOSE_POLICY_VIOLATION)
             return
         owner = self.relay.storage.replica_user(hello.replica_id)

@@ -22,6 +22,7 @@ Sequence numbers (versions) are server-wide and strictly increasing.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -196,8 +197,12 @@ class ChangeRow:
 class RelayStorage:
     """The relay's rows in one SQLite file. Writes happen inside :meth:`transaction`."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, create: bool = True) -> None:
+        """Open the relay database at ``path``, creating it unless ``create`` is false
+        (then a missing file is a :class:`StorageError`, and nothing is created)."""
         self.path = path
+        if not create and path != ":memory:" and not os.path.isfile(path):
+            raise StorageError(f"{path}: no relay database there")
         try:
             create_private(path)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -207,7 +212,11 @@ class RelayStorage:
             self._db.execute("PRAGMA synchronous=FULL")
             with self.transaction():
                 open_format(
-                    self._db, schema=_SCHEMA, version=FORMAT_VERSION, migrations=_MIGRATIONS
+                    self._db,
+                    schema=_SCHEMA,
+                    version=FORMAT_VERSION,
+                    migrations=_MIGRATIONS,
+                    kind="relay database",
                 )
         except FormatError as exc:
             raise StorageError(f"{path}: not a crdtsync relay database: {exc}") from None
