@@ -295,3 +295,21 @@ async def test_validation_error_is_shown_on_the_field_and_nothing_is_queued(
         "is required"
     )
     assert alice.client.records("Contact") == []
+
+
+async def test_a_refused_token_is_shown_on_the_page_with_what_to_do(
+    relay: RelayHarness, browser: Browser
+) -> None:
+    client = Client(relay.url, token="not-a-jwt", schema=relay.config.schema, backoff_max=0.3)
+    async with client, AppServer(client, user="alice") as server:
+        context = await browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
+        try:
+            page = await context.new_page()
+            await page.goto(server.url)
+            banner = page.locator("#sync-failure")
+            await expect(banner).to_be_visible(timeout=10_000)
+            await expect(banner).to_contain_text("Cannot sync")
+            await expect(banner).to_contain_text("auth_failed")
+            await expect(banner).to_contain_text("Get a new token")
+        finally:
+            await context.close()

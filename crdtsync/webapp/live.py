@@ -27,6 +27,7 @@ from ..events import (
     PendingChanged,
     RecordNeedsAttention,
     RemoteChangeArrived,
+    SyncFailed,
     SyncFinished,
     SyncProgress,
     SyncStarted,
@@ -60,6 +61,7 @@ class LiveFeed:
         self.online = online
         self.progress: tuple[int, int] | None = None  #: (done, total) while a sync runs
         self.problem = ""  #: why the connection is down (when known)
+        self.failure = ""  #: why the relay refused this client for good, and what to do
         self._attention: dict[str, RecordNeedsAttention] = {}
 
     def handle(self, event: Event) -> list[Push]:
@@ -67,6 +69,8 @@ class LiveFeed:
         if isinstance(event, ConnectivityChanged):
             self.online = event.online
             self.problem = "" if event.online else event.reason
+            if event.online:
+                self.failure = ""
             if not event.online:
                 self.progress = None
             return [StatusPush()]
@@ -84,6 +88,9 @@ class LiveFeed:
             return [ChangedPush()] if self.progress is not None else [ChangedPush(), *self._flush()]
         if isinstance(event, AuthenticationFailed):
             self.problem = f"the relay refused the token: {event.message}"
+            return [StatusPush()]
+        if isinstance(event, SyncFailed):
+            self.failure = event.message
             return [StatusPush()]
         if isinstance(event, PendingChanged | RemoteChangeArrived | AccessLost):
             return [ChangedPush()]

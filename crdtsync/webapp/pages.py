@@ -70,6 +70,7 @@ def chrome_for(
     working_offline: bool,
     progress: tuple[int, int] | None,
     problem: str = "",
+    failure: str = "",
     current: str = "",
 ) -> Chrome:
     """The header values of every page, from the client's current state."""
@@ -83,6 +84,7 @@ def chrome_for(
         pending=len(pending),
         attention=sum(1 for change in pending if change.status.locked),
         problem=problem,
+        failure=failure,
         current=current,
     )
 

@@ -186,6 +186,7 @@ class AppServer:
             working_offline=self.working_offline,
             progress=self.feed.progress,
             problem=self.feed.problem,
+            failure=self.feed.failure,
         )
 
     # -- /live ------------------------------------------------------------------------
@@ -253,6 +254,7 @@ class AppServer:
             "state": state,
             "label": label,
             "problem": chrome.problem,
+            "failure": chrome.failure,
             "working_offline": self.working_offline,
             "progress": list(chrome.progress) if chrome.progress else None,
             "pending": chrome.pending,

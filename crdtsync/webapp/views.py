@@ -62,6 +62,7 @@ class Chrome:
     pending: int = 0  #: records with unsynced changes
     attention: int = 0  #: of which in conflict or unresolvable
     problem: str = ""  #: why the connection is down, when known
+    failure: str = ""  #: why the relay refused this client for good, and what to do
     current: str = ""  #: the navigation entry to highlight (an object name or "pending")
 
 
@@ -213,6 +214,9 @@ def header(chrome: Chrome) -> str:
         '<button type="button" class="sync-now" data-action="sync">Sync now</button>'
         f"{progress_bar(chrome.progress)}"
         "</header>"
+        f'<p id="sync-failure" class="sync-failure" role="alert"'
+        f"{'' if chrome.failure else ' hidden'}>Cannot sync: "
+        f'<span class="detail">{e(chrome.failure)}</span></p>'
     )
 
 

@@ -59,6 +59,9 @@
     indicator.dataset.state = status.state;
     indicator.querySelector(".label").textContent = status.label;
     indicator.title = status.state === "offline" ? status.problem : "";
+    const failure = document.getElementById("sync-failure");
+    failure.querySelector(".detail").textContent = status.failure;
+    failure.hidden = !status.failure;
     document.getElementById("work-offline").checked = status.working_offline;
     const bar = document.getElementById("sync-progress");
     if (status.progress) {
