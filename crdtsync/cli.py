@@ -11,29 +11,38 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import __version__
 from .exceptions import CrdtsyncError
 
 if TYPE_CHECKING:
     from crdtsync_server.auth import TokenAuthority
 
 
+CONFIG_HELP = "the app's TOML configuration (default: the example CRM app)"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crdtsync", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="crdtsync",
+        description="Offline-first record replication: run the relay, issue tokens, "
+        "administer records, try the demos.",
+    )
+    parser.add_argument("--version", action="version", version=f"crdtsync {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
         help="a relay and two users' apps to try in a browser, or a scripted story",
         description="With no story: start a relay and the reference app for alice and bob, "
         "and print both addresses.",
     )
-    stories = demo.add_subparsers(dest="story")
+    stories = demo.add_subparsers(dest="story", metavar="STORY")
     offline = stories.add_parser("offline", help="create, edit and delete records offline")
     offline.add_argument("--store", help="SQLite file for the local store (default: temporary)")
     stories.add_parser("sync", help="a relay and two users through every sync scenario")
 
     app = commands.add_parser("app", help="run the reference web app for one user")
     app.add_argument("--user", required=True, help="whose app it is")
-    app.add_argument("--config", help="the app's TOML configuration (default: the example CRM)")
+    app.add_argument("--config", help=CONFIG_HELP)
     app.add_argument("--url", help="the relay (default: ws://[server] host:port)")
     app.add_argument(
         "--token",
@@ -46,41 +55,52 @@ def _parser() -> argparse.ArgumentParser:
     app.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free)")
 
     serve = commands.add_parser("serve", help="run the relay server")
-    serve.add_argument("--config", required=True, help="the app's TOML configuration")
+    serve.add_argument("--config", help=CONFIG_HELP)
     serve.add_argument("--db", help="database (overrides [server] database)")
     serve.add_argument("--host", help="interface to listen on (overrides [server] host)")
     serve.add_argument("--port", type=int, help="port (overrides [server] port; 0: any free)")
 
     admin = commands.add_parser("admin", help="administer records on a running relay")
-    admin.add_argument("--config", required=True, help="the app's TOML configuration")
+    admin.add_argument("--config", help=CONFIG_HELP)
     admin.add_argument("--url", help="the relay (default: ws://[server] host:port)")
     admin.add_argument("--db", help="the relay's database, beside which its secret is kept")
     admin.add_argument("--as", dest="as_user", default="admin", help="the administrator's name")
     admin.add_argument("--private-key", metavar="PEM", help="sign with this key (RS256/ES256)")
-    admin.add_argument("--algorithm", choices=["HS256", "RS256", "ES256"])
-    actions = admin.add_subparsers(dest="action", required=True)
+    admin.add_argument(
+        "--algorithm", choices=["HS256", "RS256", "ES256"], help="with --private-key: its kind"
+    )
+    actions = admin.add_subparsers(dest="action", required=True, metavar="ACTION")
     share = actions.add_parser("share", help="share one record with a user")
-    share.add_argument("record")
-    share.add_argument("user")
-    share.add_argument("--access", choices=["read", "edit"], default="read")
-    for name, text in (("unshare", "remove a user's share"), ("set-owner", "change the owner")):
+    share.add_argument("record", help="the record's id")
+    share.add_argument("user", help="who gets access")
+    share.add_argument(
+        "--access", choices=["read", "edit"], default="read", help="read (default) or edit"
+    )
+    for name, text, who in (
+        ("unshare", "remove a user's share", "whose share goes"),
+        ("set-owner", "change the owner", "the new owner"),
+    ):
         action = actions.add_parser(name, help=text)
-        action.add_argument("record")
-        action.add_argument("user")
-    actions.add_parser("delete", help="delete a record").add_argument("record")
-    actions.add_parser("access", help="print who may read / edit a record").add_argument("record")
+        action.add_argument("record", help="the record's id")
+        action.add_argument("user", help=who)
+    actions.add_parser("delete", help="delete a record").add_argument(
+        "record", help="the record's id"
+    )
+    actions.add_parser("access", help="print who may read / edit a record").add_argument(
+        "record", help="the record's id"
+    )
 
     compact = commands.add_parser(
         "compact", help="drop the CRDT updates of old changes from the relay's log"
     )
-    compact.add_argument("--config", required=True, help="the app's TOML configuration")
+    compact.add_argument("--config", help=CONFIG_HELP)
     compact.add_argument("--db", help="database (overrides [server] database)")
     horizon = compact.add_mutually_exclusive_group(required=True)
     horizon.add_argument("--older-than", metavar="AGE", help="changes older than this: 30d, 12h")
     horizon.add_argument("--through", type=int, metavar="SEQ", help="changes up to this version")
 
     token = commands.add_parser("token", help="print a signed token for a user")
-    token.add_argument("--config", required=True, help="the app's TOML configuration")
+    token.add_argument("--config", help=CONFIG_HELP)
     token.add_argument(
         "--db",
         help="the relay's database (overrides [server] database): without a configured "
@@ -107,6 +127,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "config", "") is None:  # every command that takes one: the same default
+        from .demo import example_config
+
+        args.config = str(example_config())
     from crdtsync_server.policy import ConfigError
     from crdtsync_server.storage import StorageError
 

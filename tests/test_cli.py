@@ -242,3 +242,48 @@ def test_stores_and_relay_databases_are_readable_by_their_owner_only(tmp_path: o
         assert mode == 0o600, (name, oct(mode))
     client.close()
     storage.close()
+
+
+def test_version_and_help_text_for_every_command_and_argument() -> None:
+    import argparse
+
+    from crdtsync import __version__
+    from crdtsync.cli import _parser
+
+    result = run("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"crdtsync {__version__}"
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> list[str]:
+        missing = []
+        assert "``" not in (parser.description or ""), path
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for choice in action._choices_actions:
+                    if not choice.help:
+                        missing.append(f"{path} {choice.dest}")
+                for name, sub in action.choices.items():
+                    missing += walk(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction | argparse._VersionAction):
+                if not action.help:
+                    missing.append(f"{path} {action.dest}")
+                assert "``" not in (action.help or ""), f"{path} {action.dest}"
+        return missing
+
+    assert walk(_parser(), "crdtsync") == []
+
+
+def test_every_command_that_reads_a_config_defaults_to_the_same_one() -> None:
+    from crdtsync.cli import _parser
+
+    commands = {
+        "serve": ["serve"],
+        "app": ["app", "--user", "a"],
+        "token": ["token", "--user", "a"],
+        "admin": ["admin", "access", "r"],
+        "compact": ["compact", "--through", "1"],
+    }
+    defaults = {name: _parser().parse_args(argv).config for name, argv in commands.items()}
+    assert set(defaults.values()) == {None}  # filled in by main(), the same for all
+    result = run("token", "--user", "alice", "--db", "/nonexistent-dir/relay.sqlite3")
+    assert result.returncode == 2 and "Traceback" not in result.stderr  # read the example
+    assert "cannot create the relay's secret" in result.stderr
