@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 from .conftest import ROOT
+from .relay_process import ServeProcess, free_port
 
 
 def quickstart_commands() -> list[str]:
@@ -45,3 +50,40 @@ def test_the_test_command_installs_the_browser_it_needs() -> None:
     assert quickstart_commands()[1].startswith("./scripts/install-test-deps && ")
     assert "apt-get install -y" in script and "chromium" in script
     assert "python3 -m pip install -e '.[test]'" in script
+
+
+def python_snippets() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    return re.findall(r"```python\n(.+?)\n```", readme, flags=re.DOTALL)
+
+
+def test_every_python_snippet_in_the_readme_runs_verbatim_from_any_directory(
+    tmp_path: Path,
+) -> None:
+    """Each snippet, as it is, in a directory of its own away from the repository,
+    against a real relay (the environment gives its URL and a token, as the README says)."""
+    snippets = python_snippets()
+    assert len(snippets) >= 2
+    served = ServeProcess(tmp_path / "relay.sqlite3", free_port())
+    served.start()
+    try:
+        env = {
+            **os.environ,
+            "CRDTSYNC_URL": served.url,
+            "CRDTSYNC_TOKEN": served.token("alice"),
+        }
+        for number, snippet in enumerate(snippets):
+            where = tmp_path / f"snippet-{number}"
+            where.mkdir()
+            (where / "snippet.py").write_text(snippet + "\n")
+            done = subprocess.run(
+                [sys.executable, "snippet.py"],
+                cwd=where,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, f"snippet {number}:\n{snippet}\n{done.stderr}"
+    finally:
+        served.stop()
