@@ -99,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
     horizon.add_argument("--older-than", metavar="AGE", help="changes older than this: 30d, 12h")
     horizon.add_argument("--through", type=int, metavar="SEQ", help="changes up to this version")
 
+    backup = commands.add_parser(
+        "backup", help="copy the relay's database consistently, while it runs"
+    )
+    backup.add_argument("output", help="the new file to write (never overwritten)")
+    backup.add_argument("--config", help=CONFIG_HELP)
+    backup.add_argument("--db", help="database (overrides [server] database)")
+
     token = commands.add_parser("token", help="print a signed token for a user")
     token.add_argument("--config", help=CONFIG_HELP)
     token.add_argument(
@@ -159,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _admin(args)
         elif args.command == "compact":
             return _compact(args)
+        elif args.command == "backup":
+            return _backup(args)
     except (CrdtsyncError, ConfigError, StorageError) as exc:
         print(f"crdtsync: error: {exc}", file=sys.stderr)
         return 2
@@ -283,6 +292,32 @@ def _compact(args: argparse.Namespace) -> int:
     finally:
         storage.close()
     print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    """Back up the relay's database (and the secret kept beside it) while it runs."""
+    import shutil
+    from pathlib import Path
+
+    from crdtsync_server.config import RelayConfig
+    from crdtsync_server.storage import RelayStorage
+
+    config = RelayConfig.from_toml(args.config, database=args.db)
+    storage = RelayStorage(config.database, create=False)
+    try:
+        storage.backup_to(args.output)
+        version = storage.seq
+    finally:
+        storage.close()
+    copied = ""
+    secret = config.secret_path
+    if config.secret is None and secret is not None and secret.exists():
+        target = Path(f"{args.output}.secret")
+        shutil.copyfile(secret, target)
+        target.chmod(0o600)
+        copied = f" and its secret to {target}"
+    print(f"backed up {config.database} (version {version}) to {args.output}{copied}")
     return 0
 
 
