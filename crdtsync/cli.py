@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     app = commands.add_parser("app", help="run the reference web app for one user")
     app.add_argument("--user", required=True, help="whose app it is")
     app.add_argument("--config", help=CONFIG_HELP)
-    app.add_argument("--url", help="the relay (default: ws://[server] host:port)")
+    app.add_argument("--url", help="the relay (default: ws:// or wss:// [server] host:port)")
     app.add_argument(
         "--token",
         help="the user's token (visible to other local users in the process list: prefer "
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
     admin = commands.add_parser("admin", help="administer records on a running relay")
     admin.add_argument("--config", help=CONFIG_HELP)
-    admin.add_argument("--url", help="the relay (default: ws://[server] host:port)")
+    admin.add_argument("--url", help="the relay (default: ws:// or wss:// [server] host:port)")
     admin.add_argument("--db", help="the relay's database, beside which its secret is kept")
     admin.add_argument("--as", dest="as_user", default="admin", help="the administrator's name")
     admin.add_argument("--private-key", metavar="PEM", help="sign with this key (RS256/ES256)")
@@ -105,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
     backup.add_argument("output", help="the new file to write (never overwritten)")
     backup.add_argument("--config", help=CONFIG_HELP)
     backup.add_argument("--db", help="database (overrides [server] database)")
+
+    restore = commands.add_parser(
+        "restore", help="put a backup back as the database of a stopped relay"
+    )
+    restore.add_argument("backup", help="the backup file (its .secret beside it is restored too)")
+    restore.add_argument("--config", help=CONFIG_HELP)
+    restore.add_argument("--db", help="database to create (overrides [server] database)")
 
     token = commands.add_parser("token", help="print a signed token for a user")
     token.add_argument("--config", help=CONFIG_HELP)
@@ -168,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compact(args)
         elif args.command == "backup":
             return _backup(args)
+        elif args.command == "restore":
+            return _restore(args)
     except (CrdtsyncError, ConfigError, StorageError) as exc:
         print(f"crdtsync: error: {exc}", file=sys.stderr)
         return 2
@@ -234,7 +243,7 @@ def _admin(args: argparse.Namespace) -> int:
     if _keys_mismatch(args):
         return _fail(_KEYS_MESSAGE)
     config = RelayConfig.from_toml(args.config, database=args.db)
-    url = args.url or f"ws://{config.host}:{config.port}"
+    url = args.url or config.url
     token = _authority(args).issue(args.as_user, admin=True, ttl=300)
 
     async def run() -> object:
@@ -297,27 +306,28 @@ def _compact(args: argparse.Namespace) -> int:
 
 def _backup(args: argparse.Namespace) -> int:
     """Back up the relay's database (and the secret kept beside it) while it runs."""
-    import shutil
-    from pathlib import Path
-
+    from crdtsync_server.backup import back_up
     from crdtsync_server.config import RelayConfig
-    from crdtsync_server.storage import RelayStorage
 
     config = RelayConfig.from_toml(args.config, database=args.db)
-    storage = RelayStorage(config.database, create=False)
-    try:
-        storage.backup_to(args.output)
-        version = storage.seq
-    finally:
-        storage.close()
-    copied = ""
-    secret = config.secret_path
-    if config.secret is None and secret is not None and secret.exists():
-        target = Path(f"{args.output}.secret")
-        shutil.copyfile(secret, target)
-        target.chmod(0o600)
-        copied = f" and its secret to {target}"
-    print(f"backed up {config.database} (version {version}) to {args.output}{copied}")
+    copied = back_up(config, args.output)
+    secret = f" and its secret to {copied.secret}" if copied.secret else ""
+    print(f"backed up {config.database} (version {copied.version}) to {args.output}{secret}")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    """Put a backup back as the database of a stopped relay."""
+    from crdtsync_server.backup import restore
+    from crdtsync_server.config import RelayConfig
+
+    config = RelayConfig.from_toml(args.config, database=args.db)
+    copied = restore(config, args.backup)
+    secret = f" and its secret to {copied.secret}" if copied.secret else ""
+    print(
+        f"restored {args.backup} (version {copied.version}) to {copied.database}{secret}; "
+        "replicas sync with it again from the start"
+    )
     return 0
 
 
@@ -375,7 +385,7 @@ async def _app(args: argparse.Namespace) -> None:
         token = config.token_authority().issue(args.user)
     await run_app(
         sys.stdout,
-        url=args.url or f"ws://{config.host}:{config.port}",
+        url=args.url or config.url,
         token=token,
         user=args.user,
         store=args.store or f"crdtsync-app-{args.user}.sqlite3",

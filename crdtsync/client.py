@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -46,7 +47,9 @@ class Client:
     ``store`` is a SQLite file path (or ``":memory:"``); pending changes and records
     survive closing the client and ``kill -9`` of the process. ``schema`` is a
     :class:`Schema` or the path of a TOML configuration; when omitted, the schema
-    cached in the store is used.
+    cached in the store is used. A ``wss://`` relay is verified against the system's
+    certificate authorities (``SSL_CERT_FILE`` names others), or against
+    ``ssl_context`` when given.
     """
 
     def __init__(
@@ -60,13 +63,17 @@ class Client:
         backoff_initial: float = 0.25,
         backoff_max: float = 30.0,
         batch_size: int = 200,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if url is not None and not url.startswith(("ws://", "wss://")):
             raise InvalidOperation(
                 f"the relay URL must start with ws:// or wss://, got {url!r} "
                 "(e.g. ws://127.0.0.1:8765)"
             )
+        if ssl_context is not None and not (url or "").startswith("wss://"):
+            raise InvalidOperation(f"ssl_context is for a wss:// relay URL, got {url!r}")
         self.url = url
+        self.ssl_context = ssl_context
         self.token = token
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -369,6 +376,8 @@ class Client:
                 compression=None,
                 open_timeout=10,
                 close_timeout=2,
+                # ssl=None is refused for wss://: pass True (the default context) instead
+                ssl=self.ssl_context or self.url.startswith("wss://") or None,
             )
             try:
                 self._session, self._wake = session, wake

@@ -61,7 +61,8 @@ class RelayServer:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.config.host}:{self.port}"
+        scheme = "ws" if self.config.tls_certificate is None else "wss"
+        return f"{scheme}://{self.config.host}:{self.port}"
 
     async def __aenter__(self) -> RelayServer:
         await self.start()
@@ -107,6 +108,7 @@ class RelayServer:
                 process_request=self._http,
                 max_size=self.config.max_frame_bytes,
                 compression=None,
+                ssl=self.config.tls_context(),
             )
         except BaseException:
             await self.close()

@@ -5,7 +5,8 @@
 creates a random one beside its database, ``DATABASE.secret``, mode 0600, which
 ``crdtsync token`` reads), ``token_algorithm`` (``HS256``, ``RS256`` or
 ``ES256``), ``token_public_key`` (PEM file, for RS256 / ES256), ``token_leeway``
-(seconds of clock skew), and limits (``max_frame_bytes``, ``max_queued_bytes``,
+(seconds of clock skew), ``tls_certificate`` and ``tls_key`` (PEM files: the relay
+then serves ``wss://`` and HTTPS itself), and limits (``max_frame_bytes``, ``max_queued_bytes``,
 ``cache_records``; against floods ``max_frames_per_second`` and ``frame_burst`` per
 connection, ``max_connections`` per relay, ``0`` turning either off). ``[objects.*]``
 is the schema (see :class:`crdtsync.Schema`), ``[roles.*]`` and the top-level
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import ssl
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,6 +49,8 @@ _SERVER_KEYS = frozenset(
         "token_algorithm",
         "token_public_key",
         "token_leeway",
+        "tls_certificate",
+        "tls_key",
         "max_frames_per_second",
         "frame_burst",
         "max_connections",
@@ -72,8 +76,18 @@ class RelayConfig:
     token_algorithm: str = "HS256"
     token_public_key: str | None = None  #: PEM file the relay verifies RS256/ES256 tokens with
     token_leeway: float = 5.0  #: seconds of clock skew allowed on a token's times
+    tls_certificate: str | None = None  #: PEM certificate chain: serve wss:// and HTTPS
+    tls_key: str | None = None  #: PEM private key of ``tls_certificate``
     schema: Schema
     policy: AccessPolicy
+
+    @property
+    def url(self) -> str:
+        """Where a replica on this machine reaches the relay: ``ws://`` or, with a
+        certificate, ``wss://``, on ``host`` (loopback when it listens everywhere)."""
+        scheme = "ws" if self.tls_certificate is None else "wss"
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(self.host, self.host)
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def secret_path(self) -> Path | None:
@@ -95,6 +109,27 @@ class RelayConfig:
                 f"{self.database!r} is not a file the relay can keep its own secret beside"
             )
         return _secret_beside_database(path)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context the relay serves with (``None``: plain ``ws://`` and HTTP)."""
+        if self.tls_certificate is None or self.tls_key is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        for key, path in (("tls_certificate", self.tls_certificate), ("tls_key", self.tls_key)):
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(f"[server] {key}: cannot read {path}: {exc.strerror}") from None
+        try:
+            context.load_cert_chain(self.tls_certificate, self.tls_key)
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"[server] tls_certificate {self.tls_certificate} and tls_key {self.tls_key} "
+                f"are not a PEM certificate and its private key ({exc.reason or exc})"
+            ) from None
+        return context
 
     def token_authority(self) -> TokenAuthority:
         """The authority that verifies this relay's tokens (and, for HS256, issues them)."""
@@ -138,6 +173,8 @@ class RelayConfig:
             ("secret", str),
             ("token_algorithm", str),
             ("token_public_key", str),
+            ("tls_certificate", str),
+            ("tls_key", str),
         ):
             if key in settings and not isinstance(settings[key], kind):
                 raise ConfigError(f"[server] {key} must be a string")
@@ -175,7 +212,13 @@ class RelayConfig:
             _check_secret(secret, "[server] secret (or CRDTSYNC_SECRET)")
         elif settings.get("database") == ":memory:":
             settings["secret"] = secrets.token_urlsafe(48)  # nothing to keep one beside
+        if ("tls_certificate" in settings) != ("tls_key" in settings):
+            raise ConfigError(
+                "[server] tls_certificate and tls_key go together: give both PEM files "
+                "(or neither, for plain ws:// behind a TLS proxy)"
+            )
         config = cls(schema=schema, policy=policy, **settings)
+        config.tls_context()  # a missing or mismatched certificate or key fails here, clearly
         if config.token_algorithm != "HS256" or config.secret is not None:
             config.token_authority()  # a bad algorithm, key file or secret fails here, clearly
         return config

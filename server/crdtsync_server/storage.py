@@ -194,6 +194,17 @@ class ChangeRow:
         )
 
 
+def new_private_file(path: str) -> int:
+    """Create the file ``path``, which must not exist, readable by its owner only; return
+    a descriptor open for writing. A backup never overwrites a file."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise StorageError(f"{path} exists: a backup never overwrites a file") from None
+    except OSError as exc:
+        raise StorageError(f"cannot create {path}: {exc.strerror}") from None
+
+
 class RelayStorage:
     """The relay's rows in one SQLite file. Writes happen inside :meth:`transaction`."""
 
@@ -610,13 +621,7 @@ class RelayStorage:
         """Write a consistent copy of the whole database to the new file ``path`` (never
         over an existing one), safe while a relay serves on it: SQLite's online backup,
         in one step, from one read transaction."""
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise StorageError(f"{path} exists: a backup never overwrites a file") from None
-        except OSError as exc:
-            raise StorageError(f"cannot create {path}: {exc.strerror}") from None
-        os.close(fd)
+        os.close(new_private_file(path))
         target = sqlite3.connect(path)
         try:
             self._db.backup(target)

@@ -1,0 +1,132 @@
+"""Backups of a relay's database, taken while it serves, and their restore.
+
+A backup is two files: ``OUTPUT``, a consistent copy of the database made by SQLite's
+online backup from one read transaction (a serving relay keeps accepting changes), and
+``OUTPUT.secret``, the token key the relay keeps beside its database (when it keeps
+one). Neither ever overwrites a file.
+
+A restore puts a backup back as the database of a stopped relay, never over an existing
+database. The restored database gets a new relay identity and a new CRDT client id:
+replicas that synced with the lost database see another relay and sync again from the
+start (their cursors count changes the backup does not have), and the relay never
+reuses the CRDT clock values of operations it made after the backup was taken.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sqlite3
+import uuid
+from pathlib import Path
+
+import attrs
+
+from crdtsync.sqlite_meta import LockedError, OwnerLock, set_meta
+
+from .config import RelayConfig
+from .storage import RelayStorage, StorageError, new_private_file
+
+
+@attrs.frozen
+class Copied:
+    """What a backup or a restore wrote."""
+
+    database: str  #: the database file written
+    version: int  #: the relay's last version in it
+    secret: str | None  #: the secret file written beside it, if any
+
+
+def back_up(config: RelayConfig, output: str) -> Copied:
+    """Copy ``config``'s database (serving or not) to the new file ``output``, and the
+    secret the relay keeps beside it to ``output.secret``."""
+    storage = RelayStorage(config.database, create=False)
+    try:
+        storage.backup_to(output)
+        version = storage.seq
+    finally:
+        storage.close()
+    secret = config.secret_path
+    if config.secret is not None or secret is None or not secret.exists():
+        return Copied(output, version, None)
+    target = f"{output}.secret"
+    _copy_new(secret, target)
+    return Copied(output, version, target)
+
+
+def restore(config: RelayConfig, backup: str) -> Copied:
+    """Make the backup ``backup`` the database of ``config`` (which must not exist, and
+    no relay may be serving on it), with a new relay identity; put ``backup.secret``
+    beside it."""
+    database = config.database
+    if database == ":memory:":
+        raise StorageError("restore needs a database file, not :memory:")
+    if os.path.lexists(database):
+        raise StorageError(
+            f"{database} exists: move it away first (it may hold changes the backup does "
+            "not); a restore never overwrites a database"
+        )
+    source = RelayStorage(backup, create=False)  # a relay database, in a format we read
+    try:
+        problem = source.integrity_check()
+        if problem != "ok":
+            raise StorageError(f"{backup} is damaged: {problem}")
+        version = source.seq
+        try:
+            lock = OwnerLock(database)
+        except LockedError:
+            raise StorageError(f"{database} is in use by a relay: stop it first") from None
+        try:
+            draft = f"{database}.restoring-{secrets.token_hex(4)}"
+            try:
+                source.backup_to(draft)
+                _new_identity(draft)
+                secret = _restore_secret(config, backup)
+                os.replace(draft, database)
+            finally:
+                if os.path.exists(draft):
+                    os.unlink(draft)
+        finally:
+            lock.release()
+    finally:
+        source.close()
+    return Copied(database, version, secret)
+
+
+def _new_identity(path: str) -> None:
+    """Give the relay database at ``path`` a new relay id and CRDT client id."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        set_meta(db, "server_id", uuid.uuid4().hex)
+        set_meta(db, "client_id", secrets.randbits(53) or 1)
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+def _restore_secret(config: RelayConfig, backup: str) -> str | None:
+    """Put the backup's secret beside the database, unless the relay is configured
+    with one (then the backup's is not needed)."""
+    saved = Path(f"{backup}.secret")
+    target = config.secret_path
+    if config.secret is not None or target is None or not saved.exists():
+        return None
+    if target.exists():
+        if target.read_bytes() != saved.read_bytes():
+            raise StorageError(
+                f"{target} exists and differs from {saved}: move it away first "
+                "(tokens signed with it would stop working)"
+            )
+        return None
+    _copy_new(saved, str(target))
+    return str(target)
+
+
+def _copy_new(source: Path, target: str) -> None:
+    """Copy ``source`` to the new file ``target``, readable by its owner only."""
+    with os.fdopen(new_private_file(target), "wb") as out, open(source, "rb") as src:
+        shutil.copyfileobj(src, out)
+        out.flush()
+        os.fsync(out.fileno())
