@@ -15,7 +15,7 @@ from pathlib import Path
 
 import attrs
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
 
 from crdtsync import Client, Status
 from crdtsync.webapp import AppServer
@@ -216,7 +216,9 @@ async def test_conflict_between_two_apps_is_resolved_in_the_page(
     await expect(row.locator(".who")).to_have_text("changed by bob")
     await screenshots(alice.page, "conflict")
 
-    await row.locator("#custom-Name").fill("")  # typing chooses "Other"
+    await expect(row.locator("#custom-Name")).to_be_hidden()  # until "Other" is chosen
+    await row.locator('input[value="custom"]').check()
+    await row.locator("#custom-Name").fill("")
     await alice.page.click("#save")
     await expect(row.locator(".field-error")).to_have_text("is required")
     assert alice.client.get(rid).status is Status.CONFLICT  # type: ignore[union-attr]
@@ -243,6 +245,7 @@ async def test_unresolvable_change_is_explained_and_dismissed(
     await expect(alice.page.locator("#highlights")).to_have_attribute("data-status", "pending")
 
     await bob.open(f"/r/{rid}")
+    bob.page.once("dialog", lambda dialog: dialog.accept())  # "Delete Globex?"
     await bob.page.click("#delete")
     await expect(bob.page).to_have_url(bob.server.url + "o/Account")
     await eventually(lambda: bob.client.pending() == [])
@@ -313,3 +316,115 @@ async def test_a_refused_token_is_shown_on_the_page_with_what_to_do(
             await expect(banner).to_contain_text("Get a new token")
         finally:
             await context.close()
+
+
+async def test_records_sort_naturally_and_delete_asks_first(open_app: OpenApp) -> None:
+    alice = await open_app("alice")
+    for name in ("RT 10", "rt 1", "RT 2", "Acme"):
+        alice.client.create("Account", {"Name": name})
+    await alice.client.sync()
+    await alice.open("/o/Account")
+    titles = alice.page.locator("#records .title")
+    await expect(titles).to_have_text(["Acme", "rt 1", "RT 2", "RT 10"])
+
+    rid = next(r.id for r in alice.client.records("Account") if r.fields["Name"] == "RT 2")
+    await alice.open(f"/r/{rid}")
+    asked: list[str] = []
+
+    async def say_no(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        await dialog.dismiss()
+
+    alice.page.once("dialog", say_no)
+    await alice.page.click("#delete")
+    await eventually(lambda: asked)
+    assert asked[0].startswith("Delete RT 2?")
+    await expect(alice.page.locator("#highlights")).to_have_attribute("data-status", "synced")
+    assert alice.client.pending() == [] and alice.client.get(rid) is not None
+
+    alice.page.once("dialog", lambda dialog: dialog.accept())
+    await alice.page.click("#delete")
+    await expect(alice.page).to_have_url(alice.server.url + "o/Account")
+    await expect(titles).to_have_text(["Acme", "rt 1", "RT 10"])
+
+
+async def conflict_on_name(alice: App, bob: App) -> str:
+    """A record on which alice's offline edit of Name (and Website, which bob leaves
+    alone) meets bob's edit of Name: alice's change comes back in conflict."""
+    rid = await synced_account(alice, [bob], {"Name": "Acme", "Employees": 120})
+    await alice.work_offline()
+    alice.client.update(rid, {"Name": "Acme Energy", "Website": "https://acme.example"})
+    bob.client.update(rid, {"Name": "Acme Corp"})
+    await bob.client.sync()
+    await alice.go_online()
+    await eventually(lambda: alice.client.get(rid).status is Status.CONFLICT)  # type: ignore[union-attr]
+    return rid
+
+
+async def test_pending_changes_say_what_waits_for_the_user(open_app: OpenApp) -> None:
+    alice, bob = await open_app("alice"), await open_app("bob")
+    await conflict_on_name(alice, bob)
+    await alice.open("/pending")
+    summary = alice.page.locator("#pending-summary")
+    await expect(summary).to_have_text(
+        "1 record has changes that need your attention before they can be saved: "
+        "open it to resolve or dismiss them."
+    )
+    await expect(summary).not_to_contain_text("by themselves")
+    await alice.work_offline()
+    alice.client.create("Account", {"Name": "Initech"})
+    await expect(summary).to_contain_text("1 needs your attention")
+    await expect(summary).to_contain_text("The other 1 syncs by itself when you are online.")
+    pending, attention = (
+        alice.page.locator("#pending-count"),
+        alice.page.locator("#attention-count"),
+    )
+    await expect(pending).to_have_attribute("aria-label", "1 pending")
+    await expect(pending).to_have_attribute("title", "1 pending")
+    await expect(attention).to_have_attribute("aria-label", "1 needs attention")
+    await expect(attention).to_be_visible()
+    await alice.go_online()  # Initech syncs: the badges follow, live
+    await expect(pending).to_have_attribute("aria-label", "0 pending")
+    await expect(pending).to_have_text("0")
+    await expect(attention).to_have_attribute("aria-label", "1 needs attention")
+
+
+async def test_the_resolve_page_shows_every_change_discard_would_throw_away(
+    open_app: OpenApp,
+) -> None:
+    alice, bob = await open_app("alice"), await open_app("bob")
+    rid = await conflict_on_name(alice, bob)
+    await alice.open(f"/r/{rid}/resolve")
+    mine = alice.page.locator("#my-changes")
+    await expect(mine.locator('li[data-field="Name"]')).to_have_attribute("data-mark", "conflict")
+    await expect(mine.locator('li[data-field="Name"] .mark')).to_contain_text("in conflict")
+    website = mine.locator('li[data-field="Website"]')  # not in the conflict table, shown here
+    await expect(website).to_have_attribute("data-mark", "clear")
+    await expect(website.locator(".new")).to_have_text("https://acme.example")
+    await expect(alice.page.locator('#conflicts tr[data-field="Website"]')).to_have_count(0)
+
+    row = alice.page.locator('#conflicts tr[data-field="Name"]')
+    await expect(row.locator(".custom")).to_be_hidden()
+    await row.locator('input[value="custom"]').check()
+    await expect(row.locator("#custom-Name")).to_be_visible()
+    await row.locator('input[value="theirs"]').check()
+    await expect(row.locator(".custom")).to_be_hidden()
+
+    asked: list[str] = []
+
+    async def say_no(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        await dialog.dismiss()
+
+    alice.page.once("dialog", say_no)
+    await alice.page.click("#discard")
+    await eventually(lambda: asked)
+    assert asked[0].startswith("Discard all your changes to Acme")
+    assert alice.client.get(rid).status is Status.CONFLICT  # type: ignore[union-attr]
+
+    alice.page.once("dialog", lambda dialog: dialog.accept())
+    await alice.page.click("#discard")
+    await expect(alice.page.locator("#highlights")).to_have_attribute("data-status", "synced")
+    record = alice.client.get(rid)
+    assert record is not None and record.fields["Name"] == "Acme Corp"
+    assert record.fields.get("Website") is None  # discarded, as the page said it would be

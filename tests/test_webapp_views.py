@@ -201,6 +201,49 @@ def test_delete_in_conflict_offers_delete_anyway_or_keep(schema: Schema) -> None
     assert 'id="keep" data-action="dismiss"' in page
 
 
+def test_the_pending_sentence_never_promises_that_a_conflict_syncs_by_itself() -> None:
+    waiting, stuck = pending_change(), pending_change(Status.CONFLICT)
+    assert views.pending_summary([waiting]) == (
+        "1 record has changes not yet saved on the server. It syncs by itself when you are online."
+    )
+    assert views.pending_summary([waiting, waiting]).endswith(
+        "They sync by themselves when you are online."
+    )
+    for only_stuck in ([stuck], [stuck, pending_change(Status.UNRESOLVABLE)]):
+        sentence = views.pending_summary(only_stuck)
+        assert (
+            "your attention" in sentence
+            and "by it" not in sentence
+            and "themselves" not in sentence
+        )
+    mixed = views.pending_summary([stuck, waiting, waiting])
+    assert mixed == (
+        "3 records have changes not yet saved on the server. 1 needs your attention: open "
+        "it to resolve or dismiss. The other 2 sync by themselves when you are online."
+    )
+
+
+def test_records_sort_as_people_count() -> None:
+    names = ["RT 10", "rt 1", "RT 2", "Acme 2b", "Acme 10", "acme", "Zed"]
+    assert sorted(names, key=views.natural_key) == [
+        "acme",
+        "Acme 2b",
+        "Acme 10",
+        "rt 1",
+        "RT 2",
+        "RT 10",
+        "Zed",
+    ]
+
+
+def test_navigation_badges_say_what_they_count() -> None:
+    nav = views.navigation(views.Chrome(user="a", objects=("Account",), pending=3, attention=1))
+    assert 'id="pending-count" data-count="2" title="2 pending" aria-label="2 pending">2<' in nav
+    assert 'title="1 needs attention" aria-label="1 needs attention">1 ' in nav
+    calm = views.navigation(views.Chrome(user="a", objects=("Account",), pending=2))
+    assert 'aria-label="0 need attention" hidden>' in calm
+
+
 def test_header_shows_connection_switch_and_progress_only_while_syncing() -> None:
     idle = views.header(views.Chrome(user="a", objects=(), online=True))
     assert 'data-state="online"' in idle and 'id="sync-progress" class="progress" hidden' in idle

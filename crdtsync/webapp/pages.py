@@ -130,7 +130,7 @@ def _reference_choices(client: Client, spec: ObjectSpec) -> dict[str, list[tuple
                     (r.id, views.record_title(target, r.fields, r.id))
                     for r in client.records(target.name)
                 ),
-                key=lambda choice: choice[1].lower(),
+                key=lambda choice: views.natural_key(choice[1]),
             )
     return choices
 

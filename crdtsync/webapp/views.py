@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
@@ -135,6 +136,20 @@ def record_title(spec: ObjectSpec | None, fields: Mapping[str, Any], record_id: 
     return f"record {record_id[:8]}"
 
 
+def natural_key(text: str) -> tuple[tuple[int, str | int], ...]:
+    """Sort key that orders text as people do: case-insensitive, and runs of digits by
+    their number ("RT 2" before "RT 10")."""
+    return tuple(
+        (1, int(part)) if part.isdigit() else (0, part)
+        for part in re.split(r"(\d+)", text.casefold())
+        if part
+    )
+
+
+def plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
 def status_badge(status: Status) -> str:
     """The status indicator: the same look in lists, on records and in Pending Changes."""
     icon, label, meaning = STATUS_LOOK[status]
@@ -231,18 +246,30 @@ def progress_bar(progress: tuple[int, int] | None) -> str:
     )
 
 
+def badge_labels(pending: int, attention: int) -> tuple[str, str]:
+    """What the Pending Changes badges count, in words: the records waiting to sync,
+    and those that need the user's attention (``pending`` counts both)."""
+    waiting = max(pending - attention, 0)
+    return f"{waiting} pending", plural(attention, "needs attention", "need attention")
+
+
 def navigation(chrome: Chrome) -> str:
+    """The objects' homes and Pending Changes, whose two badges say what they count
+    (as a tooltip and to screen readers): records waiting to sync, and records that
+    need attention (shown only when there are some)."""
     links = [
         f'<a href="/o/{e(name)}"{_current(chrome, name)}>{e(name)}</a>' for name in chrome.objects
     ]
-    attention = (
-        f'<span class="badge attention" data-status="conflict">{chrome.attention} ⚠</span>'
-        if chrome.attention
-        else ""
-    )
+    waiting, attention = badge_labels(chrome.pending, chrome.attention)
+    count = max(chrome.pending - chrome.attention, 0)
+    hidden = "" if chrome.attention else " hidden"
     links.append(
         f'<a id="nav-pending" href="/pending"{_current(chrome, "pending")}>Pending Changes '
-        f'<span class="badge" id="pending-count">{chrome.pending}</span>{attention}</a>'
+        f'<span class="badge" id="pending-count" data-count="{count}" title="{waiting}" '
+        f'aria-label="{waiting}">{count}</span>'
+        f'<span class="badge attention" id="attention-count" data-status="conflict" '
+        f'data-count="{chrome.attention}" title="{attention}" aria-label="{attention}"{hidden}>'
+        f'{chrome.attention} <span aria-hidden="true">⚠</span></span></a>'
     )
     return f'<nav id="nav">{"".join(links)}</nav>'
 
@@ -282,7 +309,7 @@ def object_home(
         if f.type in (FieldType.PICKLIST, FieldType.EMAIL, FieldType.INTEGER, FieldType.DECIMAL)
     ][:2]
     rows = []
-    for record in sorted(records, key=lambda r: record_title(spec, r.fields, r.id).lower()):
+    for record in sorted(records, key=lambda r: natural_key(record_title(spec, r.fields, r.id))):
         title = record_title(spec, record.fields, record.id)
         subtitle = " · ".join(
             show_value(record.fields.get(n), labels, width=40)
@@ -368,7 +395,7 @@ def highlights(
         actions = (
             f'<a class="button" id="edit" href="/r/{rid}/edit">Edit</a>'
             f'<button type="button" class="danger" id="delete" data-action="delete" '
-            f'data-record="{rid}">Delete</button>'
+            f'data-record="{rid}" data-confirm="{e(delete_question(title))}">Delete</button>'
         )
     return (
         f'<section class="highlights" id="highlights" data-status="{status.value}" '
@@ -376,6 +403,14 @@ def highlights(
         f'<div class="object-name">{e(object_label(spec))}</div>'
         f'<h1>{e(title)}</h1><div class="status-line">{status_badge(status)}</div>{detail}'
         f'<div class="actions">{actions}</div></section>'
+    )
+
+
+def delete_question(title: str) -> str:
+    """What the Delete button asks before it deletes (unescaped)."""
+    return (
+        f"Delete {title}? It is removed for everyone who can see it once this syncs; "
+        "until then you can still find it on Pending Changes."
     )
 
 
@@ -532,12 +567,38 @@ def pending_page(
             + "</a></li>"
         )
     body = (
-        f'<h1>Pending Changes</h1><p class="hint">{len(changes)} record'
-        f"{'s' if len(changes) != 1 else ''} with changes not yet saved on the server. "
-        "They sync by themselves when you are online.</p>"
+        f'<h1>Pending Changes</h1><p class="hint" id="pending-summary">'
+        f"{e(pending_summary(changes))}</p>"
         f'<ul class="pending" id="pending-list">{"".join(rows)}</ul>'
     )
     return layout(chrome, "Pending Changes", body)
+
+
+def pending_summary(changes: Sequence[PendingChange]) -> str:
+    """The sentence above the pending changes (unescaped): what syncs by itself, and
+    what waits for the user (conflicts and unresolvable changes never sync by
+    themselves)."""
+    locked = sum(1 for change in changes if change.status.locked)
+    waiting = len(changes) - locked
+    themselves = "by itself" if waiting == 1 else "by themselves"
+    if not locked:
+        return (
+            f"{plural(waiting, 'record has', 'records have')} changes not yet saved on the "
+            f"server. {'It syncs' if waiting == 1 else 'They sync'} {themselves} when you "
+            "are online."
+        )
+    which = "it" if locked == 1 else "each"
+    if not waiting:
+        return (
+            f"{plural(locked, 'record has', 'records have')} changes that need your "
+            f"attention before they can be saved: open {which} to resolve or dismiss them."
+        )
+    return (
+        f"{plural(len(changes), 'record has', 'records have')} changes not yet saved on "
+        f"the server. {plural(locked, 'needs', 'need')} your attention: open {which} to "
+        f"resolve or dismiss. The other {plural(waiting, 'syncs', 'sync')} {themselves} "
+        "when you are online."
+    )
 
 
 def _label(spec: ObjectSpec | None, name: str) -> str:
@@ -658,17 +719,57 @@ def conflict_form(
         if fix_rows
         else ""
     )
+    title = record_title(spec, values, change.record_id) if values else "this record"
+    discard = (
+        f"Discard all your changes to {title}? Every field listed under “All your changes” "
+        "goes back to the server's value."
+    )
     return (
         '<p class="locked" id="locked">Locked until you save a resolution or discard your '
         "changes. Saving syncs it again.</p></section>"
         f'<form class="resolve-form" data-action="resolve" data-record="{e(change.record_id)}" '
         "novalidate>"
         f'<p class="form-error" role="alert"{"" if form_error else " hidden"}>{e(form_error)}</p>'
-        f"{table}{fixes}"
+        f"{table}{fixes}{my_changes(spec, change, labels)}"
         '<div class="actions"><button type="submit" class="primary" id="save">Save and sync'
         "</button>"
         '<button type="button" id="discard" data-action="dismiss" '
-        f'data-record="{e(change.record_id)}">Discard my changes</button></div></form>'
+        f'data-record="{e(change.record_id)}" data-confirm="{e(discard)}">'
+        "Discard all my changes</button></div></form>"
+    )
+
+
+def my_changes(
+    spec: ObjectSpec, change: PendingChange, labels: Mapping[str, str] | None = None
+) -> str:
+    """Every field this user changed in the record (old → new), the conflicting ones
+    and the ones failing validation marked: what "Discard all my changes" throws away,
+    and what "Save and sync" sends besides the decided fields."""
+    problem = change.problem or Problem()
+    conflicting = {c.field for c in problem.conflicts}
+    invalid = {error.field for error in problem.errors}
+    rows = []
+    for name, edit in change.changes.items():
+        mark = (
+            "in conflict"
+            if name in conflicting
+            else "needs fixing"
+            if name in invalid
+            else "no conflict: syncs as is"
+        )
+        flag = "conflict" if name in conflicting else "invalid" if name in invalid else "clear"
+        rows.append(
+            f'<li data-field="{e(name)}" data-mark="{flag}">'
+            f'<span class="field">{e(_label(spec, name))}</span> '
+            f'<span class="old">{show_value(edit.old, labels, width=60)}</span> → '
+            f'<span class="new">{show_value(edit.new, labels, width=60)}</span> '
+            f'<span class="mark mark-{flag}">{"⚠ " if flag != "clear" else ""}{mark}</span></li>'
+        )
+    if not rows:
+        return ""
+    return (
+        '<section class="my-changes" id="my-changes"><h2>All your changes to this record</h2>'
+        f'<ul class="changes">{"".join(rows)}</ul></section>'
     )
 
 
@@ -687,6 +788,7 @@ def conflict_row(
         if field is not None
         else f'<input type="text" id="custom-{name}" name="{name}">'
     )
+    custom = f'<div class="custom" hidden>{custom}</div>'  # shown once "Other" is chosen
     hidden = "" if messages else " hidden"
     return (
         f'<tr class="form-row" data-field="{name}"><th>{e(_label(spec, conflict.field))}</th>'

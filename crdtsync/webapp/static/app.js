@@ -73,7 +73,20 @@
     } else {
       bar.hidden = true;
     }
-    document.getElementById("pending-count").textContent = status.pending;
+    const waiting = Math.max(status.pending - status.attention, 0);
+    setBadge(document.getElementById("pending-count"), waiting, `${waiting} pending`);
+    const needs = status.attention === 1 ? "needs" : "need";
+    const attention = document.getElementById("attention-count");
+    setBadge(attention, status.attention, `${status.attention} ${needs} attention`);
+    attention.hidden = !status.attention;
+  }
+
+  // A navigation badge: its number, and what it counts (tooltip and screen readers).
+  function setBadge(badge, count, label) {
+    badge.dataset.count = count;
+    badge.firstChild.textContent = badge.id === "attention-count" ? `${count} ` : `${count}`;
+    badge.title = label;
+    badge.setAttribute("aria-label", label);
   }
 
   // Re-render the live parts of the page from the server (one fetch at a time).
@@ -192,6 +205,7 @@
   }
 
   async function press(button) {
+    if (button.dataset.confirm && !window.confirm(button.dataset.confirm)) return;
     const fields = {};
     if (button.dataset.record) fields.record_id = button.dataset.record;
     button.disabled = true;
@@ -223,16 +237,15 @@
     }
   });
 
-  // Typing in a conflict's "Other" input chooses it.
-  document.addEventListener("focusin", (event) => {
-    const row = event.target.closest("tr[data-field]");
-    if (row && event.target.name && !event.target.name.startsWith("choice:")) {
-      const custom = row.querySelector('input[type=radio][value="custom"]');
-      if (custom) custom.checked = true;
-    }
-  });
-
   document.addEventListener("change", (event) => {
+    const choice = event.target.name && event.target.name.startsWith("choice:");
+    if (choice) {
+      // A conflict's "Other" input is there only while "Other" is chosen.
+      const custom = event.target.closest("tr[data-field]").querySelector(".custom");
+      custom.hidden = event.target.value !== "custom";
+      if (!custom.hidden) custom.querySelector("input, select, textarea").focus();
+      return;
+    }
     if (event.target.id === "work-offline") {
       send(event.target.checked ? "go_offline" : "go_online", {}).then((result) =>
         toast(result.message, !result.ok),
