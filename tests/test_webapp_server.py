@@ -89,8 +89,12 @@ async def test_actions_over_live_answer_with_field_errors_and_push_changes(
     app: AppServer, client: Client
 ) -> None:
     async with live(app) as websocket:
-        status = await receive(websocket, "status")
+        status = json.loads(await websocket.recv())
+        assert status["type"] == "status"
         assert status["state"] == "offline" and status["pending"] == 0
+        # then a re-render: what changed between the page's render and this
+        # subscription was pushed to nobody
+        assert json.loads(await websocket.recv()) == {"type": "changed"}
         await websocket.send(
             json.dumps({"id": 7, "action": "create", "object": "Account", "values": {"Name": ""}})
         )

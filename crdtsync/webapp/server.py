@@ -196,6 +196,9 @@ class AppServer:
         self._pages.add(queue)
         try:
             await connection.send(json.dumps(self._status()))
+            # What changed between rendering the page and this subscription was pushed to
+            # nobody: the page re-renders once now, so it never stays stale.
+            await connection.send(json.dumps({"type": "changed"}))
             async with asyncio.TaskGroup() as tasks:
                 writer = tasks.create_task(self._write(connection, queue))
                 async for message in connection:
