@@ -291,6 +291,16 @@ async def test_validation_error_is_shown_on_the_field_and_nothing_is_queued(
     assert alice.client.pending() == []
     assert alice.client.get(rid).fields["Employees"] == 120  # type: ignore[union-attr]
 
+    await alice.open("/o/Account/new")  # two bad fields: both are marked at once
+    await alice.page.fill("#f-Employees", "-5")
+    await alice.page.click("#save")
+    new_form = alice.page.locator("form.record-form")
+    await expect(new_form.locator('[data-field="Name"] .field-error')).to_have_text("is required")
+    await expect(new_form.locator('[data-field="Employees"] .field-error')).to_have_text(
+        "must be at least 0"
+    )
+    await expect(new_form.locator(".form-row.invalid")).to_have_count(2)
+
     await alice.open("/o/Contact/new")
     await alice.page.fill("#f-FirstName", "Ada")
     await alice.page.click("#save")
