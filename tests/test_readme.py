@@ -1,12 +1,16 @@
-"""The README Quickstart is what CI runs: two commands, the second verbatim in .ci/run."""
+"""The README Quickstart is what CI runs: two commands, the second verbatim in .ci/run.
+Every snippet and command line the README and docs show is one that works."""
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+from crdtsync import cli
 
 from .conftest import ROOT
 from .relay_process import ServeProcess, free_port
@@ -87,3 +91,26 @@ def test_every_python_snippet_in_the_readme_runs_verbatim_from_any_directory(
             assert done.returncode == 0, f"snippet {number}:\n{snippet}\n{done.stderr}"
     finally:
         served.stop()
+
+
+def test_every_crdtsync_command_in_the_docs_is_one_the_cli_takes() -> None:
+    """Each whole ``crdtsync …`` command in README.md and docs/*.md (one that names its
+    ``--config``, in a code block or inline; ``[…]`` marks optional parts, all taken)
+    parses: no argument the CLI lacks, none it needs missing."""
+    parser = cli._parser()
+    seen = set()
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = doc.read_text().replace("\\\n", " ")  # join continued lines
+        for found in re.findall(r"(?:^|`|/bin/)(crdtsync [a-z]+ [^`\n]*)", text, flags=re.M):
+            command = found.split(" #")[0]
+            if "--config" not in command:
+                continue  # a mention, not a command
+            words = shlex.split(
+                re.sub(r"\$\([^)]*\)", "NOW", command).replace("[", " ").replace("]", " ")
+            )
+            seen.add(words[1])
+            try:
+                parser.parse_args(words[1:])
+            except SystemExit:
+                raise AssertionError(f"{doc.name}: {command!r} is not a valid command") from None
+    assert seen >= {"serve", "token", "admin", "compact", "backup", "restore", "app"}, seen
