@@ -12,6 +12,7 @@ import re
 import shlex
 import shutil
 import signal
+import sqlite3
 import ssl
 import stat
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 from crdtsync_server.storage import RelayStorage
 
 from crdtsync import Client, InvalidOperation
+from crdtsync.sqlite_meta import get_meta
 
 from .conftest import EXAMPLE_CONFIG, RelayHarness, eventually
 from .relay_process import ServeProcess, free_port
@@ -126,18 +128,17 @@ async def test_a_restored_relay_serves_the_backup_and_replicas_that_saw_more_car
             await alice.sync()
     finally:
         served.stop()
-    before = RelayStorage(str(tmp_path / "backup.sqlite3"), create=False)
-    old_identity = before.get_meta("server_id"), before.get_meta("client_id")
-    before.close()
+    old_identity = identity(tmp_path / "backup.sqlite3")
     shutil.rmtree(live)  # the disk is gone
     live.mkdir()
 
+    saved = {path.name: path.read_bytes() for path in tmp_path.glob("backup.sqlite3*")}
     restored = crdtsync("restore", str(tmp_path / "backup.sqlite3"), "--db", str(database))
     assert restored.returncode == 0, restored.stderr
+    after = {path.name: path.read_bytes() for path in tmp_path.glob("backup.sqlite3*")}
+    assert after == saved  # the backup is only read
     assert "restored" in restored.stdout and "secret" in restored.stdout
-    storage = RelayStorage(str(database), create=False)
-    assert (storage.get_meta("server_id"), storage.get_meta("client_id")) != old_identity
-    storage.close()
+    assert identity(database) != old_identity
 
     again = ServeProcess(database, served.port, secret=None)
     again.start()
@@ -153,6 +154,15 @@ async def test_a_restored_relay_serves_the_backup_and_replicas_that_saw_more_car
             assert set(new) <= seen and set(kept) <= seen
     finally:
         again.stop()
+
+
+def identity(database: Path) -> tuple[object, object]:
+    """A relay database's ``server_id`` and CRDT client id, read without writing."""
+    db = sqlite3.connect(database.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        return get_meta(db, "server_id"), get_meta(db, "client_id")
+    finally:
+        db.close()
 
 
 def test_a_restore_never_overwrites_and_needs_a_relay_database(tmp_path: Path) -> None:

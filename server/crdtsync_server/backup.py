@@ -58,7 +58,8 @@ def back_up(config: RelayConfig, output: str) -> Copied:
 def restore(config: RelayConfig, backup: str) -> Copied:
     """Make the backup ``backup`` the database of ``config`` (which must not exist, and
     no relay may be serving on it), with a new relay identity; put ``backup.secret``
-    beside it."""
+    beside it. The backup itself is only read: it is copied first, and the copy is
+    checked (a relay database, in a format this version reads or migrates, intact)."""
     database = config.database
     if database == ":memory:":
         raise StorageError("restore needs a database file, not :memory:")
@@ -67,31 +68,53 @@ def restore(config: RelayConfig, backup: str) -> Copied:
             f"{database} exists: move it away first (it may hold changes the backup does "
             "not); a restore never overwrites a database"
         )
-    source = RelayStorage(backup, create=False)  # a relay database, in a format we read
+    if not os.path.isfile(backup):
+        raise StorageError(f"{backup}: no backup there")
     try:
-        problem = source.integrity_check()
+        lock = OwnerLock(database)
+    except LockedError:
+        raise StorageError(f"{database} is in use by a relay: stop it first") from None
+    draft = f"{database}.restoring-{secrets.token_hex(4)}"
+    try:
+        _copy_database(backup, draft)
+        try:
+            storage = RelayStorage(draft, create=False)
+        except StorageError as exc:
+            raise StorageError(str(exc).replace(draft, backup)) from None
+        try:
+            problem = storage.integrity_check()
+            version = storage.seq
+        finally:
+            storage.close()
         if problem != "ok":
             raise StorageError(f"{backup} is damaged: {problem}")
-        version = source.seq
-        try:
-            lock = OwnerLock(database)
-        except LockedError:
-            raise StorageError(f"{database} is in use by a relay: stop it first") from None
-        try:
-            draft = f"{database}.restoring-{secrets.token_hex(4)}"
-            try:
-                source.backup_to(draft)
-                _new_identity(draft)
-                secret = _restore_secret(config, backup)
-                os.replace(draft, database)
-            finally:
-                if os.path.exists(draft):
-                    os.unlink(draft)
-        finally:
-            lock.release()
+        _new_identity(draft)
+        secret = _restore_secret(config, backup)
+        os.replace(draft, database)
     finally:
-        source.close()
+        for leftover in (draft, f"{draft}-wal", f"{draft}-shm", f"{draft}-lock"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+        lock.release()
     return Copied(database, version, secret)
+
+
+def _copy_database(source: str, target: str) -> None:
+    """Copy the SQLite database ``source``, opened read-only, to the new file ``target``."""
+    os.close(new_private_file(target))
+    try:
+        reader = sqlite3.connect(Path(source).resolve().as_uri() + "?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise StorageError(f"{source}: cannot read it ({exc})") from None
+    writer = sqlite3.connect(target)
+    try:
+        reader.backup(writer)
+        writer.execute("PRAGMA journal_mode=DELETE")
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"{source}: not a crdtsync relay database ({exc})") from None
+    finally:
+        writer.close()
+        reader.close()
 
 
 def _new_identity(path: str) -> None:
@@ -102,6 +125,7 @@ def _new_identity(path: str) -> None:
         set_meta(db, "server_id", uuid.uuid4().hex)
         set_meta(db, "client_id", secrets.randbits(53) or 1)
         db.execute("COMMIT")
+        db.execute("PRAGMA journal_mode=DELETE")  # one self-contained file to move
     finally:
         db.close()
 
