@@ -49,10 +49,12 @@ def test_readme_shows_the_reference_app_and_its_one_command() -> None:
         assert image.stat().st_size < 300_000, f"{image} is too big to commit"
 
 
-def test_the_test_command_installs_the_browser_it_needs() -> None:
+def test_the_test_command_installs_the_programs_it_needs() -> None:
+    """The browser the web app's tests drive and the nginx the deploy guide's test runs."""
     script = (ROOT / "scripts" / "install-test-deps").read_text()
     assert quickstart_commands()[1].startswith("./scripts/install-test-deps && ")
-    assert "apt-get install -y" in script and "chromium" in script
+    assert "apt-get install -y" in script
+    assert 'missing="$missing chromium"' in script and 'missing="$missing nginx"' in script
     assert "python3 -m pip install -e '.[test]'" in script
 
 
