@@ -67,20 +67,8 @@ def open_format(
     formats with the same numbers, told apart by ``meta.kind``, or for files written
     before it by the table only the other kind has.
     """
-    has_meta = db.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
-    ).fetchone()
-    found = get_meta(db, "format_version") if has_meta else None
-    if found is None and db.execute("SELECT 1 FROM sqlite_master").fetchone():
-        raise FormatError("it holds tables of something else")
+    found = check_format(db, version=version, kind=kind)
     if found is not None:
-        other = get_meta(db, "kind") or _kind_by_tables(db)
-        if other is not None and other != kind:
-            raise FormatError(f"it is a crdtsync {other}, not a {kind}")
-        if not isinstance(found, int) or found < 1:
-            raise FormatError(f"format {found!r} is not one crdtsync ever wrote")
-        if found > version:
-            raise FormatError(f"format {found} is newer than this crdtsync reads ({version})")
         for step in range(found, version):
             migrations[step](db)
     for statement in schema.split(";"):
@@ -90,6 +78,28 @@ def open_format(
         set_meta(db, "format_version", version)
     if get_meta(db, "kind") != kind:
         set_meta(db, "kind", kind)
+    return found
+
+
+def check_format(db: sqlite3.Connection, *, version: int, kind: str) -> int | None:
+    """The format of the database on ``db`` (``None``: empty), read without changing
+    anything; :class:`FormatError` if it is not a ``kind`` in format ``version`` or an
+    older one (see :func:`open_format`)."""
+    has_meta = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone()
+    found = get_meta(db, "format_version") if has_meta else None
+    if found is None and db.execute("SELECT 1 FROM sqlite_master").fetchone():
+        raise FormatError("it holds tables of something else")
+    if found is None:
+        return None
+    other = get_meta(db, "kind") or _kind_by_tables(db)
+    if other is not None and other != kind:
+        raise FormatError(f"it is a crdtsync {other}, not a {kind}")
+    if not isinstance(found, int) or found < 1:
+        raise FormatError(f"format {found!r} is not one crdtsync ever wrote")
+    if found > version:
+        raise FormatError(f"format {found} is newer than this crdtsync reads ({version})")
     return found
 
 

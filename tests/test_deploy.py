@@ -21,12 +21,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from crdtsync_server.storage import RelayStorage
+from crdtsync_server.storage import FORMAT_VERSION, RelayStorage
 
 from crdtsync import Client, InvalidOperation
 from crdtsync.sqlite_meta import get_meta
 
-from .conftest import EXAMPLE_CONFIG, RelayHarness, eventually
+from .conftest import EXAMPLE_CONFIG, ROOT, RelayHarness, eventually
 from .relay_process import ServeProcess, free_port
 from .tls import make_certificate
 
@@ -400,3 +400,31 @@ def test_the_guides_systemd_unit_starts_the_relay_and_stops_it_cleanly(tmp_path:
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     for path in (tmp_path / "state").iterdir():
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path  # nothing for others
+
+
+def test_a_backup_reads_an_older_format_without_migrating_it_and_restore_migrates_the_copy(
+    tmp_path: Path,
+) -> None:
+    """Backing up before an upgrade must not upgrade: the database (maybe still served
+    by the old version) keeps its format; restoring the backup brings the copy forward."""
+    database = tmp_path / "relay.sqlite3"
+    db = sqlite3.connect(database)
+    db.executescript((ROOT / "tests" / "fixtures" / "relay_format1.sql").read_text())
+    db.close()
+    before = database.read_bytes()
+    made = crdtsync("backup", str(tmp_path / "backup.sqlite3"), "--db", str(database))
+    assert made.returncode == 0, made.stderr
+    assert database.read_bytes() == before
+    assert format_of(tmp_path / "backup.sqlite3") == 1
+    again = tmp_path / "again.sqlite3"
+    restored = crdtsync("restore", str(tmp_path / "backup.sqlite3"), "--db", str(again))
+    assert restored.returncode == 0, restored.stderr
+    assert format_of(again) == FORMAT_VERSION > 1
+
+
+def format_of(database: Path) -> object:
+    db = sqlite3.connect(database.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        return get_meta(db, "format_version")
+    finally:
+        db.close()

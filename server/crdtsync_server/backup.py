@@ -23,10 +23,17 @@ from pathlib import Path
 
 import attrs
 
-from crdtsync.sqlite_meta import LockedError, OwnerLock, set_meta
+from crdtsync.sqlite_meta import (
+    FormatError,
+    LockedError,
+    OwnerLock,
+    check_format,
+    get_meta,
+    set_meta,
+)
 
 from .config import RelayConfig
-from .storage import RelayStorage, StorageError, new_private_file
+from .storage import FORMAT_VERSION, RelayStorage, StorageError, new_private_file
 
 
 @attrs.frozen
@@ -40,13 +47,14 @@ class Copied:
 
 def back_up(config: RelayConfig, output: str) -> Copied:
     """Copy ``config``'s database (serving or not) to the new file ``output``, and the
-    secret the relay keeps beside it to ``output.secret``."""
-    storage = RelayStorage(config.database, create=False)
+    secret the relay keeps beside it to ``output.secret``. The database is only read:
+    a backup never migrates or otherwise changes it."""
+    _copy_database(config.database, output)
     try:
-        storage.backup_to(output)
-        version = storage.seq
-    finally:
-        storage.close()
+        version = _relay_version(output, config.database)
+    except StorageError:
+        os.unlink(output)
+        raise
     secret = config.secret_path
     if config.secret is not None or secret is None or not secret.exists():
         return Copied(output, version, None)
@@ -68,8 +76,6 @@ def restore(config: RelayConfig, backup: str) -> Copied:
             f"{database} exists: move it away first (it may hold changes the backup does "
             "not); a restore never overwrites a database"
         )
-    if not os.path.isfile(backup):
-        raise StorageError(f"{backup}: no backup there")
     try:
         lock = OwnerLock(database)
     except LockedError:
@@ -77,13 +83,10 @@ def restore(config: RelayConfig, backup: str) -> Copied:
     draft = f"{database}.restoring-{secrets.token_hex(4)}"
     try:
         _copy_database(backup, draft)
-        try:
-            storage = RelayStorage(draft, create=False)
-        except StorageError as exc:
-            raise StorageError(str(exc).replace(draft, backup)) from None
+        version = _relay_version(draft, backup)
+        storage = RelayStorage(draft, create=False)  # migrates an older format
         try:
             problem = storage.integrity_check()
-            version = storage.seq
         finally:
             storage.close()
         if problem != "ok":
@@ -92,7 +95,7 @@ def restore(config: RelayConfig, backup: str) -> Copied:
         secret = _restore_secret(config, backup)
         os.replace(draft, database)
     finally:
-        for leftover in (draft, f"{draft}-wal", f"{draft}-shm", f"{draft}-lock"):
+        for leftover in (draft, f"{draft}-wal", f"{draft}-shm", f"{draft}-journal"):
             if os.path.exists(leftover):
                 os.unlink(leftover)
         lock.release()
@@ -100,21 +103,42 @@ def restore(config: RelayConfig, backup: str) -> Copied:
 
 
 def _copy_database(source: str, target: str) -> None:
-    """Copy the SQLite database ``source``, opened read-only, to the new file ``target``."""
+    """Copy the SQLite database ``source`` to the new file ``target`` (mode 0600, one
+    self-contained file) with SQLite's online backup: every transaction committed
+    before it started, none half-written, from a read-only connection."""
+    if source == ":memory:" or not os.path.isfile(source):
+        raise StorageError(f"{source}: no relay database there")
     os.close(new_private_file(target))
     try:
         reader = sqlite3.connect(Path(source).resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            writer = sqlite3.connect(target)
+            try:
+                reader.backup(writer)
+                writer.execute("PRAGMA journal_mode=DELETE")
+            finally:
+                writer.close()
+        finally:
+            reader.close()
     except sqlite3.Error as exc:
-        raise StorageError(f"{source}: cannot read it ({exc})") from None
-    writer = sqlite3.connect(target)
-    try:
-        reader.backup(writer)
-        writer.execute("PRAGMA journal_mode=DELETE")
-    except sqlite3.DatabaseError as exc:
+        os.unlink(target)
         raise StorageError(f"{source}: not a crdtsync relay database ({exc})") from None
+
+
+def _relay_version(path: str, name: str) -> int:
+    """The last version in the relay database copied to ``path`` (``name``: the file it
+    was copied from, for errors), read without changing it."""
+    db = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        if check_format(db, version=FORMAT_VERSION, kind="relay database") is None:
+            raise FormatError("it is empty")
+        return int(get_meta(db, "seq", 0))
+    except FormatError as exc:
+        raise StorageError(f"{name}: not a crdtsync relay database: {exc}") from None
+    except sqlite3.Error as exc:
+        raise StorageError(f"{name}: not a crdtsync relay database ({exc})") from None
     finally:
-        writer.close()
-        reader.close()
+        db.close()
 
 
 def _new_identity(path: str) -> None:

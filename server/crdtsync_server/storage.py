@@ -617,20 +617,5 @@ class RelayStorage:
                 high = middle - 1
         return low
 
-    def backup_to(self, path: str) -> None:
-        """Write a consistent copy of the whole database to the new file ``path`` (never
-        over an existing one), safe while a relay serves on it: SQLite's online backup,
-        in one step, from one read transaction."""
-        os.close(new_private_file(path))
-        target = sqlite3.connect(path)
-        try:
-            self._db.backup(target)
-            target.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
-        except sqlite3.Error as exc:
-            target.close()
-            os.unlink(path)
-            raise StorageError(f"the backup to {path} failed: {exc}") from None
-        target.close()
-
     def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
