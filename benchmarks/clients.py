@@ -17,7 +17,7 @@ import msgpack
 import pycrdt
 from websockets.asyncio.client import ClientConnection, connect
 
-from crdtsync.protocol import (
+from crdtsync.core.protocol import (
     MAX_RELAY_FRAME_BYTES,
     PROTOCOL_VERSION,
     Ack,

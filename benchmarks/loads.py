@@ -3,7 +3,7 @@
 A load is built once per set of sizes (and cached), before any clock starts. Each
 client has its own CRDT client id and its own records; a record is created by one
 change (``Name`` and ``Employees``), then edited ``edits`` times, each edit a
-:meth:`crdtsync.record.RecordDoc.write` of one field (``Employees = k``), so each
+:meth:`crdtsync.core.record.RecordDoc.write` of one field (``Employees = k``), so each
 delta is one small Yjs update. Edits are ordered edit-major (edit 1 of every record,
 then edit 2...), the order a client pushes them in.
 """
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from crdtsync.record import RecordDoc
-from crdtsync.schema import ObjectSpec, Schema
+from crdtsync.core.record import RecordDoc
+from crdtsync.core.schema import ObjectSpec, Schema
 
 from .common import REPO
 

@@ -55,7 +55,7 @@ from crdtsync_server.config import RelayConfig
 from websockets.asyncio.client import ClientConnection, connect
 
 import crdtsync
-from crdtsync.protocol import (
+from crdtsync.core.protocol import (
     MAX_RELAY_FRAME_BYTES,
     PROTOCOL_VERSION,
     Hello,
@@ -64,7 +64,7 @@ from crdtsync.protocol import (
     decode,
     encode,
 )
-from crdtsync.record import RecordDoc
+from crdtsync.core.record import RecordDoc
 
 from .clients import RelayConnection
 from .common import (

@@ -4,7 +4,7 @@
 ``text_chars`` (1,000,000 by default), the milliseconds of one
 :meth:`crdtsync.Client.update` that inserts one character in the middle (schema check,
 character diff against the current text, CRDT write, SQLite commit of the record and
-its pending change), and of the character diff alone (:func:`crdtsync.textdiff.text_edits`).
+its pending change), and of the character diff alone (:func:`crdtsync.core.textdiff.text_edits`).
 The text is prose in lines; each size is edited ``TEXT_EDITS`` times, the median kept.
 Both stay near-linear in the text's length: what was quadratic (2 s at 20,000
 characters, minutes past 80,000) is a few milliseconds.
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import crdtsync
-from crdtsync.textdiff import text_edits
+from crdtsync.core.textdiff import text_edits
 
 from .common import Figures, Size
 

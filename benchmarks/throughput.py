@@ -47,7 +47,7 @@ from crdtsync_server.policy import Principal
 from crdtsync_server.relay import Relay
 from crdtsync_server.storage import RelayStorage
 
-from crdtsync.protocol import Ack, ChangeFrame, Conflict, Verdict
+from crdtsync.core.protocol import Ack, ChangeFrame, Conflict, Verdict
 
 from .clients import RelayConnection, RoomConnection, Tally
 from .common import (

@@ -18,7 +18,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from crdtsync.protocol import (
+from crdtsync.core.protocol import (
     SUPPORTED_VERSIONS,
     Admin,
     AdminResult,

@@ -1,7 +1,7 @@
 """What a CRDT update does to a record, read from the update itself.
 
 The relay never trusts a list of fields from a client: it parses the update
-(:mod:`crdtsync.yupdate`) and attributes every item to the field it belongs to. In the
+(:mod:`crdtsync.core.yupdate`) and attributes every item to the field it belongs to. In the
 Yjs encoding an item names its parent only when it has no neighbours; otherwise it
 inherits its origin's parent. Attribution therefore needs to know, for the record's
 existing items, which field each belongs to and at which level (a map entry of
@@ -27,8 +27,8 @@ from typing import Any
 
 import attrs
 
-from crdtsync.record import FIELDS_ROOT
-from crdtsync.yupdate import ParsedUpdate, StructInfo, parse_update
+from crdtsync.core.record import FIELDS_ROOT
+from crdtsync.core.yupdate import ParsedUpdate, StructInfo, parse_update
 
 TEXT_TYPE_REF = 2
 
@@ -189,7 +189,7 @@ class ItemIndex:
         in ``hidden`` pass through. GC and skip structs pass through unchanged. If
         ``hidden`` is empty, ``update`` is empty, or no struct has to be replaced,
         ``update`` itself is returned (the same object, not a copy). A malformed update
-        raises :class:`~crdtsync.yupdate.UpdateDecodeError`.
+        raises :class:`~crdtsync.core.yupdate.UpdateDecodeError`.
 
         **Procedure for a relay** sending a record to a reader who may not read
         ``hidden``:

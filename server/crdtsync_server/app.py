@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from crdtsync.sqlite_meta import LockedError, OwnerLock
+from crdtsync.core.sqlite_meta import LockedError, OwnerLock
 
 from .config import RelayConfig
 from .relay import Relay

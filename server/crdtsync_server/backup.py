@@ -23,7 +23,7 @@ from pathlib import Path
 
 import attrs
 
-from crdtsync.sqlite_meta import (
+from crdtsync.core.sqlite_meta import (
     FormatError,
     LockedError,
     OwnerLock,

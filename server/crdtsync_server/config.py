@@ -27,9 +27,9 @@ from typing import Any
 
 import attrs
 
-from crdtsync.exceptions import SchemaError
-from crdtsync.protocol import MAX_CHANGES_PER_FRAME, MAX_FRAME_BYTES
-from crdtsync.schema import Schema
+from crdtsync.core.exceptions import SchemaError
+from crdtsync.core.protocol import MAX_CHANGES_PER_FRAME, MAX_FRAME_BYTES
+from crdtsync.core.schema import Schema
 
 from .auth import TokenAuthority
 from .limits import FRAME_BURST, MAX_CONNECTIONS, MAX_FRAMES_PER_SECOND, MAX_RECORD_BYTES

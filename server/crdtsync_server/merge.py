@@ -33,9 +33,9 @@ from typing import Any, Protocol
 import attrs
 import pycrdt
 
-from crdtsync.exceptions import FieldError
-from crdtsync.fieldtypes import FieldType
-from crdtsync.protocol import (
+from crdtsync.core.exceptions import FieldError
+from crdtsync.core.fieldtypes import FieldType
+from crdtsync.core.protocol import (
     ChangeFrame,
     Conflict,
     ErrorCode,
@@ -44,9 +44,9 @@ from crdtsync.protocol import (
     WireConflict,
     WireFieldError,
 )
-from crdtsync.record import ChangeTracker, RecordDoc
-from crdtsync.schema import ObjectSpec, Schema
-from crdtsync.yupdate import ParsedUpdate, UpdateDecodeError, parse_update
+from crdtsync.core.record import ChangeTracker, RecordDoc
+from crdtsync.core.schema import ObjectSpec, Schema
+from crdtsync.core.yupdate import ParsedUpdate, UpdateDecodeError, parse_update
 
 from .anatomy import TEXT, TEXT_TYPE_REF, Anatomy, ItemIndex, SharedType
 from .limits import MAX_RECORD_BYTES

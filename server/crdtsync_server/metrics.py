@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from crdtsync.protocol import Ack, Conflict, Rejected, Unresolvable, Verdict
+from crdtsync.core.protocol import Ack, Conflict, Rejected, Unresolvable, Verdict
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _VERDICT_NAMES = {

@@ -12,7 +12,7 @@ frame). :class:`AccessPolicy` is the declarative model of the configuration:
 * ``update`` and ``delete`` need the object permission *and* edit access; ``read``
   needs read access;
 * **fields**: ``read_only = true`` or a list of roles, ``hidden = [roles]`` (see
-  :meth:`crdtsync.schema.ObjectSpec.for_roles`);
+  :meth:`crdtsync.core.schema.ObjectSpec.for_roles`);
 * a **hook** (top-level ``policy = "pkg.mod:Policy"``) is asked last at every check
   point and may grant or deny (``True`` / ``False``) or defer (``None``).
 """
@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from crdtsync.schema import Schema
+from crdtsync.core.schema import Schema
 
 
 class Action(enum.StrEnum):

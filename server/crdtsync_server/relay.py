@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import attrs
 import pycrdt
 
-from crdtsync.protocol import (
+from crdtsync.core.protocol import (
     MAX_RELAY_FRAME_BYTES,
     Ack,
     Admin,
@@ -38,7 +38,7 @@ from crdtsync.protocol import (
     Verdicts,
     encode,
 )
-from crdtsync.schema import Schema
+from crdtsync.core.schema import Schema
 
 from .anatomy import ItemIndex
 from .limits import MAX_RECORD_BYTES

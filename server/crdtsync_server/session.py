@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 
 import attrs
 
-from crdtsync.protocol import (
+from crdtsync.core.protocol import (
     MAX_CHANGES_PER_FRAME,
     SUPPORTED_VERSIONS,
     Admin,

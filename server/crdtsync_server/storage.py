@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 import pycrdt
 
-from crdtsync.sqlite_meta import (
+from crdtsync.core.sqlite_meta import (
     META_TABLE,
     FormatError,
     Migration,

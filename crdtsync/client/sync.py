@@ -1,0 +1,349 @@
+"""The replica's side of a relay connection, sans I/O.
+
+A transport creates a :class:`SyncSession` per connection, sends what
+:meth:`SyncSession.data_to_send` returns, feeds every message it reads to
+:meth:`SyncSession.receive`, and calls :meth:`SyncSession.connection_lost` when the
+connection ends. The session drives the :class:`~crdtsync.client.replica.Replica` through its
+sync entry points::
+
+    HELLO_SENT ──welcome──▶ CATCHING_UP ──caught_up──▶ READY ⇄ (push, verdicts)
+        └──────── fatal error frame, rate_limited ──────▶ FAILED
+
+In ``READY`` it pushes pending changes in the order they were made, one batch at a
+time: a batch goes out in as many push frames as the relay's frame limit
+(``welcome.max_frame_bytes``) needs, the relay answers each frame with one verdicts
+frame, in order, and the next batch waits for the last answer. A change too large for
+any frame is never sent: it becomes ``unresolvable`` with the reason, and the rest
+syncs. Each verdict updates the replica; remote changes are applied as they arrive.
+The cursor (the last relay version seen) is stored with the replica so a reconnect
+resumes where it left off. :meth:`SyncSession.flush` asks the relay (protocol version
+2) to confirm that everything it had accepted has been sent to this connection.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections import deque
+from collections.abc import Callable
+
+import attrs
+
+from crdtsync.core.exceptions import FieldError
+from crdtsync.core.protocol import (
+    MAX_CHANGES_PER_FRAME,
+    MAX_FRAME_BYTES,
+    MAX_RELAY_FRAME_BYTES,
+    SUPPORTED_VERSIONS,
+    Ack,
+    CaughtUp,
+    ChangeFrame,
+    Changes,
+    Conflict,
+    Error,
+    ErrorCode,
+    Flush,
+    Flushed,
+    Frame,
+    Hello,
+    ProtocolError,
+    Rejected,
+    Subscribe,
+    Unresolvable,
+    Verdicts,
+    Welcome,
+    decode,
+    encode,
+    plan_pushes,
+)
+from crdtsync.core.schema import Schema
+
+from .events import Event, SyncFinished, SyncProgress, SyncStarted
+from .model import FieldConflict, Problem, UnresolvableReason
+from .replica import Replica
+
+
+class SyncState(enum.Enum):
+    HELLO_SENT = "hello_sent"
+    CATCHING_UP = "catching_up"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@attrs.define
+class SyncTally:
+    """What one run of pushes achieved, from start to idle."""
+
+    total: int = 0
+    done: int = 0
+    accepted: int = 0
+    conflicts: int = 0
+    unresolvable: int = 0
+    errors: int = 0
+
+
+class SyncSession:
+    """One connection's sync state machine."""
+
+    def __init__(
+        self,
+        replica: Replica,
+        token: str,
+        *,
+        batch_size: int = 200,
+        on_event: Callable[[Event], None] = lambda event: None,
+        on_schema: Callable[[Schema], None] = lambda schema: None,
+    ) -> None:
+        self.replica = replica
+        self.batch_size = batch_size
+        self.state = SyncState.HELLO_SENT
+        self.user: str | None = None
+        self.error: Error | None = None
+        self._emit = on_event
+        self._on_schema = on_schema
+        self._outbox: list[bytes] = []
+        #: the push frames sent and not answered yet, oldest first, by change id
+        self._pushes: deque[dict[str, ChangeFrame]] = deque()
+        self._tally: SyncTally | None = None
+        self.version = 1  #: the protocol version the relay chose (from ``welcome``)
+        self.max_frame_bytes = MAX_FRAME_BYTES  #: the relay's limit for our messages
+        self.max_changes_per_frame = MAX_CHANGES_PER_FRAME  #: and for changes per push
+        self.flushed: set[str] = set()  #: flush requests the relay has answered
+        self._send(Hello(SUPPORTED_VERSIONS, token, replica.replica_id))
+
+    # -- I/O boundary -----------------------------------------------------------------
+
+    def data_to_send(self) -> list[bytes]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    @property
+    def idle(self) -> bool:
+        """Caught up, nothing in flight, and nothing that could be pushed now."""
+        return (
+            self.state is SyncState.READY and not self._pushes and not self.replica.has_pushable()
+        )
+
+    def receive(self, data: bytes) -> None:
+        """Handle one message from the relay. A malformed frame from the relay is a
+        protocol error: :class:`ProtocolError` is raised and the transport should close."""
+        frame = decode(data, max_bytes=MAX_RELAY_FRAME_BYTES)
+        self._handle(frame)
+
+    def connection_lost(self) -> None:
+        """Changes in flight go back to pending; they are resent with the same ids."""
+        self._pushes.clear()
+        self.replica.requeue_inflight()
+        if self._tally is not None:
+            self._finish()
+
+    def push(self) -> None:
+        """Send the next batch of pending changes, if ready and none is in flight."""
+        if self.state is not SyncState.READY or self._pushes:
+            return
+        outgoing = self.replica.outgoing(self.batch_size)
+        if not outgoing:
+            if self._tally is not None:
+                self._finish()
+            return
+        if self._tally is None:
+            self._tally = SyncTally(total=self.replica.count_unsynced())
+            self._emit(SyncStarted(self._tally.total))
+        changes = [
+            ChangeFrame(
+                change_id=change.change_id,
+                record_id=change.record_id,
+                object=change.object,
+                kind=change.kind.value,
+                base_version=change.base_version,
+                field_bases=change.field_bases,
+                delta=change.delta,
+            )
+            for change in outgoing
+        ]
+        plan = plan_pushes(changes, self.max_frame_bytes, self.max_changes_per_frame)
+        for change, size in plan.too_large:
+            self.replica.apply_unsendable(change.change_id, size=size, limit=self.max_frame_bytes)
+            self._tally.done += 1
+            self._tally.unresolvable += 1
+        for data, carried in plan.frames:
+            self._pushes.append({change.change_id: change for change in carried})
+            self._outbox.append(data)
+        if not plan.frames:
+            self.push()  # every change of the batch was too large: on to the next one
+
+    def flush(self) -> str | None:
+        """Ask the relay to confirm that every change it has accepted so far has been
+        sent to this connection; return the request id (see :attr:`flushed`), or
+        ``None`` if the relay's protocol version has no ``flush``."""
+        if self.state is not SyncState.READY or self.version < 2:
+            return None
+        request_id = uuid.uuid4().hex
+        self._send(Flush(request_id))
+        return request_id
+
+    # -- frames -------------------------------------------------------------------------
+
+    def _send(self, frame: Frame) -> None:
+        self._outbox.append(encode(frame))
+
+    def _handle(self, frame: Frame) -> None:
+        if isinstance(frame, Error):
+            if frame.fatal or frame.code is ErrorCode.RATE_LIMITED:
+                # rate_limited: the relay dropped a frame unread. Give up this connection;
+                # the transport reconnects with backoff and resends what was in flight.
+                self.state = SyncState.FAILED
+                self.error = frame
+            elif self._pushes:
+                # The relay could not read our oldest push: it will not answer its changes.
+                for change_id in self._pushes.popleft():
+                    self.replica.apply_rejected(change_id, frame.code.value, frame.message)
+                self.push()
+            return
+        if isinstance(frame, Welcome):
+            self._welcome(frame)
+        elif isinstance(frame, Changes):
+            for item in frame.items:
+                if item.object not in self.replica.schema.objects:
+                    continue
+                if item.revoked:
+                    self.replica.apply_revoked(item.record_id, item.object, item.version)
+                else:
+                    self.replica.apply_remote(
+                        item.record_id,
+                        item.object,
+                        item.version,
+                        item.update,
+                        deleted=item.deleted,
+                        by=item.by,
+                    )
+                # A backlog is ordered by record, not by version: the cursor moves only
+                # at caught_up. Live fan-out arrives in version order.
+                if self.state is SyncState.READY:
+                    self.replica.advance_cursor(item.version)
+        elif isinstance(frame, CaughtUp):
+            self.replica.advance_cursor(frame.cursor)
+            self.state = SyncState.READY
+            self.push()
+        elif isinstance(frame, Verdicts):
+            self._verdicts(frame)
+        elif isinstance(frame, Flushed):
+            self.flushed.add(frame.request_id)
+        else:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_FRAME_TYPE, f"a relay does not send {type(frame).TYPE!r} frames"
+            )
+
+    def _welcome(self, welcome: Welcome) -> None:
+        if self.state is not SyncState.HELLO_SENT:
+            raise ProtocolError(ErrorCode.MALFORMED_FRAME, "welcome received twice")
+        self.user = welcome.user
+        self.version = welcome.version
+        if welcome.max_frame_bytes is not None:
+            self.max_frame_bytes = welcome.max_frame_bytes
+        if welcome.max_changes_per_frame is not None:
+            self.max_changes_per_frame = welcome.max_changes_per_frame
+        if self.replica.store.get_meta("server_id") != welcome.server_id:
+            # Another relay (or a relay whose database was replaced): start over.
+            self.replica.reset_cursor(welcome.server_id)
+        schema = Schema.from_wire(welcome.schema)
+        foreign = sorted(self.replica.store.objects() - set(schema.objects))
+        if foreign:
+            # Records of an app the relay does not run can never sync: say so, once.
+            self.state = SyncState.FAILED
+            self.error = Error(
+                ErrorCode.UNKNOWN_OBJECT,
+                f"the relay has no object type {', '.join(map(repr, foreign))}, which this "
+                "client holds records of: the client and the relay are set up for different "
+                "apps (check the schema the client was given and the relay's config)",
+                fatal=True,
+            )
+            return
+        gained = self.replica.fields_gained(schema) | self.replica.objects_gained(welcome.readable)
+        lost = self.replica.objects_lost(welcome.readable)
+        self._on_schema(schema)
+        if lost:  # e.g. a role taken away: what this user may no longer read goes
+            self.replica.revoke_objects(lost)
+        if gained:
+            # Fields (or whole objects) this replica could not read before: the records
+            # it holds have only placeholders for them, and records it skipped are behind
+            # its cursor, so fetch those objects again, whole.
+            self.replica.forget_synced_records(gained)
+        self.replica.remember_view(schema, welcome.readable)
+        self.state = SyncState.CATCHING_UP
+        self._send(Subscribe(tuple(self.replica.schema.objects), self.replica.cursor))
+
+    def _verdicts(self, frame: Verdicts) -> None:
+        tally = self._tally or SyncTally()
+        answered = self._pushes.popleft() if self._pushes else {}
+        for verdict in frame.items:
+            answered.pop(verdict.change_id, None)
+            tally.done += 1
+            if isinstance(verdict, Ack):
+                if self.replica.apply_ack(verdict.change_id, verdict.version, verdict.update):
+                    tally.accepted += 1
+                self.replica.advance_cursor(verdict.version)
+            elif isinstance(verdict, Conflict):
+                problem = self._problem(verdict)
+                self.replica.apply_conflict(
+                    verdict.change_id, problem, version=verdict.version, update=verdict.update
+                )
+                tally.conflicts += 1
+            elif isinstance(verdict, Unresolvable):
+                self.replica.apply_unresolvable(
+                    verdict.change_id,
+                    Problem(
+                        reason=UnresolvableReason(verdict.reason),
+                        message=verdict.message,
+                        readable=verdict.readable,
+                    ),
+                )
+                tally.unresolvable += 1
+            elif isinstance(verdict, Rejected):
+                self.replica.apply_rejected(verdict.change_id, verdict.code.value, verdict.message)
+                tally.errors += 1
+        # Whatever the relay did not answer is sent again later, with the same id.
+        if answered:
+            self.replica.requeue_inflight(set(answered))
+        self._tally = tally
+        self._emit(SyncProgress(tally.done, max(tally.total, tally.done)))
+        self.push()
+
+    def _problem(self, verdict: Conflict) -> Problem:
+        record = self.replica.store.get_record(verdict.record_id)
+        spec = self.replica.schema.objects.get(record.object) if record is not None else None
+
+        def value(field: str, raw: object) -> object:
+            if spec is None or field not in spec.fields:
+                return raw
+            try:
+                return spec.fields[field].type.decode(raw)
+            except ValueError:
+                return raw
+
+        return Problem(
+            conflicts=tuple(
+                FieldConflict(
+                    field=c.field,
+                    base=value(c.field, c.base),
+                    mine=value(c.field, c.mine),
+                    theirs=value(c.field, c.theirs),
+                    changed_by=c.changed_by,
+                )
+                for c in verdict.conflicts
+            ),
+            errors=tuple(FieldError(e.field, e.message) for e in verdict.errors),
+            message=verdict.message,
+        )
+
+    def _finish(self) -> None:
+        tally = self._tally or SyncTally()
+        self._tally = None
+        self._emit(
+            SyncFinished(
+                accepted=tally.accepted,
+                conflicts=tally.conflicts,
+                unresolvable=tally.unresolvable,
+                errors=tally.errors,
+            )
+        )

@@ -1,0 +1,336 @@
+"""``kill -9`` under load (convergence, durability, exactly once).
+
+* The relay is killed again and again while several clients keep editing; each time,
+  before it restarts, every version a client holds as acknowledged is in the relay's
+  database. Afterwards every client's pending change has been applied exactly once,
+  every last edit is on the relay, and every replica holds the relay's values.
+* A client process is killed again and again mid-push and mid-apply of a stream of
+  remote changes; reopening its store loses no edit it made and duplicates nothing.
+
+Both check ``PRAGMA integrity_check`` of every database after every kill. Counts scale
+with ``CRDTSYNC_FAULT_SCALE`` (see ``tests/helpers/faults.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+import pycrdt
+import pytest
+from crdtsync_server.merge import decode_state_vector
+
+from crdtsync import Client, Schema
+from crdtsync.client.replica import Replica
+from crdtsync.client.store import LocalStore
+from crdtsync.core.yupdate import parse_update
+from tests.helpers.faults import report, scaled
+from tests.helpers.harness import EXAMPLE_CONFIG, ROOT, eventually
+from tests.helpers.relay_process import SECRET, ServeProcess, free_port
+
+pytestmark = pytest.mark.faults
+
+#: one field per writer, so concurrent edits of a shared record never conflict
+WRITER_FIELDS = ("Employees", "Rating", "Revenue", "Website")
+
+
+def value_for(field: str, n: int) -> object:
+    if field == "Website":
+        return f"https://example.com/{n}"
+    if field == "Revenue":
+        return Decimal(f"{n}.50")
+    if field == "Rating":
+        return ("Hot", "Warm", "Cold")[n % 3]
+    return n
+
+
+def relay_rows(database: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
+    db = sqlite3.connect(database)
+    try:
+        return list(db.execute(sql, args))
+    finally:
+        db.close()
+
+
+def assert_integrity(path: Path) -> None:
+    [(result,)] = relay_rows(path, "PRAGMA integrity_check")
+    assert result == "ok", f"{path.name}: {result}"
+
+
+def assert_each_operation_logged_once(database: Path) -> int:
+    """No change id twice, and no CRDT operation in two logged changes of a record (a
+    change applied twice under two ids would repeat its operations). Returns the count."""
+    rows = relay_rows(database, "SELECT record_id, change_id, update_ FROM changes ORDER BY seq")
+    ids = [change_id for _rid, change_id, _u in rows]
+    assert len(ids) == len(set(ids))
+    seen: dict[tuple[object, int], list[tuple[int, int, object]]] = {}
+    for record_id, change_id, update in rows:
+        if not update:
+            continue
+        for struct in parse_update(bytes(update)).structs:  # type: ignore[arg-type]
+            if struct.kind == "skip":
+                continue
+            end = struct.clock + struct.length
+            earlier = seen.setdefault((record_id, struct.client), [])
+            for start, stop, other in earlier:
+                assert stop <= struct.clock or start >= end, (
+                    f"{record_id}: client {struct.client} clocks {struct.clock}..{end} "
+                    f"logged by both {other} and {change_id}"
+                )
+            earlier.append((struct.clock, end, change_id))
+    return len(rows)
+
+
+def state_vector(update: bytes | None) -> dict[int, int]:
+    return decode_state_vector(pycrdt.get_state(update)) if update else {}
+
+
+def assert_acknowledged_versions_are_stored(clients: list[Client], database: Path) -> int:
+    """Every record version a client holds as the relay's is in the relay's database,
+    with every CRDT operation of it. Returns how many were checked."""
+    stored = {
+        str(rid): (int(version), bytes(state))  # type: ignore[call-overload]
+        for rid, version, state in relay_rows(database, "SELECT id, version, state FROM records")
+    }
+    logged = {
+        (str(rid), int(seq))  # type: ignore[call-overload]
+        for rid, seq in relay_rows(database, "SELECT record_id, seq FROM changes")
+    }
+    checked = 0
+    for client in clients:
+        for row in client.replica.store.list_records():
+            if row.version == 0:
+                continue  # never acknowledged
+            assert row.id in stored, f"{row.id} was acknowledged but is not stored"
+            version, state = stored[row.id]
+            assert version >= row.version and (row.id, row.version) in logged
+            relay_clock = state_vector(state)
+            for client_id, clock in state_vector(row.server).items():
+                assert relay_clock.get(client_id, 0) >= clock, f"{row.id}: acked ops lost"
+            checked += 1
+    return checked
+
+
+def fields_of(client: Client) -> dict[str, dict[str, object]]:
+    return {record.id: dict(record.fields) for record in client.records("Account")}
+
+
+async def test_acknowledged_changes_survive_repeated_kill_9_of_the_relay_under_load(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = ServeProcess(tmp_path / "relay.sqlite3", free_port())
+    relay.start()
+    rng = random.Random(2026)
+    users = ("alice", "bob", "carol", "alice")  # alice twice: two devices
+    clients = [relay.client(user, tmp_path / f"c{i}.sqlite3") for i, user in enumerate(users)]
+    expected: dict[tuple[str, str], object] = {}
+    edits = kills = checked = 0
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for client in clients:
+                await stack.enter_async_context(client)
+            own = {i: [c.create("Account", {"Name": f"Own {i}.{k}"}) for k in range(4)]
+                   for i, c in enumerate(clients)}  # fmt: skip
+            shared = [clients[0].create("Account", {"Name": f"Shared {k}"}) for k in range(3)]
+            for client in clients:
+                await client.sync(timeout=20)
+            await eventually(lambda: all(len(c.records("Account")) == 19 for c in clients), 20)
+            stop = asyncio.Event()
+
+            async def write(i: int, client: Client) -> None:
+                nonlocal edits
+                field = WRITER_FIELDS[i]
+                while not stop.is_set():
+                    rid = rng.choice(own[i] + shared)
+                    value = value_for(field, edits)
+                    client.update(rid, {field: value})
+                    expected[rid, field] = value
+                    edits += 1
+                    await asyncio.sleep(rng.uniform(0.0, 0.01))
+
+            async with asyncio.TaskGroup() as group:
+                for i, client in enumerate(clients):
+                    group.create_task(write(i, client))
+                for _ in range(scaled(4)):
+                    await asyncio.sleep(rng.uniform(0.2, 0.6))
+                    assert relay.process is not None
+                    relay.process.send_signal(signal.SIGKILL)
+                    await asyncio.to_thread(relay.process.wait)
+                    kills += 1
+                    checked += assert_acknowledged_versions_are_stored(clients, relay.database)
+                    assert_integrity(relay.database)
+                    await asyncio.sleep(rng.uniform(0.0, 0.3))  # clients retry meanwhile
+                    await asyncio.to_thread(relay.start)  # same database, same port
+                await asyncio.sleep(0.3)
+                stop.set()
+
+            for client in clients:
+                await client.sync(timeout=30)
+            await eventually(lambda: all(c.pending() == [] for c in clients), 20)
+            truth = fields_of(clients[0])
+            await eventually(lambda: all(fields_of(c) == truth for c in clients), 20)
+            for (rid, field), value in expected.items():
+                assert truth[rid][field] == value, f"{rid}.{field}: last edit lost"
+            logged = assert_each_operation_logged_once(relay.database)
+            checked += assert_acknowledged_versions_are_stored(clients, relay.database)
+    finally:
+        relay.stop()
+    for path in [relay.database, *(tmp_path / f"c{i}.sqlite3" for i in range(len(users)))]:
+        assert_integrity(path)
+    assert kills == scaled(4) and edits > 100
+    # A relay going away is retried quietly: no error (and no traceback) in the log.
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    report("relay_kill9", kills=kills, edits=edits, changes_logged=logged, acked_checked=checked)
+
+
+# -- a client process killed mid-push and mid-apply -----------------------------------------
+
+CLIENT_SCRIPT = """
+import asyncio, random, sys
+from crdtsync import Client, Schema
+from crdtsync.client.replica import Replica
+
+url, token, store, config, seed = sys.argv[1:6]
+
+async def main():
+    rng = random.Random(int(seed))
+    async with Client(url, token=token, store=store, schema=config,
+                      backoff_initial=0.05, backoff_max=0.2) as client:
+        mine = [r.id for r in client.records("Account") if r.fields["Name"].startswith("Carol")]
+        n = int(seed) * 100_000
+        while True:
+            n += 1
+            if len(mine) < 6 or rng.random() < 0.1:
+                print("making create", n, flush=True)
+                mine.append(client.create("Account", {"Name": f"Carol {n}", "Employees": n}))
+                print("made", mine[-1], n, flush=True)
+            else:
+                rid = rng.choice(mine)
+                print("making", rid, n, flush=True)
+                client.update(rid, {"Employees": n})
+                print("made", rid, n, flush=True)
+            await asyncio.sleep(rng.uniform(0, 0.004))
+
+asyncio.run(main())
+"""
+
+
+def last_edits(lines: list[str], into: dict[str, set[int]]) -> None:
+    """For each record, the values its last edit may have left: the last one made and,
+    when the process died inside the next call, that one too."""
+    making: tuple[str, int] | None = None
+    for line in lines:
+        words = line.split()
+        if words[:2] == ["making", "create"]:
+            making = ("create", int(words[2]))
+        elif words and words[0] == "making":
+            making = (words[1], int(words[2]))
+        elif words and words[0] == "made":
+            into[words[1]] = {int(words[2])}
+            making = None
+    if making is not None and making[0] != "create":
+        into[making[0]] = into.get(making[0], set()) | {making[1]}
+
+
+async def test_a_client_killed_mid_push_and_mid_apply_loses_and_duplicates_nothing(
+    tmp_path: Path,
+) -> None:
+    relay = ServeProcess(tmp_path / "relay.sqlite3", free_port())
+    relay.start()
+    store = tmp_path / "carol.sqlite3"
+    schema = Schema.from_toml(EXAMPLE_CONFIG)
+    rng = random.Random(7)
+    allowed: dict[str, set[int]] = {}
+    kills = 0
+    try:
+        async with relay.client("bob", tmp_path / "bob.sqlite3") as bob:
+            bob_ids = [bob.create("Account", {"Name": f"Bob {k}"}) for k in range(5)]
+            await bob.sync(timeout=20)
+            stop = asyncio.Event()
+
+            async def stream() -> None:  # remote changes for carol to apply
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    bob.update(rng.choice(bob_ids), {"Employees": n})
+                    await asyncio.sleep(0.002)
+
+            async with asyncio.TaskGroup() as group:
+                group.create_task(stream())
+                for attempt in range(scaled(5)):
+                    lines = await run_client_until_killed(relay, store, attempt + 1, rng.random)
+                    kills += 1
+                    last_edits(lines, allowed)
+                    assert_integrity(store)
+                    local = Replica(LocalStore(str(store)), schema)
+                    try:  # every edit made before the kill is in the store
+                        for rid, values in allowed.items():
+                            record = local.get(rid)
+                            assert record is not None, f"{rid} lost"
+                            assert record.fields["Employees"] in values, f"{rid}: edit lost"
+                        assert local.store.integrity_check() == "ok"
+                    finally:
+                        local.store.close()
+                stop.set()
+            await bob.sync(timeout=30)
+
+        token = relay.token("carol")
+        async with Client(relay_url(relay), token=token, store=str(store), schema=EXAMPLE_CONFIG,
+                          backoff_initial=0.05) as carol:  # fmt: skip
+            await carol.sync(timeout=30)
+            await eventually(lambda: carol.pending() == [], 20)
+            mine = {r.id: r.fields for r in carol.records("Account")}
+        async with relay.client("dave", tmp_path / "dave.sqlite3") as dave:
+            await dave.sync(timeout=30)
+            relays = {r.id: r.fields for r in dave.records("Account")}
+        assert mine == relays
+        for rid, values in allowed.items():
+            assert relays[rid]["Employees"] in values, f"{rid}: last edit lost"
+        logged = assert_each_operation_logged_once(relay.database)
+    finally:
+        relay.stop()
+    assert_integrity(relay.database)
+    assert len(allowed) >= 6
+    report("client_kill9", kills=kills, records_checked=len(allowed), changes_logged=logged)
+
+
+def relay_url(relay: ServeProcess) -> str:
+    return f"ws://127.0.0.1:{relay.port}"
+
+
+async def run_client_until_killed(
+    relay: ServeProcess, store: Path, seed: int, random_: Callable[[], float]
+) -> list[str]:
+    """Run the client script, ``kill -9`` it after a random while, return its output."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CLIENT_SCRIPT,
+        relay_url(relay),
+        relay.token("carol"),
+        str(store),
+        str(EXAMPLE_CONFIG),
+        str(seed),
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "CRDTSYNC_SECRET": SECRET},
+    )
+    assert process.stdout is not None
+    first = await process.stdout.readline()  # it is running and editing
+    await asyncio.sleep(0.3 + random_() * 0.7)
+    process.kill()
+    output = first + await process.stdout.read()
+    await process.wait()
+    assert process.returncode == -signal.SIGKILL
+    *lines, _partial = output.decode().split("\n")  # a line cut by the kill: its call never ran
+    return lines

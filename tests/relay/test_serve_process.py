@@ -1,0 +1,137 @@
+"""``crdtsync serve`` as a real process: health and metrics, graceful SIGTERM, and
+acknowledged changes surviving ``kill -9``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.harness import EXAMPLE_CONFIG
+from tests.helpers.relay_process import SECRET, ServeProcess, free_port
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[ServeProcess]:
+    process = ServeProcess(tmp_path / "relay.sqlite3", free_port())
+    process.start()
+    yield process
+    process.stop()
+
+
+def test_healthz_and_metrics_answer_on_the_websocket_port(served: ServeProcess) -> None:
+    assert served.get("/healthz") == (200, "ok\n")
+
+    async def push_one() -> None:
+        async with served.client("alice", served.database.parent / "a.sqlite3") as alice:
+            alice.create("Account", {"Name": "Counted"})
+            await alice.sync(timeout=10)
+
+    asyncio.run(push_one())
+    status, content_types, text = served.get_with_types("/metrics")
+    assert status == 200
+    assert content_types == ["text/plain; version=0.0.4; charset=utf-8"]  # one, Prometheus
+    assert 'crdtsync_changes_total{verdict="accepted"} 1' in text
+    assert "crdtsync_merge_seconds_count 1" in text
+
+
+def test_sigterm_shuts_down_gracefully_closing_connections_with_1001(
+    served: ServeProcess,
+) -> None:
+    from websockets.asyncio.client import connect
+
+    async def connect_then_terminate() -> int | None:
+        async with connect(f"ws://127.0.0.1:{served.port}") as websocket:
+            assert served.process is not None
+            served.process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(websocket.wait_closed(), 10)
+            return websocket.close_code
+
+    assert asyncio.run(connect_then_terminate()) == 1001
+    assert served.process is not None
+    assert served.process.wait(timeout=10) == 0
+
+
+def test_acknowledged_changes_survive_kill_9_of_the_relay(served: ServeProcess) -> None:
+    store = served.database.parent / "alice.sqlite3"
+
+    async def write() -> list[str]:
+        async with served.client("alice", store) as alice:
+            ids = [alice.create("Account", {"Name": f"Durable {i}"}) for i in range(25)]
+            await alice.sync(timeout=10)
+            assert alice.pending() == []
+            return ids
+
+    ids = asyncio.run(write())
+    assert served.process is not None
+    served.process.send_signal(signal.SIGKILL)
+    served.process.wait()
+    served.start()  # same database, same port
+
+    async def read() -> set[str]:
+        async with served.client("bob", served.database.parent / "bob.sqlite3") as bob:
+            await bob.sync(timeout=10)
+            return {record.id for record in bob.records("Account")}
+
+    assert set(ids) <= asyncio.run(read())
+
+
+def test_admin_cli_shares_a_record_and_reports_its_access(served: ServeProcess) -> None:
+    import json
+
+    store = served.database.parent / "alice.sqlite3"
+
+    async def create() -> str:
+        async with served.client("alice", store) as alice:
+            account = alice.create("Account", {"Name": "Acme"})
+            deal = alice.create(
+                "Opportunity", {"Name": "Deal", "Account": account, "Stage": "Proposal"}
+            )
+            await alice.sync(timeout=10)
+            return deal
+
+    deal = asyncio.run(create())
+    url = f"ws://127.0.0.1:{served.port}"
+    env = {**os.environ, "CRDTSYNC_SECRET": SECRET}
+
+    def admin(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "crdtsync",
+                "admin",
+                "--config",
+                str(EXAMPLE_CONFIG),
+                "--url",
+                url,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+
+    shared = admin("share", deal, "bob", "--access", "edit")
+    assert shared.returncode == 0, shared.stderr
+    assert json.loads(shared.stdout)["shares"] == {"bob": "edit"}
+    report = admin("access", deal)
+    assert json.loads(report.stdout)["owner"] == "alice"
+    assert json.loads(report.stdout)["sharing"] == "private"
+    missing = admin("share", "no-such-record", "bob")
+    assert missing.returncode == 2
+    assert "no record no-such-record" in missing.stderr and "Traceback" not in missing.stderr
+
+    async def bob_sees() -> bool:
+        async with served.client("bob", served.database.parent / "bob.sqlite3") as bob:
+            await bob.sync(timeout=10)
+            return bob.get(deal) is not None
+
+    assert asyncio.run(bob_sees())
