@@ -56,6 +56,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 import crdtsync
 from crdtsync.core.protocol import (
+    MAX_CHANGES_PER_FRAME,
     MAX_RELAY_FRAME_BYTES,
     PROTOCOL_VERSION,
     Hello,
@@ -96,7 +97,7 @@ SIZES = (
 
 LOCALHOST = "127.0.0.1"
 FILL_CONNECTIONS = 4  #: websockets that fill a store, each its own replica and CRDT client id
-FILL_BATCH = 1000  #: creates per push frame while filling
+FILL_BATCH = MAX_CHANGES_PER_FRAME  #: creates per push frame while filling (the relay's cap)
 FILL_WINDOW = 2  #: push frames in flight per filling connection
 FILL_CLIENT_ID = 7_000  #: filling connection c writes as CRDT client id FILL_CLIENT_ID + c
 RESUME_TRIES = 3  #: resume: subscribes per (N, K), each on a fresh connection; median
