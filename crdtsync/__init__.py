@@ -31,14 +31,12 @@ if TYPE_CHECKING:
     )
     from crdtsync.client.facade import Client
     from crdtsync.client.model import (
-        ChangeKind,
         FieldChange,
         FieldConflict,
         PendingChange,
         Problem,
         Record,
         Status,
-        UnresolvableReason,
     )
     from crdtsync.core.exceptions import (
         CrdtsyncError,
@@ -55,13 +53,14 @@ if TYPE_CHECKING:
         ValidationError,
     )
     from crdtsync.core.fieldtypes import FieldType
+    from crdtsync.core.protocol import ChangeKind, UnresolvableReason
     from crdtsync.core.schema import FieldSpec, ObjectSpec, Rule, Schema
 
 # public name -> the module that defines it
 _LAZY = {
     "AccessLost": "crdtsync.client.events",
     "AuthenticationFailed": "crdtsync.client.events",
-    "ChangeKind": "crdtsync.client.model",
+    "ChangeKind": "crdtsync.core.protocol",
     "Client": "crdtsync.client.facade",
     "ConnectivityChanged": "crdtsync.client.events",
     "CrdtsyncError": "crdtsync.core.exceptions",
@@ -95,7 +94,7 @@ _LAZY = {
     "SyncProgress": "crdtsync.client.events",
     "SyncStarted": "crdtsync.client.events",
     "UnknownObject": "crdtsync.core.exceptions",
-    "UnresolvableReason": "crdtsync.client.model",
+    "UnresolvableReason": "crdtsync.core.protocol",
     "ValidationError": "crdtsync.core.exceptions",
 }
 

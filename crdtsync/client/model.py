@@ -13,6 +13,8 @@ from typing import Any
 import attrs
 
 from crdtsync.core.exceptions import FieldError
+from crdtsync.core.protocol import ChangeKind as ChangeKind  # re-exported: a pending change's kind
+from crdtsync.core.protocol import UnresolvableReason as UnresolvableReason
 
 
 class Status(enum.StrEnum):
@@ -28,19 +30,6 @@ class Status(enum.StrEnum):
     def locked(self) -> bool:
         """A locked record refuses ``update`` / ``delete`` until resolved or dismissed."""
         return self in (Status.CONFLICT, Status.UNRESOLVABLE)
-
-
-class ChangeKind(enum.StrEnum):
-    """What a pending change does to its record."""
-
-    CREATE = "create"
-    UPDATE = "update"
-    DELETE = "delete"
-
-
-class UnresolvableReason(enum.StrEnum):
-    DELETED = "deleted"  #: someone else deleted the record
-    FORBIDDEN = "forbidden"  #: the user may no longer change (or read) the record
 
 
 @attrs.frozen

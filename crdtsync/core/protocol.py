@@ -72,6 +72,7 @@ class ProtocolError(Exception):
 # -- validation helpers -----------------------------------------------------------------
 
 T = TypeVar("T")
+_E = TypeVar("_E", bound=enum.StrEnum)
 
 
 def _malformed(where: str, message: str) -> ProtocolError:
@@ -252,6 +253,41 @@ class Subscribe:
         return cls(objects, cursor)
 
 
+class ChangeKind(enum.StrEnum):
+    """What a change does to its record (``push.changes[i].kind``)."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+class UnresolvableReason(enum.StrEnum):
+    """Why a change can never be merged (``unresolvable`` verdicts' ``reason``)."""
+
+    DELETED = "deleted"  #: someone else deleted the record
+    FORBIDDEN = "forbidden"  #: the user may no longer change (or read) the record
+
+
+class AdminAction(enum.StrEnum):
+    """What an :class:`Admin` request does to its record."""
+
+    SHARE = "share"
+    UNSHARE = "unshare"
+    SET_OWNER = "set_owner"
+    DELETE = "delete"
+    ACCESS = "access"
+
+
+def _choice(kind: type[_E], value: str, where: str) -> _E:
+    """``value`` as a member of the string enum ``kind``, or a decode error naming the choices."""
+    try:
+        return kind(value)
+    except ValueError:
+        *first, last = [member.value for member in kind]
+        choices = f"{', '.join(first)} or {last}"
+        raise _malformed(where, f"must be {choices}, got {_shown(value)}") from None
+
+
 @attrs.frozen(kw_only=True)
 class ChangeFrame:
     """One pending change inside a :class:`Push`. ``change_id`` makes it idempotent."""
@@ -259,7 +295,7 @@ class ChangeFrame:
     change_id: str
     record_id: str
     object: str
-    kind: str
+    kind: ChangeKind = attrs.field(converter=ChangeKind)
     base_version: int
     field_bases: Mapping[str, int]
     delta: bytes
@@ -269,7 +305,7 @@ class ChangeFrame:
             "id": self.change_id,
             "record": self.record_id,
             "object": self.object,
-            "kind": self.kind,
+            "kind": self.kind.value,
             "base": self.base_version,
             "bases": dict(self.field_bases),
             "delta": self.delta,
@@ -283,11 +319,7 @@ class ChangeFrame:
         for name, text in (("id", change_id), ("record", record_id)):
             if not 1 <= len(text) <= 128:
                 raise _malformed(f"{where}.{name}", "must be 1 to 128 characters")
-        kind = _get(data, "kind", str, where)
-        if kind not in ("create", "update", "delete"):
-            raise _malformed(
-                f"{where}.kind", f"must be create, update or delete, got {_shown(kind)}"
-            )
+        kind = _choice(ChangeKind, _get(data, "kind", str, where), f"{where}.kind")
         bases = _get(data, "bases", dict, where, optional=True, default={})
         for name, base in bases.items():
             if not isinstance(name, str) or isinstance(base, bool) or not isinstance(base, int):
@@ -584,7 +616,7 @@ class Unresolvable:
     KIND: ClassVar[str] = "unresolvable"
     change_id: str
     record_id: str
-    reason: str
+    reason: UnresolvableReason = attrs.field(converter=UnresolvableReason)
     message: str = ""
     readable: bool = False
 
@@ -593,18 +625,14 @@ class Unresolvable:
             "verdict": self.KIND,
             "id": self.change_id,
             "record": self.record_id,
-            "reason": self.reason,
+            "reason": self.reason.value,
             "message": self.message,
             "readable": self.readable,
         }
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any], where: str) -> Unresolvable:
-        reason = _get(data, "reason", str, where)
-        if reason not in ("deleted", "forbidden"):
-            raise _malformed(
-                f"{where}.reason", f"must be deleted or forbidden, got {_shown(reason)}"
-            )
+        reason = _choice(UnresolvableReason, _get(data, "reason", str, where), f"{where}.reason")
         return cls(
             change_id=_get(data, "id", str, where),
             record_id=_get(data, "record", str, where),
@@ -746,9 +774,6 @@ class Flushed:
         )
 
 
-ADMIN_ACTIONS = ("share", "unshare", "set_owner", "delete", "access")
-
-
 @attrs.frozen(kw_only=True)
 class Admin:
     """Administrator → relay: an admin action on one record (``share``, ``unshare``,
@@ -757,7 +782,7 @@ class Admin:
 
     TYPE: ClassVar[str] = "admin"
     request_id: str
-    action: str
+    action: AdminAction = attrs.field(converter=AdminAction)
     record_id: str
     user: str | None = None
     access: str | None = None  #: for ``share``: ``read`` or ``edit``
@@ -766,7 +791,7 @@ class Admin:
         return {
             "type": self.TYPE,
             "id": self.request_id,
-            "action": self.action,
+            "action": self.action.value,
             "record": self.record_id,
             "user": self.user,
             "access": self.access,
@@ -774,9 +799,7 @@ class Admin:
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> Admin:
-        action = _get(data, "action", str, "admin")
-        if action not in ADMIN_ACTIONS:
-            raise _malformed("admin.action", f"must be one of {', '.join(ADMIN_ACTIONS)}")
+        action = _choice(AdminAction, _get(data, "action", str, "admin"), "admin.action")
         access = _get(data, "access", str, "admin", optional=True)
         if access is not None and access not in ("read", "edit"):
             raise _malformed("admin.access", f"must be read or edit, got {_shown(access)}")

@@ -582,7 +582,7 @@ class Relay:
         its access facts afterwards."""
         with self.storage.transaction():
             seq = self.storage.next_seq()
-            update, fields, kind = b"", {}, request.action
+            update, fields, kind = b"", {}, str(request.action)
             if request.action == "share":
                 level = Access.EDIT if request.access == "edit" else Access.READ
                 self.storage.set_share(stored.id, str(request.user), int(level))
