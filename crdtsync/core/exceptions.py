@@ -13,14 +13,26 @@ never exceptions. Exceptions are for misuse of the API and for faults::
      ├── InvalidOperation     the call does not fit the record's or the client's state
      ├── OfflineError         a sync was asked for but the relay cannot be reached
      ├── SyncError            the relay refused this client in a way retrying cannot fix
-     └── StoreError           the local store cannot be opened or is damaged
+     ├── StoreError           the local store cannot be opened or is damaged
+     ├── ProtocolError        a peer sent what the wire protocol does not allow
+     ├── UpdateDecodeError    bytes that are not a well-formed Yjs update (a ValueError too)
+     ├── FormatError          a database's format is newer than this code, or not one at all
+     └── LockedError          another open store holds the database's OS lock
+
+The core (:mod:`crdtsync.core`) raises the last four; the client library raises them
+all. The relay's own errors derive from :class:`CrdtsyncError` too (see
+``crdtsync_server.errors``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import attrs
+
+if TYPE_CHECKING:
+    from crdtsync.core.protocol import ErrorCode
 
 
 @attrs.frozen
@@ -114,3 +126,34 @@ class SyncError(CrdtsyncError):
 
 class StoreError(CrdtsyncError):
     """The local store cannot be opened, or its content is not what crdtsync wrote."""
+
+
+class ProtocolError(CrdtsyncError):
+    """A peer sent something the protocol does not allow. ``code`` (an
+    :class:`~crdtsync.core.protocol.ErrorCode`) says what kind; ``message`` names the
+    exact spot (``push.changes[2].delta: expected bytes``)."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class UpdateDecodeError(CrdtsyncError, ValueError):
+    """The bytes are not a well-formed update; says what is wrong and where."""
+
+    def __init__(self, reason: str, offset: int) -> None:
+        super().__init__(f"{reason} (at byte offset {offset})")
+        self.reason = reason
+        self.offset = offset
+
+    def __reduce__(self) -> tuple[type[UpdateDecodeError], tuple[str, int]]:
+        return (type(self), (self.reason, self.offset))
+
+
+class FormatError(CrdtsyncError):
+    """The database's format is newer than this code reads, or not a format at all."""
+
+
+class LockedError(CrdtsyncError):
+    """Another open store (in this process or another) holds the database's lock."""

@@ -26,6 +26,8 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 import msgpack
 
+from crdtsync.core.exceptions import ProtocolError as ProtocolError
+
 PROTOCOL_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
 MAX_FRAME_BYTES = 4 * 1024 * 1024  #: what a relay accepts from a replica
@@ -58,15 +60,6 @@ class ErrorCode(enum.StrEnum):
     INTERNAL_ERROR = "internal_error"
     TOO_SLOW = "too_slow"
     RATE_LIMITED = "rate_limited"  #: more frames per second than the relay allows
-
-
-class ProtocolError(Exception):
-    """A peer sent something the protocol does not allow. ``code`` says what kind."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 # -- validation helpers -----------------------------------------------------------------

@@ -12,6 +12,9 @@ from typing import Any
 
 import msgpack
 
+from crdtsync.core.exceptions import FormatError as FormatError
+from crdtsync.core.exceptions import LockedError as LockedError
+
 META_TABLE = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB)"
 
 
@@ -41,10 +44,6 @@ def set_meta(db: sqlite3.Connection, key: str, value: Any) -> None:
 #: A migration from format ``n`` to ``n + 1``: SQL run on the open connection, inside
 #: the transaction that opens the database.
 Migration = Callable[[sqlite3.Connection], None]
-
-
-class FormatError(Exception):
-    """The database's format is newer than this code reads, or not a format at all."""
 
 
 def open_format(
@@ -128,10 +127,6 @@ def create_private(path: str) -> None:
     except FileExistsError:
         return
     os.close(fd)
-
-
-class LockedError(Exception):
-    """Another open store (in this process or another) holds the database's lock."""
 
 
 class OwnerLock:

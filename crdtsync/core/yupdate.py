@@ -59,6 +59,8 @@ from typing import Any, Final
 
 import attrs
 
+from crdtsync.core.exceptions import UpdateDecodeError
+
 __all__ = [
     "MAX_ANY_DEPTH",
     "MAX_CLIENT_ID",
@@ -115,18 +117,6 @@ _ANY_FIXED_WIDTH: Final = tuple(
 )
 
 _EMPTY_DELETE_SET: Final[Mapping[int, tuple[tuple[int, int], ...]]] = MappingProxyType({})
-
-
-class UpdateDecodeError(ValueError):
-    """The bytes are not a well-formed update; says what is wrong and where."""
-
-    def __init__(self, reason: str, offset: int) -> None:
-        super().__init__(f"{reason} (at byte offset {offset})")
-        self.reason = reason
-        self.offset = offset
-
-    def __reduce__(self) -> tuple[type[UpdateDecodeError], tuple[str, int]]:
-        return (type(self), (self.reason, self.offset))
 
 
 @attrs.frozen
