@@ -74,7 +74,7 @@ from .model import (
     Status,
     UnresolvableReason,
 )
-from .store import FieldEdit, LocalStore, PendingRow, RecordRow
+from .store import FieldEdit, LocalStore, PendingRow, RecordRow, new_change_id
 
 
 @attrs.frozen(kw_only=True)
@@ -98,10 +98,6 @@ class OutgoingChange:
 def new_record_id() -> str:
     """A permanent, globally unique record id (random UUID)."""
     return str(uuid.uuid4())
-
-
-def _new_change_id() -> str:
-    return uuid.uuid4().hex
 
 
 def _new_client_id() -> int:
@@ -200,7 +196,6 @@ class Replica:
                     },
                     delta=doc.full_update(),
                     status=Status.PENDING,
-                    change_id=_new_change_id(),
                 )
             )
         self._emit(PendingChanged(record_id, object_name, Status.PENDING))
@@ -262,7 +257,7 @@ class Replica:
                         changes=changes,
                         delta=doc.delta(_state_of(row.server)),
                         status=status,
-                        change_id=entry.change_id if entry else _new_change_id(),
+                        change_id=entry.change_id if entry else new_change_id(),
                         inflight=entry.inflight if entry else None,
                         sent_kind=entry.sent_kind if entry else None,
                         dirty=in_flight,
@@ -294,7 +289,7 @@ class Replica:
                         changes={},
                         delta=b"",
                         status=status,
-                        change_id=entry.change_id if entry else _new_change_id(),
+                        change_id=entry.change_id if entry else new_change_id(),
                         inflight=entry.inflight if entry else None,
                         sent_kind=entry.sent_kind if entry else None,
                         dirty=entry is not None and entry.inflight is not None,
@@ -366,18 +361,11 @@ class Replica:
             else:
                 status = Status.PENDING
                 self.store.put_pending(
-                    attrs.evolve(
-                        entry,
+                    entry.renewed(
                         kind=ChangeKind.CREATE if creating else ChangeKind.UPDATE,
                         base_version=_base_version(changes, row.version),
                         changes=changes,
                         delta=doc.delta(_state_of(row.server)),
-                        status=Status.PENDING,
-                        problem=None,
-                        change_id=_new_change_id(),
-                        inflight=None,
-                        sent_kind=None,
-                        dirty=False,
                     )
                 )
         self._emit(PendingChanged(record_id, row.object, status))
@@ -399,17 +387,7 @@ class Replica:
                 status: Status | None = None
             else:
                 status = Status.PENDING
-                self.store.put_pending(
-                    attrs.evolve(
-                        entry,
-                        base_version=row.version,
-                        status=Status.PENDING,
-                        problem=None,
-                        change_id=_new_change_id(),
-                        inflight=None,
-                        dirty=False,
-                    )
-                )
+                self.store.put_pending(entry.renewed(base_version=row.version))
         self._emit(PendingChanged(row.id, row.object, status))
 
     def dismiss(self, record_id: str) -> None:
@@ -880,16 +858,7 @@ class Replica:
         """
         local = self._load(spec, row.local)
         if entry.kind == ChangeKind.DELETE:
-            left = attrs.evolve(
-                entry,
-                base_version=row.version,
-                status=Status.PENDING,
-                change_id=_new_change_id(),
-                inflight=None,
-                sent_kind=None,
-                dirty=False,
-            )
-            return left, local
+            return entry.renewed(base_version=row.version), local
         server_values = self._load(spec, row.server or b"").read()
         intents = self._intents(spec, entry.changes, local)
         changes: dict[str, FieldEdit] = {}
@@ -908,17 +877,11 @@ class Replica:
         if not changes:
             return None
         doc = self._rebuilt(spec, row.server, {name: intents[name] for name in changes})
-        left = attrs.evolve(
-            entry,
+        left = entry.renewed(
             kind=ChangeKind.UPDATE,
             base_version=_base_version(changes, row.version),
             changes=changes,
             delta=doc.delta(_state_of(row.server)),
-            status=Status.PENDING,
-            change_id=_new_change_id(),
-            inflight=None,
-            sent_kind=None,
-            dirty=False,
         )
         return left, doc
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -39,6 +40,8 @@ from crdtsync.core.sqlite_meta import (
     set_meta,
     unpack,
 )
+
+from .model import Status
 
 #: 1: the first released format. 2: a pending change's field edits record the value that
 #: went out with the change in flight (:attr:`FieldEdit.sent`).
@@ -153,14 +156,21 @@ class RecordRow:
         )
 
 
+def new_change_id() -> str:
+    """A new change id (random): one per content the relay is asked to apply."""
+    return uuid.uuid4().hex
+
+
 @attrs.frozen(kw_only=True)
 class PendingRow:
     """A stored outbox entry.
 
     ``changes`` maps each field the change writes to its :class:`FieldEdit`.
-    ``inflight`` and ``sent_kind`` are what was sent to the relay (kept until its
-    verdict arrives, so a retransmission is identical); ``dirty`` says the user changed
-    the record again since.
+    ``change_id`` names the content sent to the relay: it is kept while the entry
+    coalesces edits or waits for a verdict, and a new one is drawn (:meth:`renewed`)
+    whenever the entry becomes a different change to send. ``inflight`` and
+    ``sent_kind`` are what was sent to the relay (kept until its verdict arrives, so a
+    retransmission is identical); ``dirty`` says the user changed the record again since.
     """
 
     record_id: str
@@ -172,11 +182,31 @@ class PendingRow:
     delta: bytes
     status: str
     problem: dict[str, Any] | None = None
-    change_id: str
+    change_id: str = attrs.field(factory=new_change_id)  #: a new entry's is new
     inflight: bytes | None = None
     sent_kind: str | None = None
     dirty: bool = False
     note: str = ""
+
+    def renewed(self, **changes: Any) -> PendingRow:
+        """This entry, with ``changes`` (as :func:`attrs.evolve` takes them), as a new
+        change waiting to be sent: ``pending`` under a new change id, with no problem,
+        nothing in flight and nothing changed since a send.
+
+        Used whenever what goes to the relay next is no longer what a change id was
+        issued for (a resolve, what is left after an acknowledgement), so the relay
+        never takes it for a retransmission of the old one.
+        """
+        return attrs.evolve(
+            self,
+            **changes,
+            status=Status.PENDING,
+            problem=None,
+            change_id=new_change_id(),
+            inflight=None,
+            sent_kind=None,
+            dirty=False,
+        )
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> PendingRow:
