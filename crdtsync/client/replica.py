@@ -441,10 +441,7 @@ class Replica:
                         entry,
                         inflight=entry.delta,
                         sent_kind=entry.kind,
-                        changes={
-                            name: attrs.evolve(edit, in_flight=True, sent=edit.new)
-                            for name, edit in entry.changes.items()
-                        },
+                        changes={name: edit.marked_sent() for name, edit in entry.changes.items()},
                     )
                 self.store.put_pending(attrs.evolve(entry, status=Status.SYNCING))
                 out.append(
@@ -810,10 +807,7 @@ class Replica:
         spec = self.schema.object(row.object)
         refused = attrs.evolve(
             entry,
-            changes={
-                name: attrs.evolve(edit, in_flight=False, sent=None)
-                for name, edit in entry.changes.items()
-            },
+            changes={name: edit.marked_unsent() for name, edit in entry.changes.items()},
             status=status,
             problem=_problem_to_wire(problem, spec),
             inflight=None,

@@ -90,7 +90,10 @@ def _mark_sent_in_flight(db: sqlite3.Connection) -> None:
         "SELECT record_id, changes FROM pending WHERE inflight IS NOT NULL AND dirty = 0"
     )
     for record_id, packed in rows.fetchall():
-        changes = {name: [*edit[:3], edit[1]] for name, edit in unpack(packed).items()}
+        changes = {
+            name: FieldEdit.from_stored(edit).marked_sent().to_stored()
+            for name, edit in unpack(packed).items()
+        }
         db.execute("UPDATE pending SET changes = ? WHERE record_id = ?", (pack(changes), record_id))
 
 
@@ -106,6 +109,11 @@ class FieldEdit:
     as the user's replica shows it). ``in_flight`` says the change in flight carries
     this field with the value ``sent``: the user changed it again since when ``new``
     differs from ``sent``.
+
+    The store's own record of an edit, not what an application reads: the public
+    :class:`~crdtsync.client.model.FieldChange` of a
+    :class:`~crdtsync.client.model.PendingChange` has only ``old`` and ``new``,
+    decoded to the field type's values, and is built from this one.
     """
 
     old: Any
@@ -119,13 +127,23 @@ class FieldEdit:
         """True if ``new`` has not gone out with the change in flight."""
         return not self.in_flight or self.new != self.sent
 
-    def to_wire(self) -> list[Any]:
-        """``[old, new, base]``, and ``sent`` fourth while in flight."""
-        wire = [self.old, self.new, self.base]
-        return [*wire, self.sent] if self.in_flight else wire
+    def marked_sent(self) -> FieldEdit:
+        """This edit as it goes out now: in flight, with ``new`` as the value sent."""
+        return FieldEdit(self.old, self.new, self.base, in_flight=True, sent=self.new)
+
+    def marked_unsent(self) -> FieldEdit:
+        """This edit as if it had never gone out (the change in flight was refused)."""
+        return FieldEdit(self.old, self.new, self.base)
+
+    def to_stored(self) -> list[Any]:
+        """``[old, new, base]``, and ``sent`` fourth while in flight: the form kept in
+        the ``pending.changes`` column (format 1 had the first three only)."""
+        stored = [self.old, self.new, self.base]
+        return [*stored, self.sent] if self.in_flight else stored
 
     @classmethod
-    def from_wire(cls, data: Any) -> FieldEdit:
+    def from_stored(cls, data: Any) -> FieldEdit:
+        """Read what :meth:`to_stored` wrote; :class:`StoreError` if it is not that."""
         if not isinstance(data, list) or len(data) not in (3, 4):
             raise StoreError(f"a stored field edit is {data!r}, not [old, new, base(, sent)]")
         if len(data) == 4:
@@ -217,7 +235,7 @@ class PendingRow:
             kind=row["kind"],
             base_version=row["base_version"],
             changes={
-                name: FieldEdit.from_wire(edit) for name, edit in unpack(row["changes"]).items()
+                name: FieldEdit.from_stored(edit) for name, edit in unpack(row["changes"]).items()
             },
             delta=bytes(row["delta"]),
             status=row["status"],
@@ -423,7 +441,7 @@ class LocalStore:
                 entry.object,
                 entry.kind,
                 entry.base_version,
-                pack({name: edit.to_wire() for name, edit in entry.changes.items()}),
+                pack({name: edit.to_stored() for name, edit in entry.changes.items()}),
                 entry.delta,
                 entry.status,
                 None if entry.problem is None else pack(entry.problem),
