@@ -54,6 +54,7 @@ from crdtsync.core.exceptions import (
     StoreError,
 )
 from crdtsync.core.fieldtypes import FieldType
+from crdtsync.core.protocol import ChangeFrame, Conflict
 from crdtsync.core.record import RecordDoc
 from crdtsync.core.schema import ObjectSpec, Schema
 
@@ -75,24 +76,6 @@ from .model import (
     UnresolvableReason,
 )
 from .store import FieldEdit, LocalStore, PendingRow, RecordRow, new_change_id
-
-
-@attrs.frozen(kw_only=True)
-class OutgoingChange:
-    """A pending change as the sync layer sends it.
-
-    ``change_id`` is stable across retransmissions of the same content, so the relay
-    can apply it exactly once. ``field_bases`` gives, per changed field, the relay
-    version the user saw when first changing it.
-    """
-
-    change_id: str
-    record_id: str
-    object: str
-    kind: ChangeKind
-    base_version: int
-    field_bases: Mapping[str, int]
-    delta: bytes
 
 
 def new_record_id() -> str:
@@ -419,13 +402,16 @@ class Replica:
 
     # -- sync entry points ----------------------------------------------------------------
 
-    def outgoing(self, limit: int | None = None) -> list[OutgoingChange]:
-        """Mark the oldest ``pending`` changes ``syncing`` and return them to send.
+    def outgoing(self, limit: int | None = None) -> list[ChangeFrame]:
+        """Mark the oldest ``pending`` changes ``syncing`` and return them as the push
+        frame carries them.
 
-        A change that was sent before but whose verdict never arrived is sent again
-        with the same id and the same content.
+        ``change_id`` is stable across retransmissions of the same content, so the relay
+        can apply it exactly once: a change that was sent before but whose verdict never
+        arrived is sent again with the same id and the same content. ``field_bases``
+        gives, per changed field, the relay version the user saw when first changing it.
         """
-        out: list[OutgoingChange] = []
+        out: list[ChangeFrame] = []
         with self.store.transaction():
             for entry in self.store.iter_pending(Status.PENDING):
                 if limit is not None and len(out) >= limit:
@@ -445,11 +431,11 @@ class Replica:
                     )
                 self.store.put_pending(attrs.evolve(entry, status=Status.SYNCING))
                 out.append(
-                    OutgoingChange(
+                    ChangeFrame(
                         change_id=entry.change_id,
                         record_id=entry.record_id,
                         object=entry.object,
-                        kind=ChangeKind(entry.sent_kind or entry.kind),
+                        kind=entry.sent_kind or entry.kind,
                         base_version=entry.base_version,
                         field_bases={name: edit.base for name, edit in entry.changes.items()},
                         delta=entry.inflight or b"",
@@ -473,6 +459,45 @@ class Replica:
     def cursor(self) -> int:
         """The last relay version this replica has seen everything up to."""
         return int(self.store.get_meta("cursor", 0))
+
+    @property
+    def server_id(self) -> str | None:
+        """The relay the cursor was issued by (``None`` before the first connection)."""
+        server_id = self.store.get_meta("server_id")
+        return None if server_id is None else str(server_id)
+
+    def objects_held(self) -> set[str]:
+        """The object types of the records this replica holds."""
+        return self.store.objects()
+
+    def conflict_problem(self, verdict: Conflict) -> Problem:
+        """The problem a conflict verdict describes, its values decoded by the field
+        types of the record's object (left as they came where there are none)."""
+        record = self.store.get_record(verdict.record_id)
+        spec = self.schema.objects.get(record.object) if record is not None else None
+
+        def value(field: str, raw: object) -> object:
+            if spec is None or field not in spec.fields:
+                return raw
+            try:
+                return spec.fields[field].type.decode(raw)
+            except ValueError:
+                return raw
+
+        return Problem(
+            conflicts=tuple(
+                FieldConflict(
+                    field=c.field,
+                    base=value(c.field, c.base),
+                    mine=value(c.field, c.mine),
+                    theirs=value(c.field, c.theirs),
+                    changed_by=c.changed_by,
+                )
+                for c in verdict.conflicts
+            ),
+            errors=tuple(FieldError(e.field, e.message) for e in verdict.errors),
+            message=verdict.message,
+        )
 
     def fields_gained(self, schema: Schema) -> set[str]:
         """Objects whose fields in ``schema`` (the relay's view for this user) include
