@@ -45,6 +45,7 @@ from typing import Any
 import attrs
 import pycrdt
 
+from crdtsync.core.conflicts import ConflictCodec
 from crdtsync.core.exceptions import (
     FieldError,
     InvalidOperation,
@@ -54,7 +55,7 @@ from crdtsync.core.exceptions import (
     StoreError,
 )
 from crdtsync.core.fieldtypes import FieldType
-from crdtsync.core.protocol import ChangeFrame, Conflict
+from crdtsync.core.protocol import ChangeFrame, Conflict, WireConflict
 from crdtsync.core.record import RecordDoc
 from crdtsync.core.schema import ObjectSpec, Schema
 
@@ -310,7 +311,7 @@ class Replica:
             self._delete_anyway(row, entry, values)
             return
         spec = self.schema.object(row.object)
-        problem = _problem_from_wire(entry.problem, spec)
+        problem = _problem_from_stored(entry.problem, spec)
         decided = set(values)
         if problem is not None:
             decided |= {conflict.field for conflict in problem.conflicts}
@@ -383,7 +384,7 @@ class Replica:
             raise InvalidOperation(f"record {record_id} has no local changes to dismiss")
         if entry.status == Status.SYNCING:
             raise InvalidOperation(f"record {record_id} is syncing: wait for its verdict")
-        problem = _problem_from_wire(entry.problem, self.schema.object(row.object))
+        problem = _problem_from_stored(entry.problem, self.schema.object(row.object))
         gone = row.server is None or (
             entry.status == Status.UNRESOLVABLE
             and problem is not None
@@ -475,26 +476,9 @@ class Replica:
         types of the record's object (left as they came where there are none)."""
         record = self.store.get_record(verdict.record_id)
         spec = self.schema.objects.get(record.object) if record is not None else None
-
-        def value(field: str, raw: object) -> object:
-            if spec is None or field not in spec.fields:
-                return raw
-            try:
-                return spec.fields[field].type.decode(raw)
-            except ValueError:
-                return raw
-
+        codec = ConflictCodec(spec)
         return Problem(
-            conflicts=tuple(
-                FieldConflict(
-                    field=c.field,
-                    base=value(c.field, c.base),
-                    mine=value(c.field, c.mine),
-                    theirs=value(c.field, c.theirs),
-                    changed_by=c.changed_by,
-                )
-                for c in verdict.conflicts
-            ),
+            conflicts=tuple(_field_conflict(c, codec) for c in verdict.conflicts),
             errors=tuple(FieldError(e.field, e.message) for e in verdict.errors),
             message=verdict.message,
         )
@@ -705,7 +689,7 @@ class Replica:
             elif entry.status != Status.SYNCING and spec is not None:
                 self.store.put_pending(
                     attrs.evolve(
-                        entry, status=Status.UNRESOLVABLE, problem=_problem_to_wire(problem, spec)
+                        entry, status=Status.UNRESOLVABLE, problem=_problem_to_stored(problem, spec)
                     )
                 )
         self._emit(AccessLost(record_id, object_name))
@@ -750,7 +734,7 @@ class Replica:
                         attrs.evolve(
                             entry,
                             status=Status.UNRESOLVABLE,
-                            problem=_problem_to_wire(gone, spec),
+                            problem=_problem_to_stored(gone, spec),
                         )
                     )
             elif row is None:
@@ -834,7 +818,7 @@ class Replica:
             entry,
             changes={name: edit.marked_unsent() for name, edit in entry.changes.items()},
             status=status,
-            problem=_problem_to_wire(problem, spec),
+            problem=_problem_to_stored(problem, spec),
             inflight=None,
             sent_kind=None,
             dirty=False,
@@ -999,7 +983,7 @@ class Replica:
             kind=ChangeKind(entry.kind),
             changes=changes,
             status=Status(entry.status),
-            problem=_problem_from_wire(entry.problem, spec),
+            problem=_problem_from_stored(entry.problem, spec),
             base_version=entry.base_version,
             change_id=entry.change_id,
             note=entry.note,
@@ -1044,9 +1028,10 @@ def _refresh_theirs(
 ) -> dict[str, Any]:
     """``problem`` (as stored) with each conflict's "theirs" the server's value now."""
     values = server.read()
+    codec = ConflictCodec(spec)
     conflicts = []
     for conflict in problem.get("conflicts", []):
-        theirs = _encode_value(spec, conflict["field"], values.get(conflict["field"]))
+        theirs = codec.encode(conflict["field"], values.get(conflict["field"]))
         if not _same(spec, conflict["field"], theirs, conflict["theirs"]):
             conflict = {**conflict, "theirs": theirs, "changed_by": by}
         conflicts.append(conflict)
@@ -1064,27 +1049,30 @@ def _state_of(update: bytes | None) -> bytes | None:
     return None if not update else bytes(pycrdt.get_state(update))
 
 
-def _encode_value(spec: ObjectSpec, field: str, value: Any) -> Any:
-    known = spec.fields.get(field)
-    return value if known is None else known.type.encode(value)
+def _field_conflict(conflict: WireConflict, codec: ConflictCodec) -> FieldConflict:
+    """A conflict as carried (by a verdict, or in the store) as the user reads it."""
+    return FieldConflict(
+        field=conflict.field,
+        base=codec.decode(conflict.field, conflict.base),
+        mine=codec.decode(conflict.field, conflict.mine),
+        theirs=codec.decode(conflict.field, conflict.theirs),
+        changed_by=conflict.changed_by,
+    )
 
 
-def _decode_value(spec: ObjectSpec, field: str, value: Any) -> Any:
-    known = spec.fields.get(field)
-    return value if known is None else known.type.decode(value)
-
-
-def _problem_to_wire(problem: Problem, spec: ObjectSpec) -> dict[str, Any]:
-    """A problem as plain data, values in their stored encoding (see :mod:`fieldtypes`)."""
+def _problem_to_stored(problem: Problem, spec: ObjectSpec) -> dict[str, Any]:
+    """A problem as the ``pending.problem`` column keeps it: plain data, each conflict
+    as a verdict carries it (values in their stored encoding, see :mod:`fieldtypes`)."""
+    codec = ConflictCodec(spec)
     return {
         "conflicts": [
-            {
-                "field": c.field,
-                "base": _encode_value(spec, c.field, c.base),
-                "mine": _encode_value(spec, c.field, c.mine),
-                "theirs": _encode_value(spec, c.field, c.theirs),
-                "changed_by": c.changed_by,
-            }
+            WireConflict(
+                field=c.field,
+                base=codec.encode(c.field, c.base),
+                mine=codec.encode(c.field, c.mine),
+                theirs=codec.encode(c.field, c.theirs),
+                changed_by=c.changed_by,
+            ).to_wire()
             for c in problem.conflicts
         ],
         "errors": [error.to_wire() for error in problem.errors],
@@ -1094,18 +1082,14 @@ def _problem_to_wire(problem: Problem, spec: ObjectSpec) -> dict[str, Any]:
     }
 
 
-def _problem_from_wire(data: dict[str, Any] | None, spec: ObjectSpec) -> Problem | None:
+def _problem_from_stored(data: dict[str, Any] | None, spec: ObjectSpec) -> Problem | None:
+    """Read what :func:`_problem_to_stored` wrote."""
     if data is None:
         return None
+    codec = ConflictCodec(spec)
     return Problem(
         conflicts=tuple(
-            FieldConflict(
-                field=c["field"],
-                base=_decode_value(spec, c["field"], c["base"]),
-                mine=_decode_value(spec, c["field"], c["mine"]),
-                theirs=_decode_value(spec, c["field"], c["theirs"]),
-                changed_by=c["changed_by"],
-            )
+            _field_conflict(WireConflict.from_wire(c, "stored problem.conflicts"), codec)
             for c in data.get("conflicts", [])
         ),
         errors=tuple(FieldError.from_wire(e) for e in data.get("errors", [])),
