@@ -55,7 +55,7 @@ from crdtsync.core.exceptions import (
     StoreError,
 )
 from crdtsync.core.fieldtypes import FieldType
-from crdtsync.core.protocol import ChangeFrame, Conflict, WireConflict
+from crdtsync.core.protocol import ChangeFrame, Conflict, ErrorCode, WireConflict
 from crdtsync.core.record import RecordDoc
 from crdtsync.core.schema import ObjectSpec, Schema
 
@@ -149,7 +149,7 @@ class Replica:
         pending_ids = {entry.record_id for entry in self.store.list_pending()}
         for row in self.store.list_records():
             if not row.deleted and row.id not in pending_ids:
-                counts.setdefault(row.object, {s.value: 0 for s in Status})["synced"] += 1
+                counts.setdefault(row.object, {s.value: 0 for s in Status})[Status.SYNCED] += 1
         for (object_name, status), count in self.store.count_by_status().items():
             counts.setdefault(object_name, {s.value: 0 for s in Status})[status] += count
         return counts
@@ -305,7 +305,7 @@ class Replica:
                 raise InvalidOperation(
                     f"record {record_id} is unresolvable: it can only be dismissed"
                 )
-            state = entry.status if entry else "synced"
+            state = entry.status if entry else Status.SYNCED
             raise InvalidOperation(f"record {record_id} has no conflict to resolve ({state})")
         if entry.kind == ChangeKind.DELETE:
             self._delete_anyway(row, entry, values)
@@ -661,7 +661,7 @@ class Replica:
         """The relay refused ``change_id`` as malformed (an ``error`` verdict). An
         internal relay error is retried later; anything else cannot be saved as is and
         becomes ``unresolvable`` with the relay's message."""
-        if code == "internal_error":
+        if code == ErrorCode.INTERNAL_ERROR:
             entry = self.store.find_pending(change_id)
             if entry is None or entry.status != Status.SYNCING:
                 return False

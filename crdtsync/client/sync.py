@@ -184,7 +184,7 @@ class SyncSession:
             elif self._pushes:
                 # The relay could not read our oldest push: it will not answer its changes.
                 for change_id in self._pushes.popleft():
-                    self.replica.apply_rejected(change_id, frame.code.value, frame.message)
+                    self.replica.apply_rejected(change_id, frame.code, frame.message)
                 self.push()
             return
         if isinstance(frame, Welcome):
@@ -287,7 +287,7 @@ class SyncSession:
                 )
                 tally.unresolvable += 1
             elif isinstance(verdict, Rejected):
-                self.replica.apply_rejected(verdict.change_id, verdict.code.value, verdict.message)
+                self.replica.apply_rejected(verdict.change_id, verdict.code, verdict.message)
                 tally.errors += 1
         # Whatever the relay did not answer is sent again later, with the same id.
         if answered:
