@@ -14,7 +14,9 @@ Three tables hold everything a replica knows while offline:
 
 Every public mutation of the replica runs inside one :meth:`LocalStore.transaction`,
 so a ``kill -9`` leaves either all or nothing of it. This module stores rows; the rules
-about what goes into them live in :mod:`crdtsync.client.replica`.
+about what goes into them live in :mod:`crdtsync.client.replica`, which moves an entry
+through its states with the transitions named here (:meth:`PendingRow.renewed`,
+:meth:`FieldEdit.marked_sent`, :meth:`FieldEdit.marked_unsent`).
 """
 
 from __future__ import annotations
