@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from crdtsync.client.model import PendingChange, Record
+from crdtsync.client.model import PendingChange, Record, Status
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
@@ -53,6 +53,6 @@ def records_table(records: Sequence[Record], fields: Sequence[str]) -> str:
 
 def summary_table(summary: Mapping[str, Mapping[str, int]]) -> str:
     """Per-object counts per status (the object home indicators)."""
-    statuses = ("synced", "pending", "syncing", "conflict", "unresolvable")
+    statuses = tuple(status.value for status in Status)
     rows = [(name, *(counts.get(s, 0) for s in statuses)) for name, counts in summary.items()]
     return table(("object", *statuses), rows)

@@ -45,6 +45,7 @@ from typing import Any
 import attrs
 import pycrdt
 
+from crdtsync.core.conflicts import ConflictCodec
 from crdtsync.core.exceptions import (
     FieldError,
     InvalidOperation,
@@ -54,6 +55,7 @@ from crdtsync.core.exceptions import (
     StoreError,
 )
 from crdtsync.core.fieldtypes import FieldType
+from crdtsync.core.protocol import ChangeFrame, Conflict, ErrorCode, WireConflict
 from crdtsync.core.record import RecordDoc
 from crdtsync.core.schema import ObjectSpec, Schema
 
@@ -74,34 +76,12 @@ from .model import (
     Status,
     UnresolvableReason,
 )
-from .store import FieldEdit, LocalStore, PendingRow, RecordRow
-
-
-@attrs.frozen(kw_only=True)
-class OutgoingChange:
-    """A pending change as the sync layer sends it.
-
-    ``change_id`` is stable across retransmissions of the same content, so the relay
-    can apply it exactly once. ``field_bases`` gives, per changed field, the relay
-    version the user saw when first changing it.
-    """
-
-    change_id: str
-    record_id: str
-    object: str
-    kind: ChangeKind
-    base_version: int
-    field_bases: Mapping[str, int]
-    delta: bytes
+from .store import FieldEdit, LocalStore, PendingRow, RecordRow, new_change_id
 
 
 def new_record_id() -> str:
     """A permanent, globally unique record id (random UUID)."""
     return str(uuid.uuid4())
-
-
-def _new_change_id() -> str:
-    return uuid.uuid4().hex
 
 
 def _new_client_id() -> int:
@@ -169,7 +149,7 @@ class Replica:
         pending_ids = {entry.record_id for entry in self.store.list_pending()}
         for row in self.store.list_records():
             if not row.deleted and row.id not in pending_ids:
-                counts.setdefault(row.object, {s.value: 0 for s in Status})["synced"] += 1
+                counts.setdefault(row.object, {s.value: 0 for s in Status})[Status.SYNCED] += 1
         for (object_name, status), count in self.store.count_by_status().items():
             counts.setdefault(object_name, {s.value: 0 for s in Status})[status] += count
         return counts
@@ -200,7 +180,6 @@ class Replica:
                     },
                     delta=doc.full_update(),
                     status=Status.PENDING,
-                    change_id=_new_change_id(),
                 )
             )
         self._emit(PendingChanged(record_id, object_name, Status.PENDING))
@@ -262,7 +241,7 @@ class Replica:
                         changes=changes,
                         delta=doc.delta(_state_of(row.server)),
                         status=status,
-                        change_id=entry.change_id if entry else _new_change_id(),
+                        change_id=entry.change_id if entry else new_change_id(),
                         inflight=entry.inflight if entry else None,
                         sent_kind=entry.sent_kind if entry else None,
                         dirty=in_flight,
@@ -294,7 +273,7 @@ class Replica:
                         changes={},
                         delta=b"",
                         status=status,
-                        change_id=entry.change_id if entry else _new_change_id(),
+                        change_id=entry.change_id if entry else new_change_id(),
                         inflight=entry.inflight if entry else None,
                         sent_kind=entry.sent_kind if entry else None,
                         dirty=entry is not None and entry.inflight is not None,
@@ -326,13 +305,13 @@ class Replica:
                 raise InvalidOperation(
                     f"record {record_id} is unresolvable: it can only be dismissed"
                 )
-            state = entry.status if entry else "synced"
+            state = entry.status if entry else Status.SYNCED
             raise InvalidOperation(f"record {record_id} has no conflict to resolve ({state})")
         if entry.kind == ChangeKind.DELETE:
             self._delete_anyway(row, entry, values)
             return
         spec = self.schema.object(row.object)
-        problem = _problem_from_wire(entry.problem, spec)
+        problem = _problem_from_stored(entry.problem, spec)
         decided = set(values)
         if problem is not None:
             decided |= {conflict.field for conflict in problem.conflicts}
@@ -366,18 +345,11 @@ class Replica:
             else:
                 status = Status.PENDING
                 self.store.put_pending(
-                    attrs.evolve(
-                        entry,
+                    entry.renewed(
                         kind=ChangeKind.CREATE if creating else ChangeKind.UPDATE,
                         base_version=_base_version(changes, row.version),
                         changes=changes,
                         delta=doc.delta(_state_of(row.server)),
-                        status=Status.PENDING,
-                        problem=None,
-                        change_id=_new_change_id(),
-                        inflight=None,
-                        sent_kind=None,
-                        dirty=False,
                     )
                 )
         self._emit(PendingChanged(record_id, row.object, status))
@@ -399,17 +371,7 @@ class Replica:
                 status: Status | None = None
             else:
                 status = Status.PENDING
-                self.store.put_pending(
-                    attrs.evolve(
-                        entry,
-                        base_version=row.version,
-                        status=Status.PENDING,
-                        problem=None,
-                        change_id=_new_change_id(),
-                        inflight=None,
-                        dirty=False,
-                    )
-                )
+                self.store.put_pending(entry.renewed(base_version=row.version))
         self._emit(PendingChanged(row.id, row.object, status))
 
     def dismiss(self, record_id: str) -> None:
@@ -422,7 +384,7 @@ class Replica:
             raise InvalidOperation(f"record {record_id} has no local changes to dismiss")
         if entry.status == Status.SYNCING:
             raise InvalidOperation(f"record {record_id} is syncing: wait for its verdict")
-        problem = _problem_from_wire(entry.problem, self.schema.object(row.object))
+        problem = _problem_from_stored(entry.problem, self.schema.object(row.object))
         gone = row.server is None or (
             entry.status == Status.UNRESOLVABLE
             and problem is not None
@@ -441,13 +403,16 @@ class Replica:
 
     # -- sync entry points ----------------------------------------------------------------
 
-    def outgoing(self, limit: int | None = None) -> list[OutgoingChange]:
-        """Mark the oldest ``pending`` changes ``syncing`` and return them to send.
+    def outgoing(self, limit: int | None = None) -> list[ChangeFrame]:
+        """Mark the oldest ``pending`` changes ``syncing`` and return them as the push
+        frame carries them.
 
-        A change that was sent before but whose verdict never arrived is sent again
-        with the same id and the same content.
+        ``change_id`` is stable across retransmissions of the same content, so the relay
+        can apply it exactly once: a change that was sent before but whose verdict never
+        arrived is sent again with the same id and the same content. ``field_bases``
+        gives, per changed field, the relay version the user saw when first changing it.
         """
-        out: list[OutgoingChange] = []
+        out: list[ChangeFrame] = []
         with self.store.transaction():
             for entry in self.store.iter_pending(Status.PENDING):
                 if limit is not None and len(out) >= limit:
@@ -463,18 +428,15 @@ class Replica:
                         entry,
                         inflight=entry.delta,
                         sent_kind=entry.kind,
-                        changes={
-                            name: attrs.evolve(edit, in_flight=True, sent=edit.new)
-                            for name, edit in entry.changes.items()
-                        },
+                        changes={name: edit.marked_sent() for name, edit in entry.changes.items()},
                     )
                 self.store.put_pending(attrs.evolve(entry, status=Status.SYNCING))
                 out.append(
-                    OutgoingChange(
+                    ChangeFrame(
                         change_id=entry.change_id,
                         record_id=entry.record_id,
                         object=entry.object,
-                        kind=ChangeKind(entry.sent_kind or entry.kind),
+                        kind=entry.sent_kind or entry.kind,
                         base_version=entry.base_version,
                         field_bases={name: edit.base for name, edit in entry.changes.items()},
                         delta=entry.inflight or b"",
@@ -498,6 +460,28 @@ class Replica:
     def cursor(self) -> int:
         """The last relay version this replica has seen everything up to."""
         return int(self.store.get_meta("cursor", 0))
+
+    @property
+    def server_id(self) -> str | None:
+        """The relay the cursor was issued by (``None`` before the first connection)."""
+        server_id = self.store.get_meta("server_id")
+        return None if server_id is None else str(server_id)
+
+    def objects_held(self) -> set[str]:
+        """The object types of the records this replica holds."""
+        return self.store.objects()
+
+    def conflict_problem(self, verdict: Conflict) -> Problem:
+        """The problem a conflict verdict describes, its values decoded by the field
+        types of the record's object (left as they came where there are none)."""
+        record = self.store.get_record(verdict.record_id)
+        spec = self.schema.objects.get(record.object) if record is not None else None
+        codec = ConflictCodec(spec)
+        return Problem(
+            conflicts=tuple(_field_conflict(c, codec) for c in verdict.conflicts),
+            errors=tuple(FieldError(e.field, e.message) for e in verdict.errors),
+            message=verdict.message,
+        )
 
     def fields_gained(self, schema: Schema) -> set[str]:
         """Objects whose fields in ``schema`` (the relay's view for this user) include
@@ -677,7 +661,7 @@ class Replica:
         """The relay refused ``change_id`` as malformed (an ``error`` verdict). An
         internal relay error is retried later; anything else cannot be saved as is and
         becomes ``unresolvable`` with the relay's message."""
-        if code == "internal_error":
+        if code == ErrorCode.INTERNAL_ERROR:
             entry = self.store.find_pending(change_id)
             if entry is None or entry.status != Status.SYNCING:
                 return False
@@ -705,7 +689,7 @@ class Replica:
             elif entry.status != Status.SYNCING and spec is not None:
                 self.store.put_pending(
                     attrs.evolve(
-                        entry, status=Status.UNRESOLVABLE, problem=_problem_to_wire(problem, spec)
+                        entry, status=Status.UNRESOLVABLE, problem=_problem_to_stored(problem, spec)
                     )
                 )
         self._emit(AccessLost(record_id, object_name))
@@ -750,7 +734,7 @@ class Replica:
                         attrs.evolve(
                             entry,
                             status=Status.UNRESOLVABLE,
-                            problem=_problem_to_wire(gone, spec),
+                            problem=_problem_to_stored(gone, spec),
                         )
                     )
             elif row is None:
@@ -832,12 +816,9 @@ class Replica:
         spec = self.schema.object(row.object)
         refused = attrs.evolve(
             entry,
-            changes={
-                name: attrs.evolve(edit, in_flight=False, sent=None)
-                for name, edit in entry.changes.items()
-            },
+            changes={name: edit.marked_unsent() for name, edit in entry.changes.items()},
             status=status,
-            problem=_problem_to_wire(problem, spec),
+            problem=_problem_to_stored(problem, spec),
             inflight=None,
             sent_kind=None,
             dirty=False,
@@ -880,16 +861,7 @@ class Replica:
         """
         local = self._load(spec, row.local)
         if entry.kind == ChangeKind.DELETE:
-            left = attrs.evolve(
-                entry,
-                base_version=row.version,
-                status=Status.PENDING,
-                change_id=_new_change_id(),
-                inflight=None,
-                sent_kind=None,
-                dirty=False,
-            )
-            return left, local
+            return entry.renewed(base_version=row.version), local
         server_values = self._load(spec, row.server or b"").read()
         intents = self._intents(spec, entry.changes, local)
         changes: dict[str, FieldEdit] = {}
@@ -908,17 +880,11 @@ class Replica:
         if not changes:
             return None
         doc = self._rebuilt(spec, row.server, {name: intents[name] for name in changes})
-        left = attrs.evolve(
-            entry,
+        left = entry.renewed(
             kind=ChangeKind.UPDATE,
             base_version=_base_version(changes, row.version),
             changes=changes,
             delta=doc.delta(_state_of(row.server)),
-            status=Status.PENDING,
-            change_id=_new_change_id(),
-            inflight=None,
-            sent_kind=None,
-            dirty=False,
         )
         return left, doc
 
@@ -1017,7 +983,7 @@ class Replica:
             kind=ChangeKind(entry.kind),
             changes=changes,
             status=Status(entry.status),
-            problem=_problem_from_wire(entry.problem, spec),
+            problem=_problem_from_stored(entry.problem, spec),
             base_version=entry.base_version,
             change_id=entry.change_id,
             note=entry.note,
@@ -1062,9 +1028,10 @@ def _refresh_theirs(
 ) -> dict[str, Any]:
     """``problem`` (as stored) with each conflict's "theirs" the server's value now."""
     values = server.read()
+    codec = ConflictCodec(spec)
     conflicts = []
     for conflict in problem.get("conflicts", []):
-        theirs = _encode_value(spec, conflict["field"], values.get(conflict["field"]))
+        theirs = codec.encode(conflict["field"], values.get(conflict["field"]))
         if not _same(spec, conflict["field"], theirs, conflict["theirs"]):
             conflict = {**conflict, "theirs": theirs, "changed_by": by}
         conflicts.append(conflict)
@@ -1082,27 +1049,30 @@ def _state_of(update: bytes | None) -> bytes | None:
     return None if not update else bytes(pycrdt.get_state(update))
 
 
-def _encode_value(spec: ObjectSpec, field: str, value: Any) -> Any:
-    known = spec.fields.get(field)
-    return value if known is None else known.type.encode(value)
+def _field_conflict(conflict: WireConflict, codec: ConflictCodec) -> FieldConflict:
+    """A conflict as carried (by a verdict, or in the store) as the user reads it."""
+    return FieldConflict(
+        field=conflict.field,
+        base=codec.decode(conflict.field, conflict.base),
+        mine=codec.decode(conflict.field, conflict.mine),
+        theirs=codec.decode(conflict.field, conflict.theirs),
+        changed_by=conflict.changed_by,
+    )
 
 
-def _decode_value(spec: ObjectSpec, field: str, value: Any) -> Any:
-    known = spec.fields.get(field)
-    return value if known is None else known.type.decode(value)
-
-
-def _problem_to_wire(problem: Problem, spec: ObjectSpec) -> dict[str, Any]:
-    """A problem as plain data, values in their stored encoding (see :mod:`fieldtypes`)."""
+def _problem_to_stored(problem: Problem, spec: ObjectSpec) -> dict[str, Any]:
+    """A problem as the ``pending.problem`` column keeps it: plain data, each conflict
+    as a verdict carries it (values in their stored encoding, see :mod:`fieldtypes`)."""
+    codec = ConflictCodec(spec)
     return {
         "conflicts": [
-            {
-                "field": c.field,
-                "base": _encode_value(spec, c.field, c.base),
-                "mine": _encode_value(spec, c.field, c.mine),
-                "theirs": _encode_value(spec, c.field, c.theirs),
-                "changed_by": c.changed_by,
-            }
+            WireConflict(
+                field=c.field,
+                base=codec.encode(c.field, c.base),
+                mine=codec.encode(c.field, c.mine),
+                theirs=codec.encode(c.field, c.theirs),
+                changed_by=c.changed_by,
+            ).to_wire()
             for c in problem.conflicts
         ],
         "errors": [error.to_wire() for error in problem.errors],
@@ -1112,18 +1082,14 @@ def _problem_to_wire(problem: Problem, spec: ObjectSpec) -> dict[str, Any]:
     }
 
 
-def _problem_from_wire(data: dict[str, Any] | None, spec: ObjectSpec) -> Problem | None:
+def _problem_from_stored(data: dict[str, Any] | None, spec: ObjectSpec) -> Problem | None:
+    """Read what :func:`_problem_to_stored` wrote."""
     if data is None:
         return None
+    codec = ConflictCodec(spec)
     return Problem(
         conflicts=tuple(
-            FieldConflict(
-                field=c["field"],
-                base=_decode_value(spec, c["field"], c["base"]),
-                mine=_decode_value(spec, c["field"], c["mine"]),
-                theirs=_decode_value(spec, c["field"], c["theirs"]),
-                changed_by=c["changed_by"],
-            )
+            _field_conflict(WireConflict.from_wire(c, "stored problem.conflicts"), codec)
             for c in data.get("conflicts", [])
         ),
         errors=tuple(FieldError.from_wire(e) for e in data.get("errors", [])),

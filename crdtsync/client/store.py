@@ -14,13 +14,16 @@ Three tables hold everything a replica knows while offline:
 
 Every public mutation of the replica runs inside one :meth:`LocalStore.transaction`,
 so a ``kill -9`` leaves either all or nothing of it. This module stores rows; the rules
-about what goes into them live in :mod:`crdtsync.client.replica`.
+about what goes into them live in :mod:`crdtsync.client.replica`, which moves an entry
+through its states with the transitions named here (:meth:`PendingRow.renewed`,
+:meth:`FieldEdit.marked_sent`, :meth:`FieldEdit.marked_unsent`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -39,6 +42,8 @@ from crdtsync.core.sqlite_meta import (
     set_meta,
     unpack,
 )
+
+from .model import Status
 
 #: 1: the first released format. 2: a pending change's field edits record the value that
 #: went out with the change in flight (:attr:`FieldEdit.sent`).
@@ -87,7 +92,10 @@ def _mark_sent_in_flight(db: sqlite3.Connection) -> None:
         "SELECT record_id, changes FROM pending WHERE inflight IS NOT NULL AND dirty = 0"
     )
     for record_id, packed in rows.fetchall():
-        changes = {name: [*edit[:3], edit[1]] for name, edit in unpack(packed).items()}
+        changes = {
+            name: FieldEdit.from_stored(edit).marked_sent().to_stored()
+            for name, edit in unpack(packed).items()
+        }
         db.execute("UPDATE pending SET changes = ? WHERE record_id = ?", (pack(changes), record_id))
 
 
@@ -103,6 +111,11 @@ class FieldEdit:
     as the user's replica shows it). ``in_flight`` says the change in flight carries
     this field with the value ``sent``: the user changed it again since when ``new``
     differs from ``sent``.
+
+    The store's own record of an edit, not what an application reads: the public
+    :class:`~crdtsync.client.model.FieldChange` of a
+    :class:`~crdtsync.client.model.PendingChange` has only ``old`` and ``new``,
+    decoded to the field type's values, and is built from this one.
     """
 
     old: Any
@@ -116,13 +129,23 @@ class FieldEdit:
         """True if ``new`` has not gone out with the change in flight."""
         return not self.in_flight or self.new != self.sent
 
-    def to_wire(self) -> list[Any]:
-        """``[old, new, base]``, and ``sent`` fourth while in flight."""
-        wire = [self.old, self.new, self.base]
-        return [*wire, self.sent] if self.in_flight else wire
+    def marked_sent(self) -> FieldEdit:
+        """This edit as it goes out now: in flight, with ``new`` as the value sent."""
+        return FieldEdit(self.old, self.new, self.base, in_flight=True, sent=self.new)
+
+    def marked_unsent(self) -> FieldEdit:
+        """This edit as if it had never gone out (the change in flight was refused)."""
+        return FieldEdit(self.old, self.new, self.base)
+
+    def to_stored(self) -> list[Any]:
+        """``[old, new, base]``, and ``sent`` fourth while in flight: the form kept in
+        the ``pending.changes`` column (format 1 had the first three only)."""
+        stored = [self.old, self.new, self.base]
+        return [*stored, self.sent] if self.in_flight else stored
 
     @classmethod
-    def from_wire(cls, data: Any) -> FieldEdit:
+    def from_stored(cls, data: Any) -> FieldEdit:
+        """Read what :meth:`to_stored` wrote; :class:`StoreError` if it is not that."""
         if not isinstance(data, list) or len(data) not in (3, 4):
             raise StoreError(f"a stored field edit is {data!r}, not [old, new, base(, sent)]")
         if len(data) == 4:
@@ -153,14 +176,21 @@ class RecordRow:
         )
 
 
+def new_change_id() -> str:
+    """A new change id (random): one per content the relay is asked to apply."""
+    return uuid.uuid4().hex
+
+
 @attrs.frozen(kw_only=True)
 class PendingRow:
     """A stored outbox entry.
 
     ``changes`` maps each field the change writes to its :class:`FieldEdit`.
-    ``inflight`` and ``sent_kind`` are what was sent to the relay (kept until its
-    verdict arrives, so a retransmission is identical); ``dirty`` says the user changed
-    the record again since.
+    ``change_id`` names the content sent to the relay: it is kept while the entry
+    coalesces edits or waits for a verdict, and a new one is drawn (:meth:`renewed`)
+    whenever the entry becomes a different change to send. ``inflight`` and
+    ``sent_kind`` are what was sent to the relay (kept until its verdict arrives, so a
+    retransmission is identical); ``dirty`` says the user changed the record again since.
     """
 
     record_id: str
@@ -172,11 +202,31 @@ class PendingRow:
     delta: bytes
     status: str
     problem: dict[str, Any] | None = None
-    change_id: str
+    change_id: str = attrs.field(factory=new_change_id)  #: a new entry's is new
     inflight: bytes | None = None
     sent_kind: str | None = None
     dirty: bool = False
     note: str = ""
+
+    def renewed(self, **changes: Any) -> PendingRow:
+        """This entry, with ``changes`` (as :func:`attrs.evolve` takes them), as a new
+        change waiting to be sent: ``pending`` under a new change id, with no problem,
+        nothing in flight and nothing changed since a send.
+
+        Used whenever what goes to the relay next is no longer what a change id was
+        issued for (a resolve, what is left after an acknowledgement), so the relay
+        never takes it for a retransmission of the old one.
+        """
+        return attrs.evolve(
+            self,
+            **changes,
+            status=Status.PENDING,
+            problem=None,
+            change_id=new_change_id(),
+            inflight=None,
+            sent_kind=None,
+            dirty=False,
+        )
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> PendingRow:
@@ -187,7 +237,7 @@ class PendingRow:
             kind=row["kind"],
             base_version=row["base_version"],
             changes={
-                name: FieldEdit.from_wire(edit) for name, edit in unpack(row["changes"]).items()
+                name: FieldEdit.from_stored(edit) for name, edit in unpack(row["changes"]).items()
             },
             delta=bytes(row["delta"]),
             status=row["status"],
@@ -393,7 +443,7 @@ class LocalStore:
                 entry.object,
                 entry.kind,
                 entry.base_version,
-                pack({name: edit.to_wire() for name, edit in entry.changes.items()}),
+                pack({name: edit.to_stored() for name, edit in entry.changes.items()}),
                 entry.delta,
                 entry.status,
                 None if entry.problem is None else pack(entry.problem),

@@ -29,7 +29,6 @@ from collections.abc import Callable
 
 import attrs
 
-from crdtsync.core.exceptions import FieldError
 from crdtsync.core.protocol import (
     MAX_CHANGES_PER_FRAME,
     MAX_FRAME_BYTES,
@@ -59,7 +58,7 @@ from crdtsync.core.protocol import (
 from crdtsync.core.schema import Schema
 
 from .events import Event, SyncFinished, SyncProgress, SyncStarted
-from .model import FieldConflict, Problem, UnresolvableReason
+from .model import Problem, UnresolvableReason
 from .replica import Replica
 
 
@@ -149,19 +148,7 @@ class SyncSession:
         if self._tally is None:
             self._tally = SyncTally(total=self.replica.count_unsynced())
             self._emit(SyncStarted(self._tally.total))
-        changes = [
-            ChangeFrame(
-                change_id=change.change_id,
-                record_id=change.record_id,
-                object=change.object,
-                kind=change.kind.value,
-                base_version=change.base_version,
-                field_bases=change.field_bases,
-                delta=change.delta,
-            )
-            for change in outgoing
-        ]
-        plan = plan_pushes(changes, self.max_frame_bytes, self.max_changes_per_frame)
+        plan = plan_pushes(outgoing, self.max_frame_bytes, self.max_changes_per_frame)
         for change, size in plan.too_large:
             self.replica.apply_unsendable(change.change_id, size=size, limit=self.max_frame_bytes)
             self._tally.done += 1
@@ -197,7 +184,7 @@ class SyncSession:
             elif self._pushes:
                 # The relay could not read our oldest push: it will not answer its changes.
                 for change_id in self._pushes.popleft():
-                    self.replica.apply_rejected(change_id, frame.code.value, frame.message)
+                    self.replica.apply_rejected(change_id, frame.code, frame.message)
                 self.push()
             return
         if isinstance(frame, Welcome):
@@ -243,11 +230,11 @@ class SyncSession:
             self.max_frame_bytes = welcome.max_frame_bytes
         if welcome.max_changes_per_frame is not None:
             self.max_changes_per_frame = welcome.max_changes_per_frame
-        if self.replica.store.get_meta("server_id") != welcome.server_id:
+        if self.replica.server_id != welcome.server_id:
             # Another relay (or a relay whose database was replaced): start over.
             self.replica.reset_cursor(welcome.server_id)
         schema = Schema.from_wire(welcome.schema)
-        foreign = sorted(self.replica.store.objects() - set(schema.objects))
+        foreign = sorted(self.replica.objects_held() - set(schema.objects))
         if foreign:
             # Records of an app the relay does not run can never sync: say so, once.
             self.state = SyncState.FAILED
@@ -284,7 +271,7 @@ class SyncSession:
                     tally.accepted += 1
                 self.replica.advance_cursor(verdict.version)
             elif isinstance(verdict, Conflict):
-                problem = self._problem(verdict)
+                problem = self.replica.conflict_problem(verdict)
                 self.replica.apply_conflict(
                     verdict.change_id, problem, version=verdict.version, update=verdict.update
                 )
@@ -300,7 +287,7 @@ class SyncSession:
                 )
                 tally.unresolvable += 1
             elif isinstance(verdict, Rejected):
-                self.replica.apply_rejected(verdict.change_id, verdict.code.value, verdict.message)
+                self.replica.apply_rejected(verdict.change_id, verdict.code, verdict.message)
                 tally.errors += 1
         # Whatever the relay did not answer is sent again later, with the same id.
         if answered:
@@ -308,33 +295,6 @@ class SyncSession:
         self._tally = tally
         self._emit(SyncProgress(tally.done, max(tally.total, tally.done)))
         self.push()
-
-    def _problem(self, verdict: Conflict) -> Problem:
-        record = self.replica.store.get_record(verdict.record_id)
-        spec = self.replica.schema.objects.get(record.object) if record is not None else None
-
-        def value(field: str, raw: object) -> object:
-            if spec is None or field not in spec.fields:
-                return raw
-            try:
-                return spec.fields[field].type.decode(raw)
-            except ValueError:
-                return raw
-
-        return Problem(
-            conflicts=tuple(
-                FieldConflict(
-                    field=c.field,
-                    base=value(c.field, c.base),
-                    mine=value(c.field, c.mine),
-                    theirs=value(c.field, c.theirs),
-                    changed_by=c.changed_by,
-                )
-                for c in verdict.conflicts
-            ),
-            errors=tuple(FieldError(e.field, e.message) for e in verdict.errors),
-            message=verdict.message,
-        )
 
     def _finish(self) -> None:
         tally = self._tally or SyncTally()

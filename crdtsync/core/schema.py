@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -36,6 +35,7 @@ import attrs
 
 from .exceptions import FieldError, SchemaError, UnknownObject, ValidationError
 from .fieldtypes import FieldType
+from .tomlfile import load_toml_config
 
 RuleFunction = Callable[[Mapping[str, Any]], Iterable[FieldError]]
 
@@ -437,18 +437,11 @@ class Schema:
 
     @classmethod
     def from_toml(cls, path: str | Path, *, load_rules: bool = True) -> Schema:
-        """Read the ``[objects.*]`` tables of a TOML configuration file."""
-        try:
-            with open(path, "rb") as file:
-                config = tomllib.load(file)
-        except OSError as exc:
-            raise SchemaError(f"cannot read {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SchemaError(f"{path} is not valid TOML: {exc}") from None
-        try:
-            return cls.from_dict(config, load_rules=load_rules)
-        except SchemaError as exc:
-            raise SchemaError(f"{path}: {exc}") from None
+        """Read the ``[objects.*]`` tables of a TOML configuration file
+        (:class:`SchemaError`, naming the file, if it cannot be read or is invalid)."""
+        return load_toml_config(
+            path, lambda config: cls.from_dict(config, load_rules=load_rules), SchemaError
+        )
 
 
 def _record_errors(

@@ -64,7 +64,7 @@ from hypothesis.stateful import (
 
 import crdtsync.client.replica
 from crdtsync.client.model import ChangeKind, Status
-from crdtsync.client.replica import OutgoingChange, Replica
+from crdtsync.client.replica import Replica
 from crdtsync.client.store import LocalStore
 from crdtsync.client.sync import SyncState
 from crdtsync.core.exceptions import RecordLocked, ValidationError
@@ -72,6 +72,7 @@ from crdtsync.core.fieldtypes import FieldType
 from crdtsync.core.protocol import (
     Admin,
     AdminResult,
+    ChangeFrame,
     Conflict,
     Error,
     Hello,
@@ -147,12 +148,12 @@ class TrackedReplica(Replica):
         self,
         store: LocalStore,
         schema: Schema,
-        on_outgoing: Callable[[TrackedReplica, OutgoingChange], None],
+        on_outgoing: Callable[[TrackedReplica, ChangeFrame], None],
     ) -> None:
         super().__init__(store, schema)
         self.on_outgoing = on_outgoing
 
-    def outgoing(self, limit: int | None = None) -> list[OutgoingChange]:
+    def outgoing(self, limit: int | None = None) -> list[ChangeFrame]:
         out = super().outgoing(limit)
         for change in out:
             self.on_outgoing(self, change)
@@ -160,7 +161,7 @@ class TrackedReplica(Replica):
 
 
 class ModelWorld(World):
-    def __init__(self, on_outgoing: Callable[[TrackedReplica, OutgoingChange], None]) -> None:
+    def __init__(self, on_outgoing: Callable[[TrackedReplica, ChangeFrame], None]) -> None:
         super().__init__()
         self.on_outgoing = on_outgoing
 
@@ -309,7 +310,7 @@ class ConvergenceModel(RuleBasedStateMachine):
 
     # -- hooks ----------------------------------------------------------------------------
 
-    def _capture(self, replica: TrackedReplica, change: OutgoingChange) -> None:
+    def _capture(self, replica: TrackedReplica, change: ChangeFrame) -> None:
         if change.change_id in self.sent:
             return  # a retransmission: same id, same bytes
         device = self.by_replica[id(replica)]

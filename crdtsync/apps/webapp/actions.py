@@ -117,7 +117,7 @@ class Actions:
         except ValidationError as exc:
             return ActionResult.invalid(list(exc.errors))
         except RecordLocked as exc:
-            way_out = "resolve or dismiss it" if exc.status == "conflict" else "dismiss it"
+            way_out = "resolve or dismiss it" if exc.status == Status.CONFLICT else "dismiss it"
             return failure(f"This record is locked ({exc.status}): {way_out} first.")
         except (RecordNotFound, RecordDeleted):
             return failure("This record no longer exists on this device.")
@@ -173,7 +173,7 @@ class Actions:
         record_id = _text(request, "record_id")
         change = self._change(record_id)
         if change is None or change.status is not Status.CONFLICT:
-            state = change.status.value if change is not None else "synced"
+            state = (change.status if change is not None else Status.SYNCED).value
             return failure(f"This record has no conflict to resolve (it is {state}).")
         if change.kind is ChangeKind.DELETE:
             self.client.resolve(record_id)
