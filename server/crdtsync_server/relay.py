@@ -1,8 +1,9 @@
 """The relay's core: merges pushed changes, persists them, and fans them out.
 
 :class:`Relay` owns the storage, a bounded cache of record documents, and the set of
-connected :class:`~crdtsync_server.session.RelaySession` objects. It does no network
-I/O: transports feed bytes into sessions and send what sessions queue. Every push is
+connected :class:`Listener` objects (the sessions; the relay knows them only through
+that protocol). It does no network I/O: transports feed bytes into sessions and send
+what sessions queue. Every push is
 decided change by change (:func:`~crdtsync_server.merge.decide`), committed in one
 transaction (one fsync per push frame: group commit), and only then acknowledged and
 fanned out, so an acknowledged change survives ``kill -9``.
@@ -15,8 +16,8 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator, Sequence, Set
+from typing import Protocol
 
 import attrs
 import pycrdt
@@ -41,14 +42,12 @@ from crdtsync.core.protocol import (
 from crdtsync.core.schema import Schema
 
 from .anatomy import ItemIndex
+from .auth import Identity
 from .limits import MAX_RECORD_BYTES
 from .merge import Accepted, AlreadyDone, RecordState, Refused, decide
 from .metrics import Metrics
 from .policy import Access, Action, Policy, Principal, RecordFacts, owner_field
 from .storage import ChangeRow, RelayStorage, StoredRecord
-
-if TYPE_CHECKING:
-    from .session import RelaySession
 
 log = logging.getLogger("crdtsync.relay")
 
@@ -56,6 +55,37 @@ BACKLOG_BATCH = 500
 BACKLOG_BATCH_BYTES = 1024 * 1024
 #: no backlog frame is larger: what a replica reads in one message, less room for the rest
 BACKLOG_MAX_FRAME_BYTES = MAX_RELAY_FRAME_BYTES - 64 * 1024
+
+
+class Listener(Protocol):
+    """A connected replica as the relay knows it: who it is, which objects it follows,
+    and where fanned-out frames go."""
+
+    @property
+    def principal(self) -> Principal | None: ...
+
+    @property
+    def subscriptions(self) -> Set[str]: ...
+
+    def deliver_fanout_encoded(self, data: bytes) -> None:
+        """Queue an encoded fan-out frame (shared by listeners that get the same one)."""
+        ...
+
+
+@attrs.frozen
+class Joined:
+    """A replica was let in: who it is, the schema as it sees it, what it may read."""
+
+    principal: Principal
+    schema: Schema
+    readable: tuple[str, ...]
+
+
+@attrs.frozen
+class JoinRefused:
+    """A replica was turned away; the message says why, for the peer to read."""
+
+    message: str
 
 
 class Relay:
@@ -79,7 +109,7 @@ class Relay:
         self._bound: dict[int, str] = {}  # CRDT client ids known to be bound, and to whom
         self._cache_records = cache_records
         self.max_record_bytes = max_record_bytes
-        self.sessions: set[RelaySession] = set()
+        self.sessions: set[Listener] = set()
         with storage.transaction():
             self.server_id: str = storage.get_meta("server_id") or uuid.uuid4().hex
             storage.set_meta("server_id", self.server_id)
@@ -87,14 +117,33 @@ class Relay:
             storage.set_meta("client_id", self.client_id)
             storage.bind_client_id(self.client_id, "relay")
 
-    # -- sessions ---------------------------------------------------------------------
+    # -- listeners --------------------------------------------------------------------
 
-    def attach(self, session: RelaySession) -> None:
-        self.sessions.add(session)
+    def join(self, listener: Listener, replica_id: str, identity: Identity) -> Joined | JoinRefused:
+        """Let a replica in (its ``hello`` was verified as ``identity``): bind the replica
+        id to the user (one a replica of another user holds is refused), remember which
+        fields are hidden from it now, and attach ``listener`` for fan-out."""
+        owner = self.storage.replica_user(replica_id)
+        if owner is not None and owner != identity.user:
+            return JoinRefused("this replica id belongs to another user: use a store of your own")
+        self.storage.bind_replica(replica_id, identity.user)
+        principal = Principal(
+            identity.user, replica_id, ("default", *identity.roles), admin=identity.admin
+        )
+        hidden = {name: self.policy.hidden_fields(principal, name) for name in self.schema.objects}
+        self.storage.remember_hidden(replica_id, hidden)
+        principal = attrs.evolve(principal, once_hidden=self.storage.ever_hidden(replica_id))
+        self.attach(listener)
+        return Joined(
+            principal, self.policy.schema_for(principal), self.readable_objects(principal)
+        )
+
+    def attach(self, listener: Listener) -> None:
+        self.sessions.add(listener)
         self.metrics.connections = len(self.sessions)
 
-    def detach(self, session: RelaySession) -> None:
-        self.sessions.discard(session)
+    def detach(self, listener: Listener) -> None:
+        self.sessions.discard(listener)
         self.metrics.connections = len(self.sessions)
 
     # -- access -----------------------------------------------------------------------
@@ -242,7 +291,7 @@ class Relay:
 
     def push(
         self,
-        origin: RelaySession,
+        origin: Listener,
         changes: Sequence[ChangeFrame],
         followups: list[Frame] | None = None,
     ) -> Verdicts:
@@ -468,7 +517,7 @@ class Relay:
         return verdict, (new, row)
 
     def _fan_out(
-        self, origin: RelaySession | None, accepted: list[tuple[StoredRecord, ChangeRow]]
+        self, origin: Listener | None, accepted: list[tuple[StoredRecord, ChangeRow]]
     ) -> None:
         """Send accepted changes to every other subscribed session that may read them,
         projected to the fields each may read."""
@@ -649,7 +698,7 @@ class Relay:
                 item = attrs.evolve(base, update=self.project(principal, state, update))
             else:
                 continue
-            session.deliver_fanout(Changes((item,)))
+            session.deliver_fanout_encoded(encode(Changes((item,))))
 
     def _access_report(self, stored: StoredRecord, facts: RecordFacts) -> dict[str, object]:
         spec = self.schema.objects[stored.object]
