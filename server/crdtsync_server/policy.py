@@ -95,6 +95,18 @@ class PolicyHook(Protocol):
 
 
 class Policy(Protocol):
+    """What the relay asks of a permission model (:class:`AccessPolicy` is the one)."""
+
+    @property
+    def grants(self) -> Mapping[str, Mapping[str, frozenset[Action]]]:
+        """Per role, per object, the actions the role grants (for access reports)."""
+        ...
+
+    @property
+    def hook(self) -> PolicyHook | None:
+        """The application's own rule, if any (it may need a record's values)."""
+        ...
+
     def allows(
         self,
         principal: Principal,

@@ -156,7 +156,7 @@ class Relay:
         """
         if state is None:
             state = self._cache.get(stored.id)
-            if state is None and getattr(self.policy, "hook", None) is not None:
+            if state is None and self.policy.hook is not None:
                 state = self._state(stored.id, stored)
         if state is None:
             owner, values = stored.owner, {}
@@ -704,7 +704,7 @@ class Relay:
         spec = self.schema.objects[stored.object]
         roles = {
             role: sorted(action.value for action in actions)
-            for role, grants in getattr(self.policy, "grants", {}).items()
+            for role, grants in self.policy.grants.items()
             for name, actions in grants.items()
             if name == stored.object
         }
