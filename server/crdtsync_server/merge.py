@@ -37,10 +37,12 @@ from crdtsync.core.exceptions import FieldError
 from crdtsync.core.fieldtypes import FieldType
 from crdtsync.core.protocol import (
     ChangeFrame,
+    ChangeKind,
     Conflict,
     ErrorCode,
     Rejected,
     Unresolvable,
+    UnresolvableReason,
     WireConflict,
     WireFieldError,
 )
@@ -145,7 +147,7 @@ class Accepted:
     """Merge it. ``update`` is what to log and fan out (the change plus the relay's own
     additions, which are also in ``relay_update`` for the ack)."""
 
-    kind: str
+    kind: ChangeKind
     fields: Mapping[str, Any]  #: touched field -> its stored value afterwards (None: text)
     values: Mapping[str, Any]  #: the merged record, canonical values
     update: bytes
@@ -218,7 +220,7 @@ def decide(
             ErrorCode.UNKNOWN_RECORD,
             f"record {change.record_id} is a {state.stored.object}, not a {change.object}",
         )
-    if change.kind == "create":
+    if change.kind is ChangeKind.CREATE:
         if state is not None:
             return rejected(ErrorCode.DUPLICATE_RECORD, f"record {change.record_id} already exists")
         if not policy.allows(principal, Action.CREATE, change.object):
@@ -238,13 +240,13 @@ def decide(
     if state is None:
         return rejected(ErrorCode.UNKNOWN_RECORD, f"no record {change.record_id}")
     if state.stored.deleted:
-        if change.kind == "delete":
+        if change.kind is ChangeKind.DELETE:
             return AlreadyDone(state.stored.version)
         return Refused(
             Unresolvable(
                 change_id=change.change_id,
                 record_id=change.record_id,
-                reason="deleted",
+                reason=UnresolvableReason.DELETED,
                 message="deleted by someone else",
             )
         )
@@ -252,7 +254,7 @@ def decide(
         facts = RecordFacts(object=change.object, record_id=change.record_id, owner=None)
     if not policy.allows(principal, Action.READ, change.object, facts):
         return _forbidden(change, "you no longer have access to this record")
-    if change.kind == "delete":
+    if change.kind is ChangeKind.DELETE:
         if not policy.allows(principal, Action.DELETE, change.object, facts):
             return _forbidden(change, f"you may not delete this {change.object}", readable=True)
         if change.delta:
@@ -279,7 +281,7 @@ def _forbidden(change: ChangeFrame, message: str, *, readable: bool = False) -> 
         Unresolvable(
             change_id=change.change_id,
             record_id=change.record_id,
-            reason="forbidden",
+            reason=UnresolvableReason.FORBIDDEN,
             message=message,
             readable=readable,
         )
@@ -301,7 +303,7 @@ def _delete(
         if c.replica != principal.replica_id and c.fields
     ]
     if not since:
-        return Accepted(kind="delete", fields={}, values={}, update=b"")
+        return Accepted(kind=ChangeKind.DELETE, fields={}, values={}, update=b"")
     changed = sorted({name for c in since for name in c.fields if name in spec.fields})
     shown = _revealable(change.base_version, change, principal, context)
     texts_then = None
@@ -516,7 +518,7 @@ def _merge(
                 Unresolvable(
                     change_id=change.change_id,
                     record_id=change.record_id,
-                    reason="forbidden",
+                    reason=UnresolvableReason.FORBIDDEN,
                     message="you can only create records you own (an administrator can "
                     "change the owner afterwards)",
                 ),

@@ -26,9 +26,11 @@ from crdtsync.core.protocol import (
     MAX_RELAY_FRAME_BYTES,
     Ack,
     Admin,
+    AdminAction,
     AdminResult,
     CaughtUp,
     ChangeFrame,
+    ChangeKind,
     Changes,
     Conflict,
     ErrorCode,
@@ -55,6 +57,9 @@ BACKLOG_BATCH = 500
 BACKLOG_BATCH_BYTES = 1024 * 1024
 #: no backlog frame is larger: what a replica reads in one message, less room for the rest
 BACKLOG_MAX_FRAME_BYTES = MAX_RELAY_FRAME_BYTES - 64 * 1024
+
+#: the admin actions that name a user
+NEEDS_USER = frozenset({AdminAction.SHARE, AdminAction.UNSHARE, AdminAction.SET_OWNER})
 
 
 class Listener(Protocol):
@@ -442,7 +447,7 @@ class Relay:
     ) -> tuple[Verdict, tuple[StoredRecord, ChangeRow]]:
         seq = self.storage.next_seq()
         spec = self.schema.objects[change.object]
-        if decision.kind == "delete":
+        if decision.kind is ChangeKind.DELETE:
             assert stored is not None
             new = attrs.evolve(stored, version=seq, deleted=True)
             self.storage.set_uniques(change.object, change.record_id, {})
@@ -586,7 +591,7 @@ class Relay:
             return refuse(f"no record {request.record_id}")
         state = self._state(stored.id, stored)
         before = self.facts(stored, state)
-        if request.action == "access":
+        if request.action is AdminAction.ACCESS:
             return AdminResult(
                 request_id=request.request_id,
                 ok=True,
@@ -595,10 +600,10 @@ class Relay:
             )
         if stored.deleted:
             return refuse(f"record {stored.id} is deleted")
-        if request.action in ("share", "unshare", "set_owner") and not request.user:
+        if request.action in NEEDS_USER and not request.user:
             return refuse(f"{request.action} needs a user")
         owner_name = owner_field(self.schema, stored.object)
-        if request.action == "set_owner" and owner_name is None:
+        if request.action is AdminAction.SET_OWNER and owner_name is None:
             return refuse(f"a {stored.object} has no owner field")
         try:
             new, row, after = self._apply_admin(
@@ -632,25 +637,25 @@ class Relay:
         with self.storage.transaction():
             seq = self.storage.next_seq()
             update, fields, kind = b"", {}, str(request.action)
-            if request.action == "share":
+            if request.action is AdminAction.SHARE:
                 level = Access.EDIT if request.access == "edit" else Access.READ
                 self.storage.set_share(stored.id, str(request.user), int(level))
                 state.shares = None  # reloaded from the store
-            elif request.action == "unshare":
+            elif request.action is AdminAction.UNSHARE:
                 self.storage.set_share(stored.id, str(request.user), None)
                 state.shares = None
-            elif request.action == "set_owner" and owner_name is not None:
+            elif request.action is AdminAction.SET_OWNER and owner_name is not None:
                 update = state.doc.write({owner_name: request.user})
                 if update:
                     state.index.commit_bytes(update)
                 state.values[owner_name] = request.user
-                fields, kind = {owner_name: request.user}, "update"
+                fields, kind = {owner_name: request.user}, str(ChangeKind.UPDATE)
             new = attrs.evolve(
                 stored,
                 version=seq,
                 state=state.doc.full_update() if update else stored.state,
-                deleted=request.action == "delete",
-                owner=request.user if request.action == "set_owner" else stored.owner,
+                deleted=request.action is AdminAction.DELETE,
+                owner=request.user if request.action is AdminAction.SET_OWNER else stored.owner,
             )
             if new.deleted:
                 self.storage.set_uniques(stored.object, stored.id, {})
