@@ -161,11 +161,11 @@ class RelaySession:
                 "too slow: the replica does not read its frames",
                 CLOSE_TRY_AGAIN_LATER,
             )
-            self.wake()
 
     def deliver(self, frame: Frame) -> None:
-        """Queue a frame (used by the relay for fan-out). A session whose queue outgrows
-        its bound is closed as too slow instead of growing memory."""
+        """Queue a frame for the replica now (a reply, a backlog frame): unlike
+        :meth:`deliver_fanout` it does not wait for a backlog. A session whose queue
+        outgrows its bound is closed as too slow instead of growing memory."""
         if self.state is SessionState.CLOSING:
             return
         self._queue(encode(frame))
@@ -180,7 +180,6 @@ class RelaySession:
                 "too slow: the replica does not read its frames",
                 CLOSE_TRY_AGAIN_LATER,
             )
-            self.wake()
             return
         self._outbox.append(data)
         self._queued_bytes += len(data)
@@ -220,7 +219,6 @@ class RelaySession:
                 f"rate limit: kept sending more than {rate} frames per second",
                 CLOSE_POLICY_VIOLATION,
             )
-            self.wake()
             return
         self.deliver(
             Error(
@@ -302,7 +300,6 @@ class RelaySession:
         """The token ran out while connected: end the session with a clear reason."""
         if self.state is not SessionState.CLOSING:
             self._fail(ErrorCode.AUTH_FAILED, "the token has expired", CLOSE_POLICY_VIOLATION)
-            self.wake()
 
     def _subscribe(self, subscribe: Subscribe) -> None:
         assert self.principal is not None
