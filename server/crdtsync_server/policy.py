@@ -30,6 +30,8 @@ import attrs
 
 from crdtsync.core.schema import Schema
 
+from .errors import ConfigError
+
 
 class Action(enum.StrEnum):
     CREATE = "create"
@@ -122,10 +124,6 @@ class Policy(Protocol):
     def schema_for(self, principal: Principal) -> Schema: ...
 
     def hidden_fields(self, principal: Principal, object_name: str) -> frozenset[str]: ...
-
-
-class ConfigError(Exception):
-    """The configuration is invalid; the message names the offending entry."""
 
 
 @attrs.define

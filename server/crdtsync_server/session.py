@@ -51,7 +51,8 @@ from crdtsync.core.protocol import (
     encode,
 )
 
-from .auth import AuthError, TokenAuthority
+from .auth import TokenAuthority
+from .errors import AuthError
 from .limits import FRAME_BURST, Admission, FrameRateLimit
 from .policy import Principal
 from .relay import JoinRefused, Relay

@@ -29,7 +29,7 @@ import pytest
 from crdtsync_server import merge
 from crdtsync_server import relay as relay_module
 from crdtsync_server.config import RelayConfig
-from crdtsync_server.policy import ConfigError
+from crdtsync_server.errors import ConfigError
 from crdtsync_server.storage import RelayStorage
 from websockets.asyncio.client import connect
 
