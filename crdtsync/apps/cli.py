@@ -235,7 +235,7 @@ def _admin(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
-    from crdtsync_server.admin import AdminClient
+    from crdtsync_server.admin_client import AdminClient
     from crdtsync_server.config import RelayConfig
     from crdtsync_server.errors import AdminError
     from websockets.exceptions import InvalidHandshake, InvalidURI

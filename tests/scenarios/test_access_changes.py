@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from crdtsync_server.admin import AdminClient
+from crdtsync_server.admin_client import AdminClient
 from crdtsync_server.errors import AdminError
 
 from crdtsync import AccessLost, AuthenticationFailed, Client, Status, UnresolvableReason
