@@ -44,9 +44,7 @@ class RecordAccess:
         else:
             owner_name = owner_field(self.schema, stored.object)
             owner, values = (state.values.get(owner_name) if owner_name else None), state.values
-            if state.shares is None:
-                state.shares = self.storage.shares_of(stored.id)
-            shares = state.shares
+            shares = state.load_shares(self.storage)
         return RecordFacts(
             object=stored.object,
             record_id=stored.id,

@@ -110,15 +110,12 @@ class AdminActions:
             if request.action is AdminAction.SHARE:
                 level = Access.EDIT if request.access == "edit" else Access.READ
                 self.storage.set_share(stored.id, str(request.user), int(level))
-                state.shares = None  # reloaded from the store
+                state.forget_shares()  # reloaded from the store
             elif request.action is AdminAction.UNSHARE:
                 self.storage.set_share(stored.id, str(request.user), None)
-                state.shares = None
+                state.forget_shares()
             elif request.action is AdminAction.SET_OWNER and owner_name is not None:
-                update = state.doc.write({owner_name: request.user})
-                if update:
-                    state.index.commit_bytes(update)
-                state.values[owner_name] = request.user
+                update = state.write_owner(owner_name, request.user)
                 fields, kind = {owner_name: request.user}, str(ChangeKind.UPDATE)
             new = attrs.evolve(
                 stored,
@@ -143,7 +140,7 @@ class AdminActions:
                 at=time.time(),
             )
             self.storage.add_change(row)
-            state.stored = new
+            state.now_stored(new)
             after = self.access.facts(new, state)
             for user in {before.owner, after.owner, request.user} - {None}:
                 was = self.policy.record_access(str(user), before)

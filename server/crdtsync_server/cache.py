@@ -56,8 +56,7 @@ class RecordCache(OrderedDict[str, RecordState]):
         if stored is None:
             return
         state = RecordState.load(stored, self.schema.objects[stored.object], self.client_id)
-        state.writes, state.history, state.history_from = old.writes, old.history, old.history_from
-        state.shares = old.shares
+        state.carry_over(old)
         self.remember(record_id, state)
 
     def remember(self, record_id: str, state: RecordState) -> None:

@@ -31,7 +31,6 @@ from crdtsync.core.protocol import (
 from crdtsync.core.schema import Schema
 
 from .access import RecordAccess
-from .anatomy import ItemIndex
 from .cache import RecordCache
 from .fanout import FanOut, Listener
 from .merge import Accepted, AlreadyDone, RecordState, Refused, decide
@@ -255,24 +254,9 @@ class PushPipeline:
                         self.storage.bind_client_id(client, principal.replica_id)
                         self._bound[client] = principal.replica_id
             if state is None:  # the document was just built: index it, don't reload it
-                assert decision.doc is not None
-                index = ItemIndex()
-                if decision.parsed is not None:
-                    index.commit(decision.parsed)
-                if decision.relay_update:
-                    index.commit_bytes(decision.relay_update)
-                state = RecordState(
-                    new, decision.doc, index, dict(decision.values), dict(decision.problems)
-                )
+                state = RecordState.created(new, decision)
             else:
-                state.stored = new
-                state.note_write(decision.fields, seq, principal.replica_id, principal.user)
-                state.values = dict(decision.values)
-                state.problems = dict(decision.problems)
-                if decision.parsed is not None:
-                    state.index.commit(decision.parsed)
-                if decision.relay_update:
-                    state.index.commit_bytes(decision.relay_update)
+                state.commit(new, decision, principal.replica_id, principal.user)
             self.cache.remember(change.record_id, state)
         row = ChangeRow(
             seq=seq,
