@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from crdtsync import cli
+from crdtsync.apps import cli
 from tests.helpers.harness import ROOT
 from tests.helpers.relay_process import ServeProcess, free_port
 
