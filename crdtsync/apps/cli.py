@@ -145,8 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import example_config
 
         args.config = str(example_config())
-    from crdtsync_server.policy import ConfigError
-    from crdtsync_server.storage import StorageError
+    from crdtsync_server.errors import ConfigError, StorageError
 
     try:
         if args.command == "demo" and args.story == "offline":
@@ -192,7 +191,7 @@ def _authority(args: argparse.Namespace) -> TokenAuthority:
     """The authority that signs tokens: the relay's secret, or --private-key."""
     from crdtsync_server.auth import TokenAuthority
     from crdtsync_server.config import RelayConfig
-    from crdtsync_server.policy import ConfigError
+    from crdtsync_server.errors import ConfigError
 
     if args.private_key is None:
         config = RelayConfig.from_toml(args.config, database=args.db)
@@ -236,8 +235,9 @@ def _admin(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
-    from crdtsync_server.admin import AdminClient, AdminError
+    from crdtsync_server.admin_client import AdminClient
     from crdtsync_server.config import RelayConfig
+    from crdtsync_server.errors import AdminError
     from websockets.exceptions import InvalidHandshake, InvalidURI
 
     if _keys_mismatch(args):
@@ -359,7 +359,7 @@ async def _app(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from crdtsync_server.config import RelayConfig
-    from crdtsync_server.policy import ConfigError
+    from crdtsync_server.errors import ConfigError
 
     from crdtsync.apps.webapp.launch import run_app
 

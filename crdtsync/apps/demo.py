@@ -197,7 +197,7 @@ async def _sync_story(say: Callable[[str], None], alice: Client, bob: Client) ->
 async def _access_story(
     say: Callable[[str], None], alice: Client, bob: Client, server: RelayServer
 ) -> None:
-    from crdtsync_server.admin import AdminClient
+    from crdtsync_server.admin_client import AdminClient
 
     admin_token = server.authority.issue("root", admin=True)
     say("\n7. Access: Opportunities are private to their owner")

@@ -30,9 +30,10 @@ from websockets.protocol import State
 from crdtsync.core.sqlite_meta import LockedError, OwnerLock
 
 from .config import RelayConfig
+from .errors import StorageError
 from .relay import Relay
 from .session import RelaySession
-from .storage import RelayStorage, StorageError
+from .storage import RelayStorage
 
 log = logging.getLogger("crdtsync.server")
 

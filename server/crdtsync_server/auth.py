@@ -15,11 +15,10 @@ optional ``admin: true``.
 ``crdtsync token --config app.toml --user alice [--role sales] [--ttl 8h] [--admin]``
 prints one; ``--private-key key.pem --algorithm RS256`` signs with a private key.
 
-Errors::
-
-    AuthError           a token was refused: the message says why, for the peer to read
-    ConfigError
-     └── TokenKeyError  the algorithm, secret or key cannot issue or verify tokens
+Errors (see :mod:`.errors`): :class:`~.errors.AuthError` when a token is refused (the
+message says why, for the peer to read); :class:`~.errors.TokenKeyError` (a
+:class:`~.errors.ConfigError`) when the algorithm, secret or key cannot issue or verify
+tokens.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from .policy import ConfigError
+from .errors import AuthError, TokenKeyError
 
 ALGORITHM: Final = "HS256"
 """The default algorithm: a shared secret."""
@@ -49,14 +48,6 @@ MIN_RSA_BITS: Final = 2048
 
 PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 PublicKey: TypeAlias = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
-
-
-class AuthError(Exception):
-    """The token is missing, malformed, wrongly signed or expired; the message says which."""
-
-
-class TokenKeyError(ConfigError):
-    """The algorithm, secret or key given cannot issue (or verify) tokens; the message says why."""
 
 
 @attrs.frozen

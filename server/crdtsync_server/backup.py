@@ -33,7 +33,8 @@ from crdtsync.core.sqlite_meta import (
 )
 
 from .config import RelayConfig
-from .storage import FORMAT_VERSION, RelayStorage, StorageError, new_private_file
+from .errors import StorageError
+from .storage import FORMAT_VERSION, RelayStorage, new_private_file
 
 
 @attrs.frozen

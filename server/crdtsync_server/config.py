@@ -32,8 +32,9 @@ from crdtsync.core.protocol import MAX_CHANGES_PER_FRAME, MAX_FRAME_BYTES
 from crdtsync.core.schema import Schema
 
 from .auth import TokenAuthority
+from .errors import ConfigError
 from .limits import FRAME_BURST, MAX_CONNECTIONS, MAX_FRAMES_PER_SECOND, MAX_RECORD_BYTES
-from .policy import AccessPolicy, ConfigError
+from .policy import AccessPolicy
 
 _SERVER_KEYS = frozenset(
     {

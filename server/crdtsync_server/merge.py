@@ -37,10 +37,12 @@ from crdtsync.core.exceptions import FieldError
 from crdtsync.core.fieldtypes import FieldType
 from crdtsync.core.protocol import (
     ChangeFrame,
+    ChangeKind,
     Conflict,
     ErrorCode,
     Rejected,
     Unresolvable,
+    UnresolvableReason,
     WireConflict,
     WireFieldError,
 )
@@ -51,7 +53,7 @@ from crdtsync.core.yupdate import ParsedUpdate, UpdateDecodeError, parse_update
 from .anatomy import TEXT, TEXT_TYPE_REF, Anatomy, ItemIndex, SharedType
 from .limits import MAX_RECORD_BYTES
 from .policy import Action, Policy, Principal, RecordFacts
-from .storage import ChangeRow, StoredRecord
+from .storage import ChangeRow, RelayStorage, StoredRecord
 
 HISTORY_PER_FIELD = 32  #: recent values kept per field for conflict details
 #: Structs (and, separately, delete-set ranges) one change's delta may hold. Deciding
@@ -76,7 +78,12 @@ class MergeContext(Protocol):
 
 @attrs.define
 class RecordState:
-    """The relay's live view of one stored record: its document and item index."""
+    """The relay's live view of one stored record: its document and item index.
+
+    Its fields change only through its methods: :meth:`commit` after an accepted
+    change, :meth:`write_owner`, :meth:`forget_shares` and :meth:`now_stored` for an
+    admin action, :meth:`carry_over` when a dirty document is rebuilt.
+    """
 
     stored: StoredRecord
     doc: RecordDoc
@@ -135,9 +142,63 @@ class RecordState:
 
     @classmethod
     def load(cls, stored: StoredRecord, spec: ObjectSpec, relay_client_id: int) -> RecordState:
+        """The record as stored, its document rebuilt from its whole state."""
         doc = RecordDoc.from_update(spec, stored.state, client_id=relay_client_id)
         values, problems = doc.read_checked()
         return cls(stored, doc, ItemIndex.from_state(stored.state), values, problems)
+
+    @classmethod
+    def created(cls, stored: StoredRecord, accepted: Accepted) -> RecordState:
+        """The record an accepted create just built (its document indexed, not reloaded)."""
+        assert accepted.doc is not None
+        index = ItemIndex()
+        if accepted.parsed is not None:
+            index.commit(accepted.parsed)
+        if accepted.relay_update:
+            index.commit_bytes(accepted.relay_update)
+        return cls(stored, accepted.doc, index, dict(accepted.values), dict(accepted.problems))
+
+    def commit(
+        self, stored: StoredRecord, accepted: Accepted, replica: str | None, user: str | None
+    ) -> None:
+        """Keep in step with an accepted change (already applied to ``doc``), stored as
+        ``stored``: who wrote what, the values, and the item index."""
+        self.stored = stored
+        self.note_write(accepted.fields, stored.version, replica, user)
+        self.values = dict(accepted.values)
+        self.problems = dict(accepted.problems)
+        if accepted.parsed is not None:
+            self.index.commit(accepted.parsed)
+        if accepted.relay_update:
+            self.index.commit_bytes(accepted.relay_update)
+
+    def write_owner(self, owner_field: str, user: str | None) -> bytes:
+        """Write the owner field (an admin's ``set_owner``); returns the update."""
+        update = self.doc.write({owner_field: user})
+        if update:
+            self.index.commit_bytes(update)
+        self.values[owner_field] = user
+        return update
+
+    def load_shares(self, storage: RelayStorage) -> dict[str, int]:
+        """The record's manual shares (read from ``storage`` on first use)."""
+        if self.shares is None:
+            self.shares = storage.shares_of(self.stored.id)
+        return self.shares
+
+    def forget_shares(self) -> None:
+        """The manual shares changed in the store: read them again on next use."""
+        self.shares = None
+
+    def now_stored(self, stored: StoredRecord) -> None:
+        """The record's row is now ``stored`` (an admin action stored it)."""
+        self.stored = stored
+
+    def carry_over(self, old: RecordState) -> None:
+        """Keep what ``old`` (a dropped document of this record) knew from the committed
+        log: who wrote which field, recent values, and the shares."""
+        self.writes, self.history, self.history_from = old.writes, old.history, old.history_from
+        self.shares = old.shares
 
 
 @attrs.frozen(kw_only=True)
@@ -145,7 +206,7 @@ class Accepted:
     """Merge it. ``update`` is what to log and fan out (the change plus the relay's own
     additions, which are also in ``relay_update`` for the ack)."""
 
-    kind: str
+    kind: ChangeKind
     fields: Mapping[str, Any]  #: touched field -> its stored value afterwards (None: text)
     values: Mapping[str, Any]  #: the merged record, canonical values
     update: bytes
@@ -218,7 +279,7 @@ def decide(
             ErrorCode.UNKNOWN_RECORD,
             f"record {change.record_id} is a {state.stored.object}, not a {change.object}",
         )
-    if change.kind == "create":
+    if change.kind is ChangeKind.CREATE:
         if state is not None:
             return rejected(ErrorCode.DUPLICATE_RECORD, f"record {change.record_id} already exists")
         if not policy.allows(principal, Action.CREATE, change.object):
@@ -238,13 +299,13 @@ def decide(
     if state is None:
         return rejected(ErrorCode.UNKNOWN_RECORD, f"no record {change.record_id}")
     if state.stored.deleted:
-        if change.kind == "delete":
+        if change.kind is ChangeKind.DELETE:
             return AlreadyDone(state.stored.version)
         return Refused(
             Unresolvable(
                 change_id=change.change_id,
                 record_id=change.record_id,
-                reason="deleted",
+                reason=UnresolvableReason.DELETED,
                 message="deleted by someone else",
             )
         )
@@ -252,7 +313,7 @@ def decide(
         facts = RecordFacts(object=change.object, record_id=change.record_id, owner=None)
     if not policy.allows(principal, Action.READ, change.object, facts):
         return _forbidden(change, "you no longer have access to this record")
-    if change.kind == "delete":
+    if change.kind is ChangeKind.DELETE:
         if not policy.allows(principal, Action.DELETE, change.object, facts):
             return _forbidden(change, f"you may not delete this {change.object}", readable=True)
         if change.delta:
@@ -279,7 +340,7 @@ def _forbidden(change: ChangeFrame, message: str, *, readable: bool = False) -> 
         Unresolvable(
             change_id=change.change_id,
             record_id=change.record_id,
-            reason="forbidden",
+            reason=UnresolvableReason.FORBIDDEN,
             message=message,
             readable=readable,
         )
@@ -301,7 +362,7 @@ def _delete(
         if c.replica != principal.replica_id and c.fields
     ]
     if not since:
-        return Accepted(kind="delete", fields={}, values={}, update=b"")
+        return Accepted(kind=ChangeKind.DELETE, fields={}, values={}, update=b"")
     changed = sorted({name for c in since for name in c.fields if name in spec.fields})
     shown = _revealable(change.base_version, change, principal, context)
     texts_then = None
@@ -353,225 +414,60 @@ def _merge(
     hidden_now: frozenset[str] = frozenset(),
     max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> Decision:
+    """Merge an update (or a create: ``state`` is None) into the record, step by step;
+    the first step that refuses decides."""
     creating = state is None
-
-    def rejected(code: ErrorCode, message: str, *, dirty: bool = False) -> Refused:
-        return Refused(
-            Rejected(
-                change_id=change.change_id, record_id=change.record_id, code=code, message=message
-            ),
-            dirty,
-        )
-
-    if not change.delta:
-        return rejected(ErrorCode.INVALID_UPDATE, "the change carries no CRDT update")
-    try:
-        parsed = parse_update(change.delta, max_structs=MAX_UPDATE_STRUCTS)
-    except UpdateDecodeError as exc:
-        return rejected(ErrorCode.INVALID_UPDATE, f"undecodable CRDT update: {exc}")
-    for client in parsed.clients():
-        owner = context.client_id_owner(client)
-        if client == relay_client_id or (owner is not None and owner != principal.replica_id):
-            return rejected(
-                ErrorCode.FORGED_CLIENT_ID, f"CRDT client id {client} belongs to another replica"
-            )
+    parsed = _parsed_delta(change)
+    if isinstance(parsed, Refused):
+        return parsed
+    refused = _forged_client_ids(change, parsed, principal, context, relay_client_id)
+    if refused is not None:
+        return refused
     ranges = parsed.client_ranges()
-    foreign = _foreign_content(parsed)
-    if foreign is not None:
-        return rejected(ErrorCode.INVALID_UPDATE, foreign)
     index = state.index if state is not None else ItemIndex()
-    overlap = _known_operations_resent(ranges, index)
-    if overlap is not None:
-        return rejected(ErrorCode.INVALID_UPDATE, overlap)
-    for client, (start, end) in ranges.items():
-        earlier = context.refused_by(change.record_id, client, start, end)
-        if earlier is not None and earlier != change.change_id:
-            return rejected(
-                ErrorCode.REFUSED_OPS,
-                f"the update carries operations the relay refused in change {earlier}; "
-                "rebuild the record from the relay's version",
-            )
-    delta = change.delta
-    hidden = hidden_now | principal.once_hidden.get(change.object, frozenset())
-    if hidden and state is not None:
-        # A reader of projected updates holds hidden items as GCs, and every delta it
-        # sends repeats them as deletions: it cannot mean to delete what it never saw
-        # (also after the field became visible to it: its placeholders stay).
-        delta = index.strip_hidden_deletes(delta, hidden)
-        if delta is not change.delta:
-            try:
-                parsed = parse_update(delta)
-            except UpdateDecodeError as exc:
-                return rejected(ErrorCode.INVALID_UPDATE, f"undecodable CRDT update: {exc}")
-            ranges = parsed.client_ranges()
-    try:  # reads item values: a value the parser let through must not escape as a fault
-        anatomy = index.analyse(parsed)
-    except UpdateDecodeError as exc:
-        return rejected(ErrorCode.INVALID_UPDATE, f"undecodable CRDT update: {exc}")
-    problem = _shape_problem(anatomy, view, creating=creating)
-    if problem is not None:
-        return rejected(*problem)
-    for client, (start, _end) in ranges.items():
-        if start > index.end_clock(client):
-            anatomy = attrs.evolve(anatomy, missing=True)
-    if anatomy.missing:
-        return rejected(
-            ErrorCode.MISSING_DEPENDENCIES, "the update depends on changes the relay does not have"
-        )
-
-    if state is not None:
-        conflicts = _concurrent_edits(change, state, view, anatomy, principal, context)
-        if conflicts:
-            return Refused(
-                Conflict(
-                    change_id=change.change_id,
-                    record_id=change.record_id,
-                    version=state.stored.version,
-                    update=state.stored.state,
-                    conflicts=conflicts,
-                ),
-                refused_ops=parsed,
-            )
-
-    # A plain value that breaks its own field's constraints, or is not written in the
-    # form the schema stores it in, is refused before it is applied (whether or not it
-    # would win): cheap, and nothing to rebuild.
-    early = _written_value_errors(anatomy, spec)
-    if early:
-        return Refused(
-            Conflict(
-                change_id=change.change_id,
-                record_id=change.record_id,
-                version=state.stored.version if state is not None else 0,
-                update=state.stored.state if state is not None else b"",
-                errors=tuple(
-                    WireFieldError(field=e.field, message=e.message)
-                    for e in _visible_errors(early, view)
-                ),
-            ),
-            refused_ops=parsed,
-        )
-
-    doc = state.doc if state is not None else RecordDoc(spec, client_id=relay_client_id)
-    if state is not None:
-        assert state.changes is not None
-        state.changes.take()  # forget what earlier transactions (the relay's own) did
-    try:
-        doc.apply(delta)
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
-            raise
-        return rejected(ErrorCode.INVALID_UPDATE, f"pycrdt refused the update: {exc}", dirty=True)
-    after = decode_state_vector(doc.state())
-    for client, (_start, end) in ranges.items():
-        if after.get(client, 0) < end:
-            return rejected(
-                ErrorCode.MISSING_DEPENDENCIES,
-                "the update depends on changes the relay does not have",
-                dirty=True,
-            )
-
-    if state is not None:
-        # Judged by effect: every field the apply changed, as yrs reports it, must be
-        # one the update names (and so one it was allowed to write, checked above).
-        assert state.changes is not None
-        unnamed = sorted(state.changes.take() - anatomy.fields)
-        if unnamed:
-            return rejected(
-                ErrorCode.INVALID_UPDATE,
-                f"the update changed fields its operations do not name: {', '.join(unnamed)}",
-                dirty=True,
-            )
-    if state is None:
-        values, decode_problems = doc.read_checked()
-    else:  # only the touched fields changed: read those, keep the rest
-        fresh, fresh_problems = doc.read_checked(anatomy.fields)
-        values = {k: v for k, v in state.values.items() if k not in anatomy.fields}
-        values.update(fresh)
-        decode_problems = {
-            k: v for k, v in state.problems.items() if k not in anatomy.fields
-        } | fresh_problems
+    refused = (
+        _foreign_content_refused(change, parsed)
+        or _resent_operations_refused(change, ranges, index)
+        or _zombie_operations_refused(change, ranges, context)
+    )
+    if refused is not None:
+        return refused
+    delta = _without_hidden_deletes(change, state, principal, hidden_now)
+    if delta is not change.delta:
+        parsed = _reparsed(change, delta)
+        if isinstance(parsed, Refused):
+            return parsed
+        ranges = parsed.client_ranges()
+    anatomy = _checked_anatomy(change, parsed, ranges, index, view, creating)
+    if isinstance(anatomy, Refused):
+        return anatomy
+    refused = _concurrent_edits_refused(change, state, view, anatomy, principal, context, parsed)
+    refused = refused or _written_values_refused(change, state, anatomy, spec, view, parsed)
+    if refused is not None:
+        return refused
+    doc = _applied(change, state, spec, delta, ranges, anatomy, relay_client_id)
+    if isinstance(doc, Refused):
+        return doc
+    values, decode_problems = _merged_values(state, doc, anatomy)
     relay_update = b""
     if creating:
-        defaults = {
-            name: principal.user
-            for name, field in spec.fields.items()
-            if field.type is FieldType.OWNER and values.get(name) is None
-        }
-        # Every text field holds one Y.Text from the record's creation (an empty one
-        # reads as no value): two replicas' first edits then merge into it, instead of
-        # each creating its own and the map keeping one. The relay creates those the
-        # create left out, e.g. fields hidden from the creator.
-        texts = {
-            name: ""
-            for name, field in spec.fields.items()
-            if field.type is FieldType.TEXT and name not in anatomy.fields
-        }
-        if defaults or texts:
-            relay_update = doc.write({**texts, **defaults})
-            values.update(defaults)
-        owners = {values.get(name) for name, f in spec.fields.items() if f.type is FieldType.OWNER}
-        if owners - {principal.user}:
-            return Refused(
-                Unresolvable(
-                    change_id=change.change_id,
-                    record_id=change.record_id,
-                    reason="forbidden",
-                    message="you can only create records you own (an administrator can "
-                    "change the owner afterwards)",
-                ),
-                dirty=True,
-            )
+        made = _creation_defaults(change, doc, spec, anatomy, values, principal)
+        if isinstance(made, Refused):
+            return made
+        relay_update = made
     touched = set(anatomy.fields)
     if creating:
         touched |= set(values) | set(decode_problems)
-    errors = [FieldError(name, message) for name, message in decode_problems.items()]
-    canonical_touched = {name: values.get(name) for name in touched if name not in decode_problems}
-    _canonical, field_errors = spec.check_changes(canonical_touched, creating=True)
-    errors += field_errors
-    if not errors:
-        errors += spec.check_record(values)
-        errors += _unique_and_reference_errors(change, spec, schema, values, touched, context)
-    errors = _visible_errors(errors, view)
-    if errors:
-        version = state.stored.version if state is not None else 0
-        return Refused(
-            Conflict(
-                change_id=change.change_id,
-                record_id=change.record_id,
-                version=version,
-                update=state.stored.state if state is not None else b"",
-                errors=tuple(WireFieldError(field=e.field, message=e.message) for e in errors),
-            ),
-            dirty=True,
-            refused_ops=parsed,
-        )
+    refused = _invalid_record_refused(
+        change, state, spec, view, schema, values, decode_problems, touched, context, parsed
+    )
+    if refused is not None:
+        return refused
     whole = doc.full_update()
-    if len(whole) > max_record_bytes:
-        version = state.stored.version if state is not None else 0
-        return Refused(
-            Conflict(
-                change_id=change.change_id,
-                record_id=change.record_id,
-                version=version,
-                update=state.stored.state if state is not None else b"",
-                errors=(
-                    WireFieldError(
-                        field="",
-                        message=f"the record would be {len(whole):,} bytes, more than the "
-                        f"{max_record_bytes:,} a record may hold: make it smaller",
-                    ),
-                ),
-            ),
-            dirty=True,
-            refused_ops=parsed,
-        )
-    fields = {
-        name: None
-        if spec.fields[name].type is FieldType.TEXT
-        else spec.fields[name].type.encode(values.get(name))
-        for name in touched
-    }
+    refused = _too_large_refused(change, state, whole, max_record_bytes, parsed)
+    if refused is not None:
+        return refused
+    fields = _stored_fields(spec, values, touched)
     update = pycrdt.merge_updates(delta, relay_update) if relay_update else delta
     return Accepted(
         kind=change.kind,
@@ -584,6 +480,370 @@ def _merge(
         state=whole,
         problems=decode_problems,
     )
+
+
+def _rejected(
+    change: ChangeFrame, code: ErrorCode, message: str, *, dirty: bool = False
+) -> Refused:
+    """A rejection of ``change`` (``dirty``: the cached document was touched)."""
+    return Refused(
+        Rejected(
+            change_id=change.change_id, record_id=change.record_id, code=code, message=message
+        ),
+        dirty,
+    )
+
+
+def _validation_conflict(
+    change: ChangeFrame,
+    state: RecordState | None,
+    errors: tuple[WireFieldError, ...],
+    parsed: ParsedUpdate,
+    *,
+    dirty: bool,
+) -> Refused:
+    """A conflict over field errors: the record as stored, its operations refused from now on."""
+    return Refused(
+        Conflict(
+            change_id=change.change_id,
+            record_id=change.record_id,
+            version=state.stored.version if state is not None else 0,
+            update=state.stored.state if state is not None else b"",
+            errors=errors,
+        ),
+        dirty=dirty,
+        refused_ops=parsed,
+    )
+
+
+def _parsed_delta(change: ChangeFrame) -> ParsedUpdate | Refused:
+    """Step: the change's CRDT update, parsed (refused if absent, undecodable or too big)."""
+    if not change.delta:
+        return _rejected(change, ErrorCode.INVALID_UPDATE, "the change carries no CRDT update")
+    try:
+        return parse_update(change.delta, max_structs=MAX_UPDATE_STRUCTS)
+    except UpdateDecodeError as exc:
+        return _rejected(change, ErrorCode.INVALID_UPDATE, f"undecodable CRDT update: {exc}")
+
+
+def _forged_client_ids(
+    change: ChangeFrame,
+    parsed: ParsedUpdate,
+    principal: Principal,
+    context: MergeContext,
+    relay_client_id: int,
+) -> Refused | None:
+    """Step: refuse CRDT client ids that belong to another replica (or the relay)."""
+    for client in parsed.clients():
+        owner = context.client_id_owner(client)
+        if client == relay_client_id or (owner is not None and owner != principal.replica_id):
+            return _rejected(
+                change,
+                ErrorCode.FORGED_CLIENT_ID,
+                f"CRDT client id {client} belongs to another replica",
+            )
+    return None
+
+
+def _foreign_content_refused(change: ChangeFrame, parsed: ParsedUpdate) -> Refused | None:
+    """Step: refuse content a record never holds (see :data:`RECORD_CONTENT`)."""
+    foreign = _foreign_content(parsed)
+    if foreign is not None:
+        return _rejected(change, ErrorCode.INVALID_UPDATE, foreign)
+    return None
+
+
+def _resent_operations_refused(
+    change: ChangeFrame, ranges: Mapping[int, tuple[int, int]], index: ItemIndex
+) -> Refused | None:
+    """Step: refuse an update that re-sends clocks the record already holds."""
+    overlap = _known_operations_resent(ranges, index)
+    if overlap is not None:
+        return _rejected(change, ErrorCode.INVALID_UPDATE, overlap)
+    return None
+
+
+def _zombie_operations_refused(
+    change: ChangeFrame, ranges: Mapping[int, tuple[int, int]], context: MergeContext
+) -> Refused | None:
+    """Step: refuse operations the relay refused in an earlier change (no zombies)."""
+    for client, (start, end) in ranges.items():
+        earlier = context.refused_by(change.record_id, client, start, end)
+        if earlier is not None and earlier != change.change_id:
+            return _rejected(
+                change,
+                ErrorCode.REFUSED_OPS,
+                f"the update carries operations the relay refused in change {earlier}; "
+                "rebuild the record from the relay's version",
+            )
+    return None
+
+
+def _without_hidden_deletes(
+    change: ChangeFrame,
+    state: RecordState | None,
+    principal: Principal,
+    hidden_now: frozenset[str],
+) -> bytes:
+    """Step: the delta less its deletions of items hidden from the replica (the delta
+    itself, the same object, when there are none)."""
+    hidden = hidden_now | principal.once_hidden.get(change.object, frozenset())
+    if hidden and state is not None:
+        # A reader of projected updates holds hidden items as GCs, and every delta it
+        # sends repeats them as deletions: it cannot mean to delete what it never saw
+        # (also after the field became visible to it: its placeholders stay).
+        return state.index.strip_hidden_deletes(change.delta, hidden)
+    return change.delta
+
+
+def _reparsed(change: ChangeFrame, delta: bytes) -> ParsedUpdate | Refused:
+    """Step: the stripped delta, parsed again."""
+    try:
+        return parse_update(delta)
+    except UpdateDecodeError as exc:
+        return _rejected(change, ErrorCode.INVALID_UPDATE, f"undecodable CRDT update: {exc}")
+
+
+def _checked_anatomy(
+    change: ChangeFrame,
+    parsed: ParsedUpdate,
+    ranges: Mapping[int, tuple[int, int]],
+    index: ItemIndex,
+    view: ObjectSpec,
+    creating: bool,
+) -> Anatomy | Refused:
+    """Step: what the update touches, read from the update itself; refused if its shape
+    is not the record model's or it depends on operations the relay does not have."""
+    try:  # reads item values: a value the parser let through must not escape as a fault
+        anatomy = index.analyse(parsed)
+    except UpdateDecodeError as exc:
+        return _rejected(change, ErrorCode.INVALID_UPDATE, f"undecodable CRDT update: {exc}")
+    problem = _shape_problem(anatomy, view, creating=creating)
+    if problem is not None:
+        return _rejected(change, *problem)
+    for client, (start, _end) in ranges.items():
+        if start > index.end_clock(client):
+            anatomy = attrs.evolve(anatomy, missing=True)
+    if anatomy.missing:
+        return _rejected(
+            change,
+            ErrorCode.MISSING_DEPENDENCIES,
+            "the update depends on changes the relay does not have",
+        )
+    return anatomy
+
+
+def _concurrent_edits_refused(
+    change: ChangeFrame,
+    state: RecordState | None,
+    view: ObjectSpec,
+    anatomy: Anatomy,
+    principal: Principal,
+    context: MergeContext,
+    parsed: ParsedUpdate,
+) -> Refused | None:
+    """Step: a conflict if another replica changed a plain field since this change's base."""
+    if state is None:
+        return None
+    conflicts = _concurrent_edits(change, state, view, anatomy, principal, context)
+    if not conflicts:
+        return None
+    return Refused(
+        Conflict(
+            change_id=change.change_id,
+            record_id=change.record_id,
+            version=state.stored.version,
+            update=state.stored.state,
+            conflicts=conflicts,
+        ),
+        refused_ops=parsed,
+    )
+
+
+def _written_values_refused(
+    change: ChangeFrame,
+    state: RecordState | None,
+    anatomy: Anatomy,
+    spec: ObjectSpec,
+    view: ObjectSpec,
+    parsed: ParsedUpdate,
+) -> Refused | None:
+    """Step: a conflict if a plain value it writes breaks its own field's constraints."""
+    # A plain value that breaks its own field's constraints, or is not written in the
+    # form the schema stores it in, is refused before it is applied (whether or not it
+    # would win): cheap, and nothing to rebuild.
+    early = _written_value_errors(anatomy, spec)
+    if not early:
+        return None
+    errors = tuple(
+        WireFieldError(field=e.field, message=e.message) for e in _visible_errors(early, view)
+    )
+    return _validation_conflict(change, state, errors, parsed, dirty=False)
+
+
+def _applied(
+    change: ChangeFrame,
+    state: RecordState | None,
+    spec: ObjectSpec,
+    delta: bytes,
+    ranges: Mapping[int, tuple[int, int]],
+    anatomy: Anatomy,
+    relay_client_id: int,
+) -> RecordDoc | Refused:
+    """Step: the record's document with the delta applied (a new one for a create);
+    refused if pycrdt refuses it, it lacks dependencies, or it changed fields it does
+    not name."""
+    doc = state.doc if state is not None else RecordDoc(spec, client_id=relay_client_id)
+    if state is not None:
+        assert state.changes is not None
+        state.changes.take()  # forget what earlier transactions (the relay's own) did
+    try:
+        doc.apply(delta)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        return _rejected(
+            change, ErrorCode.INVALID_UPDATE, f"pycrdt refused the update: {exc}", dirty=True
+        )
+    after = decode_state_vector(doc.state())
+    for client, (_start, end) in ranges.items():
+        if after.get(client, 0) < end:
+            return _rejected(
+                change,
+                ErrorCode.MISSING_DEPENDENCIES,
+                "the update depends on changes the relay does not have",
+                dirty=True,
+            )
+    if state is not None:
+        # Judged by effect: every field the apply changed, as yrs reports it, must be
+        # one the update names (and so one it was allowed to write, checked above).
+        assert state.changes is not None
+        unnamed = sorted(state.changes.take() - anatomy.fields)
+        if unnamed:
+            return _rejected(
+                change,
+                ErrorCode.INVALID_UPDATE,
+                f"the update changed fields its operations do not name: {', '.join(unnamed)}",
+                dirty=True,
+            )
+    return doc
+
+
+def _merged_values(
+    state: RecordState | None, doc: RecordDoc, anatomy: Anatomy
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Step: the merged record's values and undecodable fields (for an update, only the
+    touched fields are read again)."""
+    if state is None:
+        return doc.read_checked()
+    fresh, fresh_problems = doc.read_checked(anatomy.fields)
+    values = {k: v for k, v in state.values.items() if k not in anatomy.fields}
+    values.update(fresh)
+    decode_problems = {
+        k: v for k, v in state.problems.items() if k not in anatomy.fields
+    } | fresh_problems
+    return values, decode_problems
+
+
+def _creation_defaults(
+    change: ChangeFrame,
+    doc: RecordDoc,
+    spec: ObjectSpec,
+    anatomy: Anatomy,
+    values: dict[str, Any],
+    principal: Principal,
+) -> bytes | Refused:
+    """Step (create): the relay's own writes to a new record (owner fields, empty texts),
+    as an update, added to ``values``; refused if it names another owner."""
+    relay_update = b""
+    defaults = {
+        name: principal.user
+        for name, field in spec.fields.items()
+        if field.type is FieldType.OWNER and values.get(name) is None
+    }
+    # Every text field holds one Y.Text from the record's creation (an empty one
+    # reads as no value): two replicas' first edits then merge into it, instead of
+    # each creating its own and the map keeping one. The relay creates those the
+    # create left out, e.g. fields hidden from the creator.
+    texts = {
+        name: ""
+        for name, field in spec.fields.items()
+        if field.type is FieldType.TEXT and name not in anatomy.fields
+    }
+    if defaults or texts:
+        relay_update = doc.write({**texts, **defaults})
+        values.update(defaults)
+    owners = {values.get(name) for name, f in spec.fields.items() if f.type is FieldType.OWNER}
+    if owners - {principal.user}:
+        return Refused(
+            Unresolvable(
+                change_id=change.change_id,
+                record_id=change.record_id,
+                reason=UnresolvableReason.FORBIDDEN,
+                message="you can only create records you own (an administrator can "
+                "change the owner afterwards)",
+            ),
+            dirty=True,
+        )
+    return relay_update
+
+
+def _invalid_record_refused(
+    change: ChangeFrame,
+    state: RecordState | None,
+    spec: ObjectSpec,
+    view: ObjectSpec,
+    schema: Schema,
+    values: Mapping[str, Any],
+    decode_problems: Mapping[str, str],
+    touched: set[str],
+    context: MergeContext,
+    parsed: ParsedUpdate,
+) -> Refused | None:
+    """Step: a conflict if the merged record breaks a rule: the touched fields' types and
+    constraints, required fields, custom rules, ``unique`` and ``reference``."""
+    errors = [FieldError(name, message) for name, message in decode_problems.items()]
+    canonical_touched = {name: values.get(name) for name in touched if name not in decode_problems}
+    _canonical, field_errors = spec.check_changes(canonical_touched, creating=True)
+    errors += field_errors
+    if not errors:
+        errors += spec.check_record(values)
+        errors += _unique_and_reference_errors(change, spec, schema, values, touched, context)
+    errors = _visible_errors(errors, view)
+    if not errors:
+        return None
+    wire = tuple(WireFieldError(field=e.field, message=e.message) for e in errors)
+    return _validation_conflict(change, state, wire, parsed, dirty=True)
+
+
+def _too_large_refused(
+    change: ChangeFrame,
+    state: RecordState | None,
+    whole: bytes,
+    max_record_bytes: int,
+    parsed: ParsedUpdate,
+) -> Refused | None:
+    """Step: a conflict if the record's whole state would outgrow ``max_record_bytes``."""
+    if len(whole) <= max_record_bytes:
+        return None
+    error = WireFieldError(
+        field="",
+        message=f"the record would be {len(whole):,} bytes, more than the "
+        f"{max_record_bytes:,} a record may hold: make it smaller",
+    )
+    return _validation_conflict(change, state, (error,), parsed, dirty=True)
+
+
+def _stored_fields(
+    spec: ObjectSpec, values: Mapping[str, Any], touched: set[str]
+) -> dict[str, Any]:
+    """Step: each touched field's stored value afterwards (None for a text) for the log."""
+    return {
+        name: None
+        if spec.fields[name].type is FieldType.TEXT
+        else spec.fields[name].type.encode(values.get(name))
+        for name in touched
+    }
 
 
 #: The Yjs content a record is made of: ``any`` values in the ``fields`` map, a ``type``

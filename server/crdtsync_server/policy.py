@@ -30,6 +30,8 @@ import attrs
 
 from crdtsync.core.schema import Schema
 
+from .errors import ConfigError
+
 
 class Action(enum.StrEnum):
     CREATE = "create"
@@ -95,6 +97,18 @@ class PolicyHook(Protocol):
 
 
 class Policy(Protocol):
+    """What the relay asks of a permission model (:class:`AccessPolicy` is the one)."""
+
+    @property
+    def grants(self) -> Mapping[str, Mapping[str, frozenset[Action]]]:
+        """Per role, per object, the actions the role grants (for access reports)."""
+        ...
+
+    @property
+    def hook(self) -> PolicyHook | None:
+        """The application's own rule, if any (it may need a record's values)."""
+        ...
+
     def allows(
         self,
         principal: Principal,
@@ -110,10 +124,6 @@ class Policy(Protocol):
     def schema_for(self, principal: Principal) -> Schema: ...
 
     def hidden_fields(self, principal: Principal, object_name: str) -> frozenset[str]: ...
-
-
-class ConfigError(Exception):
-    """The configuration is invalid; the message names the offending entry."""
 
 
 @attrs.define

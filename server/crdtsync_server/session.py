@@ -32,8 +32,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
-import attrs
-
 from crdtsync.core.protocol import (
     MAX_CHANGES_PER_FRAME,
     SUPPORTED_VERSIONS,
@@ -53,10 +51,11 @@ from crdtsync.core.protocol import (
     encode,
 )
 
-from .auth import AuthError, TokenAuthority
+from .auth import TokenAuthority
+from .errors import AuthError
 from .limits import FRAME_BURST, Admission, FrameRateLimit
 from .policy import Principal
-from .relay import Relay
+from .relay import JoinRefused, Relay
 
 log = logging.getLogger("crdtsync.session")
 
@@ -163,11 +162,11 @@ class RelaySession:
                 "too slow: the replica does not read its frames",
                 CLOSE_TRY_AGAIN_LATER,
             )
-            self.wake()
 
     def deliver(self, frame: Frame) -> None:
-        """Queue a frame (used by the relay for fan-out). A session whose queue outgrows
-        its bound is closed as too slow instead of growing memory."""
+        """Queue a frame for the replica now (a reply, a backlog frame): unlike
+        :meth:`deliver_fanout` it does not wait for a backlog. A session whose queue
+        outgrows its bound is closed as too slow instead of growing memory."""
         if self.state is SessionState.CLOSING:
             return
         self._queue(encode(frame))
@@ -182,7 +181,6 @@ class RelaySession:
                 "too slow: the replica does not read its frames",
                 CLOSE_TRY_AGAIN_LATER,
             )
-            self.wake()
             return
         self._outbox.append(data)
         self._queued_bytes += len(data)
@@ -222,7 +220,6 @@ class RelaySession:
                 f"rate limit: kept sending more than {rate} frames per second",
                 CLOSE_POLICY_VIOLATION,
             )
-            self.wake()
             return
         self.deliver(
             Error(
@@ -280,39 +277,21 @@ class RelaySession:
             log.warning("refused a token from replica %r: %s", hello.replica_id[:64], exc)
             self._fail(ErrorCode.AUTH_FAILED, str(exc), CLOSE_POLICY_VIOLATION)
             return
-        owner = self.relay.storage.replica_user(hello.replica_id)
-        if owner is not None and owner != identity.user:
-            self._fail(
-                ErrorCode.AUTH_FAILED,
-                "this replica id belongs to another user: use a store of your own",
-                CLOSE_POLICY_VIOLATION,
-            )
+        joined = self.relay.join(self, hello.replica_id, identity)
+        if isinstance(joined, JoinRefused):
+            self._fail(ErrorCode.AUTH_FAILED, joined.message, CLOSE_POLICY_VIOLATION)
             return
-        self.relay.storage.bind_replica(hello.replica_id, identity.user)
-        principal = Principal(
-            identity.user, hello.replica_id, ("default", *identity.roles), admin=identity.admin
-        )
-        hidden = {
-            name: self.relay.policy.hidden_fields(principal, name)
-            for name in self.relay.schema.objects
-        }
-        self.relay.storage.remember_hidden(hello.replica_id, hidden)
-        self.principal = attrs.evolve(
-            principal, once_hidden=self.relay.storage.ever_hidden(hello.replica_id)
-        )
+        self.principal = joined.principal
         if identity.expires_at is not None:  # the same leeway the handshake allowed
             self.expires_at = identity.expires_at + self.authority.leeway
         self.state = SessionState.READY
-        self.relay.attach(self)
-        view = self.relay.policy.schema_for(self.principal)
-        readable = self.relay.readable_objects(self.principal)
         self.deliver(
             Welcome(
                 versions[-1],
                 identity.user,
                 self.relay.server_id,
-                view.to_wire(),
-                readable,
+                joined.schema.to_wire(),
+                joined.readable,
                 self.max_frame_bytes if versions[-1] >= 2 else None,
                 self.max_changes_per_frame if versions[-1] >= 2 else None,
             )
@@ -322,7 +301,6 @@ class RelaySession:
         """The token ran out while connected: end the session with a clear reason."""
         if self.state is not SessionState.CLOSING:
             self._fail(ErrorCode.AUTH_FAILED, "the token has expired", CLOSE_POLICY_VIOLATION)
-            self.wake()
 
     def _subscribe(self, subscribe: Subscribe) -> None:
         assert self.principal is not None

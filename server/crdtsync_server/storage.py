@@ -43,6 +43,8 @@ from crdtsync.core.sqlite_meta import (
     unpack,
 )
 
+from .errors import StorageError
+
 #: 1: the first released format. 2: ``changes.update_`` may be NULL (compacted).
 FORMAT_VERSION = 2
 
@@ -128,10 +130,6 @@ def _changes_update_nullable(db: sqlite3.Connection) -> None:
 
 
 _MIGRATIONS: dict[int, Migration] = {1: _changes_update_nullable}
-
-
-class StorageError(Exception):
-    """The relay's database cannot be opened or is not a crdtsync relay database."""
 
 
 @attrs.frozen(kw_only=True)

@@ -21,8 +21,8 @@ import msgpack
 import pycrdt
 import pytest
 from crdtsync_server.config import RelayConfig
+from crdtsync_server.errors import ConfigError
 from crdtsync_server.limits import Admission, FrameRateLimit
-from crdtsync_server.policy import ConfigError
 from crdtsync_server.relay import Relay
 from crdtsync_server.session import CLOSE_POLICY_VIOLATION, RelaySession, SessionState
 from crdtsync_server.storage import RelayStorage

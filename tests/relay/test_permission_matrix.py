@@ -24,7 +24,7 @@ from types import TracebackType
 
 import pycrdt
 import pytest
-from crdtsync_server.admin import AdminClient
+from crdtsync_server.admin_client import AdminClient
 from crdtsync_server.app import RelayServer
 from crdtsync_server.config import RelayConfig
 from websockets.asyncio.client import connect

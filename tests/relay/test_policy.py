@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from crdtsync_server.errors import ConfigError
 from crdtsync_server.policy import (
     Access,
     AccessPolicy,
     Action,
-    ConfigError,
     Principal,
     RecordFacts,
 )

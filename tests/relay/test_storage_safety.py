@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pycrdt
 import pytest
+from crdtsync_server.errors import StorageError
 from crdtsync_server.policy import Principal
 from crdtsync_server.relay import Relay
-from crdtsync_server.storage import FORMAT_VERSION, RelayStorage, StorageError
+from crdtsync_server.storage import FORMAT_VERSION, RelayStorage
 
 from crdtsync import Schema, Status
 from crdtsync.apps.cli import main as cli_main

@@ -16,15 +16,13 @@ from pathlib import Path
 import jwt
 import pytest
 from crdtsync_server.auth import (
-    AuthError,
     Identity,
     PrivateKey,
     TokenAuthority,
-    TokenKeyError,
     parse_duration,
 )
 from crdtsync_server.config import RelayConfig
-from crdtsync_server.policy import ConfigError
+from crdtsync_server.errors import AuthError, ConfigError, TokenKeyError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given, settings

@@ -7,7 +7,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from crdtsync_server.admin import AdminClient, AdminError
+from crdtsync_server.admin_client import AdminClient
+from crdtsync_server.errors import AdminError
 
 from crdtsync import AccessLost, AuthenticationFailed, Client, Status, UnresolvableReason
 from tests.helpers.harness import EXAMPLE_CONFIG, RelayHarness, TasksForPlannersOnly, eventually

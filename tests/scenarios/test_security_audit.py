@@ -26,10 +26,10 @@ import jwt
 import msgpack
 import pycrdt
 import pytest
+from crdtsync_server import backlog as backlog_module
 from crdtsync_server import merge
-from crdtsync_server import relay as relay_module
 from crdtsync_server.config import RelayConfig
-from crdtsync_server.policy import ConfigError
+from crdtsync_server.errors import ConfigError
 from crdtsync_server.storage import RelayStorage
 from websockets.asyncio.client import connect
 
@@ -673,7 +673,7 @@ async def test_a_record_too_large_to_send_is_left_out_and_the_rest_arrives(
     relay: RelayHarness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A record stored before records had a cap (here: one over a lowered frame bound)."""
-    monkeypatch.setattr(relay_module, "BACKLOG_MAX_FRAME_BYTES", 50_000)
+    monkeypatch.setattr(backlog_module, "BACKLOG_MAX_FRAME_BYTES", 50_000)
     alice = relay.client("alice")
     async with alice:
         big = alice.create("Account", {"Name": "Big", "Description": "x" * 60_000})

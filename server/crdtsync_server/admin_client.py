@@ -29,9 +29,7 @@ from crdtsync.core.protocol import (
     encode,
 )
 
-
-class AdminError(Exception):
-    """The relay refused the action (or the connection); the message says why."""
+from .errors import AdminError
 
 
 class AdminClient:

@@ -1,0 +1,281 @@
+"""The push pipeline: a push frame's changes decided, stored in one transaction, answered.
+
+Every change is decided on its own (:func:`~.merge.decide`), the accepted ones are
+committed together (one fsync per push frame: group commit), and only then are the
+verdicts returned and the accepted changes fanned out, so an acknowledged change
+survives ``kill -9``. A change id seen before is a retransmission: answered with its
+original verdict, never applied twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import attrs
+
+from crdtsync.core.protocol import (
+    Ack,
+    ChangeFrame,
+    ChangeKind,
+    Changes,
+    Conflict,
+    ErrorCode,
+    Frame,
+    RecordChange,
+    Rejected,
+    Verdict,
+    Verdicts,
+)
+from crdtsync.core.schema import Schema
+
+from .access import RecordAccess
+from .cache import RecordCache
+from .fanout import FanOut, Listener
+from .merge import Accepted, AlreadyDone, RecordState, Refused, decide
+from .metrics import Metrics
+from .policy import Policy, Principal
+from .storage import ChangeRow, RelayStorage, StoredRecord
+
+log = logging.getLogger("crdtsync.relay")
+
+
+class PushPipeline:
+    """Decides, stores and acknowledges pushed changes, then hands them to the fan-out."""
+
+    def __init__(
+        self,
+        *,
+        schema: Schema,
+        policy: Policy,
+        storage: RelayStorage,
+        metrics: Metrics,
+        cache: RecordCache,
+        access: RecordAccess,
+        fan_out: FanOut,
+        client_id: int,
+        max_record_bytes: int,
+    ) -> None:
+        self.schema = schema
+        self.policy = policy
+        self.storage = storage
+        self.metrics = metrics
+        self.cache = cache
+        self.access = access
+        self.fan_out = fan_out
+        self.client_id = client_id
+        self.max_record_bytes = max_record_bytes
+        self._bound: dict[int, str] = {}  # CRDT client ids known to be bound, and to whom
+
+    def push(
+        self,
+        origin: Listener,
+        changes: Sequence[ChangeFrame],
+        followups: list[Frame] | None = None,
+    ) -> Verdicts:
+        """Decide, persist (one transaction) and fan out a batch of changes.
+
+        ``followups`` receives frames the origin must be sent right after the verdicts:
+        a tombstone for each retransmitted change whose record was deleted since it was
+        accepted (a replica that never saw the delete, e.g. one resuming from cursor 0,
+        would otherwise keep the record).
+        """
+        assert origin.principal is not None
+        if followups is None:
+            followups = []
+        principal = origin.principal
+        verdicts: list[Verdict] = []
+        accepted: list[tuple[StoredRecord, ChangeRow]] = []
+        touched_cache: list[str] = []
+        started = time.perf_counter()
+        try:
+            with self.storage.transaction():
+                changes = list(changes)
+                # One query for the whole frame: which ids were seen before (retransmits).
+                seen = self.storage.known_change_ids([c.change_id for c in changes])
+                for change in changes:
+                    verdict, outcome = self._push_one(
+                        principal, change, touched_cache, seen, followups
+                    )
+                    seen.add(change.change_id)
+                    verdicts.append(verdict)
+                    if outcome is not None:
+                        accepted.append(outcome)
+        except Exception:
+            log.exception("push of %d changes failed; nothing was stored", len(verdicts))
+            for record_id in touched_cache:
+                self.cache.pop(record_id, None)
+            self.metrics.count("errored", len(verdicts))
+            return Verdicts(
+                tuple(
+                    Rejected(
+                        change_id=change.change_id,
+                        record_id=change.record_id,
+                        code=ErrorCode.INTERNAL_ERROR,
+                        message="the relay could not store this change; retry later",
+                    )
+                    for change in changes
+                )
+            )
+        self.metrics.observe_merge(time.perf_counter() - started, len(verdicts))
+        for verdict in verdicts:
+            self.metrics.count_verdict(verdict)
+        if accepted:
+            self.fan_out.changes(origin, accepted)
+        return Verdicts(tuple(verdicts))
+
+    def _push_one(
+        self,
+        principal: Principal,
+        change: ChangeFrame,
+        touched_cache: list[str],
+        seen: set[str],
+        followups: list[Frame],
+    ) -> tuple[Verdict, tuple[StoredRecord, ChangeRow] | None]:
+        known = self.storage.find_change(change.change_id) if change.change_id in seen else None
+        if known is not None:
+            if known.record_id != change.record_id or known.replica != principal.replica_id:
+                # Not a retransmission by the replica that made it: say nothing of it.
+                return Rejected(
+                    change_id=change.change_id,
+                    record_id=change.record_id,
+                    code=ErrorCode.MALFORMED_FRAME,
+                    message="this change id was already used; every change needs a new one",
+                ), None
+            return self._retransmitted(principal, change, known, followups), None
+        cached = self.cache.get(change.record_id)
+        # Every write goes through this relay, so a cached record is the stored one.
+        stored = cached.stored if cached is not None else self.storage.get_record(change.record_id)
+        state = self.cache.state(change.record_id, stored) if stored is not None else None
+        facts = self.access.facts(stored, state) if stored is not None else None
+        decision = decide(
+            change,
+            state,
+            principal=principal,
+            schema=self.schema,
+            policy=self.policy,
+            context=self.storage,
+            relay_client_id=self.client_id,
+            facts=facts,
+            max_record_bytes=self.max_record_bytes,
+        )
+        if isinstance(decision, Refused):
+            verdict = decision.verdict
+            if isinstance(verdict, Conflict) and state is not None and verdict.update:
+                verdict = attrs.evolve(
+                    verdict, update=self.access.project(principal, state, verdict.update)
+                )
+            if decision.dirty:
+                self.cache.forget_document(change.record_id)
+            if decision.refused_ops is not None:
+                self.storage.add_refused(
+                    change.record_id, change.change_id, decision.refused_ops.client_ranges()
+                )
+            return verdict, None
+        if isinstance(decision, AlreadyDone):
+            return Ack(
+                change_id=change.change_id, record_id=change.record_id, version=decision.version
+            ), None
+        touched_cache.append(change.record_id)
+        return self._store_accepted(principal, change, stored, state, decision)
+
+    def _retransmitted(
+        self, principal: Principal, change: ChangeFrame, known: ChangeRow, followups: list[Frame]
+    ) -> Ack:
+        """The answer to a change accepted before (its verdict was lost): an ack with its
+        original version, and with what it added to the record, as far as the user may
+        read it *now*. A user who lost access since gets the ack alone; a record deleted
+        since also gets its tombstone (in ``followups``)."""
+        stored = self.storage.get_record(known.record_id)
+        update = b""
+        if stored is not None and stored.deleted:
+            followups.append(Changes((self._gone_since(principal, stored),)))
+        elif stored is not None and self.access.can_read(principal, self.access.facts(stored)):
+            # A compacted change's update is gone: the whole state holds it (and more the
+            # user may read as well).
+            update = stored.state if known.compacted else known.update
+            if update:
+                update = self.access.project(principal, self.cache.state(stored.id, stored), update)
+        return Ack(
+            change_id=change.change_id, record_id=change.record_id, version=known.seq, update=update
+        )
+
+    def _gone_since(self, principal: Principal, stored: StoredRecord) -> RecordChange:
+        """What a replica must learn of a record deleted after its change was accepted:
+        the tombstone, or only that it may no longer read the record."""
+        item = RecordChange(
+            record_id=stored.id, object=stored.object, version=stored.version, deleted=True
+        )
+        if self.access.can_read(principal, self.access.facts(stored)):
+            return item
+        return attrs.evolve(item, deleted=False, revoked=True)
+
+    def _store_accepted(
+        self,
+        principal: Principal,
+        change: ChangeFrame,
+        stored: StoredRecord | None,
+        state: RecordState | None,
+        decision: Accepted,
+    ) -> tuple[Verdict, tuple[StoredRecord, ChangeRow]]:
+        seq = self.storage.next_seq()
+        spec = self.schema.objects[change.object]
+        if decision.kind is ChangeKind.DELETE:
+            assert stored is not None
+            new = attrs.evolve(stored, version=seq, deleted=True)
+            self.storage.set_uniques(change.object, change.record_id, {})
+            self.cache.pop(change.record_id, None)
+        else:
+            assert decision.doc is not None
+            owner_name = spec.owner_field
+            new = StoredRecord(
+                id=change.record_id,
+                object=change.object,
+                state=decision.state,
+                version=seq,
+                created_by=stored.created_by if stored is not None else principal.user,
+                owner=(
+                    stored.owner
+                    if stored is not None
+                    else (decision.values.get(owner_name) if owner_name else None)
+                ),
+            )
+            unique = {
+                name: spec.fields[name].type.encode(decision.values.get(name))
+                for name, field in spec.fields.items()
+                if field.unique
+            }
+            if unique and (state is None or set(unique) & set(decision.fields)):
+                self.storage.set_uniques(change.object, change.record_id, unique)
+            if decision.parsed is not None:
+                for client in decision.parsed.clients():
+                    if self._bound.get(client) != principal.replica_id:
+                        self.storage.bind_client_id(client, principal.replica_id)
+                        self._bound[client] = principal.replica_id
+            if state is None:  # the document was just built: index it, don't reload it
+                state = RecordState.created(new, decision)
+            else:
+                state.commit(new, decision, principal.replica_id, principal.user)
+            self.cache.remember(change.record_id, state)
+        row = ChangeRow(
+            seq=seq,
+            record_id=change.record_id,
+            object=change.object,
+            change_id=change.change_id,
+            replica=principal.replica_id,
+            user=principal.user,
+            kind=decision.kind,
+            fields=dict(decision.fields),
+            update=decision.update,
+            at=time.time(),
+        )
+        self.storage.put_record(new)
+        self.storage.add_change(row)
+        relay_update = decision.relay_update
+        if relay_update and state is not None:  # e.g. texts of fields hidden from the creator
+            relay_update = self.access.project(principal, state, relay_update)
+        verdict = Ack(
+            change_id=change.change_id, record_id=change.record_id, version=seq, update=relay_update
+        )
+        return verdict, (new, row)
