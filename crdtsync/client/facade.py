@@ -21,8 +21,14 @@ from types import TracebackType
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from crdtsync.core.exceptions import InvalidOperation, OfflineError, SchemaError, SyncError
-from crdtsync.core.protocol import MAX_RELAY_FRAME_BYTES, ErrorCode, ProtocolError
+from crdtsync.core.exceptions import (
+    InvalidOperation,
+    OfflineError,
+    ProtocolError,
+    SchemaError,
+    SyncError,
+)
+from crdtsync.core.protocol import MAX_RELAY_FRAME_BYTES, ErrorCode
 from crdtsync.core.schema import Schema
 
 from .events import (

@@ -29,11 +29,9 @@ from typing import Any
 
 import attrs
 
-from crdtsync.core.exceptions import StoreError
+from crdtsync.core.exceptions import FormatError, LockedError, StoreError
 from crdtsync.core.sqlite_meta import (
     META_TABLE,
-    FormatError,
-    LockedError,
     OwnerLock,
     create_private,
     get_meta,

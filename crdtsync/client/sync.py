@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 import attrs
 
+from crdtsync.core.exceptions import ProtocolError
 from crdtsync.core.protocol import (
     MAX_CHANGES_PER_FRAME,
     MAX_FRAME_BYTES,
@@ -45,7 +46,6 @@ from crdtsync.core.protocol import (
     Flushed,
     Frame,
     Hello,
-    ProtocolError,
     Rejected,
     Subscribe,
     Unresolvable,

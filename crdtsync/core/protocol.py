@@ -26,7 +26,7 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 import msgpack
 
-from crdtsync.core.exceptions import ProtocolError as ProtocolError
+from crdtsync.core.exceptions import ProtocolError
 
 PROTOCOL_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)

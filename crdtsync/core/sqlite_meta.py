@@ -12,8 +12,7 @@ from typing import Any
 
 import msgpack
 
-from crdtsync.core.exceptions import FormatError as FormatError
-from crdtsync.core.exceptions import LockedError as LockedError
+from crdtsync.core.exceptions import FormatError, LockedError
 
 META_TABLE = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB)"
 

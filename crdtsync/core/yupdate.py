@@ -67,7 +67,6 @@ __all__ = [
     "MAX_CLOCK",
     "ParsedUpdate",
     "StructInfo",
-    "UpdateDecodeError",
     "parse_update",
 ]
 

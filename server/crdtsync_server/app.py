@@ -27,7 +27,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from crdtsync.core.sqlite_meta import LockedError, OwnerLock
+from crdtsync.core.exceptions import LockedError
+from crdtsync.core.sqlite_meta import OwnerLock
 
 from .config import RelayConfig
 from .errors import StorageError

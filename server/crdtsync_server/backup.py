@@ -23,14 +23,8 @@ from pathlib import Path
 
 import attrs
 
-from crdtsync.core.sqlite_meta import (
-    FormatError,
-    LockedError,
-    OwnerLock,
-    check_format,
-    get_meta,
-    set_meta,
-)
+from crdtsync.core.exceptions import FormatError, LockedError
+from crdtsync.core.sqlite_meta import OwnerLock, check_format, get_meta, set_meta
 
 from .config import RelayConfig
 from .errors import StorageError

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import secrets
 import ssl
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import attrs
 from crdtsync.core.exceptions import SchemaError
 from crdtsync.core.protocol import MAX_CHANGES_PER_FRAME, MAX_FRAME_BYTES
 from crdtsync.core.schema import Schema
+from crdtsync.core.tomlfile import load_toml_config
 
 from .auth import TokenAuthority
 from .errors import ConfigError
@@ -226,17 +226,7 @@ class RelayConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> RelayConfig:
-        try:
-            with open(path, "rb") as file:
-                data = tomllib.load(file)
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-        try:
-            return cls.from_dict(data, **overrides)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+        return load_toml_config(path, lambda data: cls.from_dict(data, **overrides), ConfigError)
 
 
 #: Secrets shipped in examples and docs: a relay never signs or accepts tokens with them.

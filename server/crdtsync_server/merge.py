@@ -33,7 +33,8 @@ from typing import Any, Protocol
 import attrs
 import pycrdt
 
-from crdtsync.core.exceptions import FieldError
+from crdtsync.core.conflicts import ConflictCodec
+from crdtsync.core.exceptions import FieldError, UpdateDecodeError
 from crdtsync.core.fieldtypes import FieldType
 from crdtsync.core.protocol import (
     ChangeFrame,
@@ -48,7 +49,7 @@ from crdtsync.core.protocol import (
 )
 from crdtsync.core.record import ChangeTracker, RecordDoc
 from crdtsync.core.schema import ObjectSpec, Schema
-from crdtsync.core.yupdate import ParsedUpdate, UpdateDecodeError, parse_update
+from crdtsync.core.yupdate import ParsedUpdate, parse_update
 
 from .anatomy import TEXT, TEXT_TYPE_REF, Anatomy, ItemIndex, SharedType
 from .limits import MAX_RECORD_BYTES
@@ -383,7 +384,7 @@ def _delete(
             field=name,
             base=base(name),
             mine=None,
-            theirs=_canonical_stored(spec.fields[name].type, state.doc.stored_value(name)),
+            theirs=ConflictCodec(spec).normalize(name, state.doc.stored_value(name)),
             changed_by=next(c.user for c in reversed(since) if name in c.fields),
         )
         for name in changed
@@ -973,6 +974,7 @@ def _concurrent_edits(
         return ()  # nothing happened to the record since this change's base
     writes = state.field_writes(context)
     conflicts = []
+    codec = ConflictCodec(spec)
     for name in plain:
         theirs_changes = sorted(
             (seq, user)
@@ -992,8 +994,8 @@ def _concurrent_edits(
                 base=state.value_at(
                     context, name, _revealable(bases[name], change, principal, context)
                 ),
-                mine=field_type.encode(_decoded(field_type, mine)),
-                theirs=field_type.encode(_decoded(field_type, theirs)),
+                mine=codec.normalize(name, mine),
+                theirs=codec.normalize(name, theirs),
                 changed_by=theirs_changes[-1][1],
             )
         )
@@ -1007,18 +1009,6 @@ def _revealable(
     the client's claim, so never one before the user last gained access to the record
     (they were sent the record whole then; what it held before is not theirs to see)."""
     return max(version, context.access_gained_at(change.record_id, principal.user))
-
-
-def _canonical_stored(field_type: FieldType, value: Any) -> Any:
-    """A stored value re-encoded the way the schema writes it (ints back from floats)."""
-    return field_type.encode(_decoded(field_type, value))
-
-
-def _decoded(field_type: FieldType, value: Any) -> Any:
-    try:
-        return field_type.decode(value)
-    except (ValueError, TypeError):
-        return None
 
 
 def _same_value(field_type: FieldType, mine: Any, theirs: Any) -> bool:

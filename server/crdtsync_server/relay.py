@@ -110,6 +110,12 @@ class Relay:
             fan_out=self._fan_out,
         )
 
+    @property
+    def seq(self) -> int:
+        """The log position of the latest stored change (what a replica's cursor reaches
+        once it has everything accepted so far)."""
+        return self.storage.seq
+
     # -- listeners --------------------------------------------------------------------
 
     def join(self, listener: Listener, replica_id: str, identity: Identity) -> Joined | JoinRefused:

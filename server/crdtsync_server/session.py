@@ -32,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
+from crdtsync.core.exceptions import ProtocolError
 from crdtsync.core.protocol import (
     MAX_CHANGES_PER_FRAME,
     SUPPORTED_VERSIONS,
@@ -43,7 +44,6 @@ from crdtsync.core.protocol import (
     Flushed,
     Frame,
     Hello,
-    ProtocolError,
     Push,
     Subscribe,
     Welcome,
@@ -251,7 +251,7 @@ class RelaySession:
         elif isinstance(frame, Flush):
             # Behind any backlog and the fan-out held for it, like a fan-out frame: when it
             # arrives, everything accepted before it has been sent.
-            self.deliver_fanout(Flushed(frame.request_id, self.relay.storage.seq))
+            self.deliver_fanout(Flushed(frame.request_id, self.relay.seq))
         elif isinstance(frame, Admin):
             assert self.principal is not None
             self.deliver(self.relay.admin(self.principal, frame))

@@ -31,9 +31,9 @@ from typing import Any
 import attrs
 import pycrdt
 
+from crdtsync.core.exceptions import FormatError
 from crdtsync.core.sqlite_meta import (
     META_TABLE,
-    FormatError,
     Migration,
     create_private,
     get_meta,

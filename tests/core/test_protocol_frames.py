@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from crdtsync.core.exceptions import ProtocolError
 from crdtsync.core.protocol import (
     FRAME_TYPES,
     MAX_FRAME_BYTES,
@@ -29,7 +30,6 @@ from crdtsync.core.protocol import (
     Flushed,
     Frame,
     Hello,
-    ProtocolError,
     Push,
     RecordChange,
     Rejected,

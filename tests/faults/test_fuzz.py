@@ -34,6 +34,7 @@ from crdtsync_server.storage import RelayStorage
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from crdtsync.core.exceptions import ProtocolError
 from crdtsync.core.protocol import (
     FRAME_TYPES,
     Ack,
@@ -49,7 +50,6 @@ from crdtsync.core.protocol import (
     Flushed,
     Frame,
     Hello,
-    ProtocolError,
     Push,
     RecordChange,
     Rejected,

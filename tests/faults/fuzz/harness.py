@@ -45,9 +45,9 @@ from crdtsync_server.config import RelayConfig
 from crdtsync_server.policy import Principal
 from crdtsync_server.storage import RelayStorage
 
-from crdtsync.core.protocol import Ack, ChangeFrame, ProtocolError, decode, encode
+from crdtsync.core.exceptions import ProtocolError, UpdateDecodeError
+from crdtsync.core.protocol import Ack, ChangeFrame, decode, encode
 from crdtsync.core.record import RecordDoc
-from crdtsync.core.yupdate import UpdateDecodeError
 from tests.helpers.harness import EXAMPLE_CONFIG
 
 # -- decode ---------------------------------------------------------------------------------
