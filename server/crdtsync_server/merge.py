@@ -257,32 +257,26 @@ def decide(
     marked) comes from ``policy``. A record whose whole state would outgrow
     ``max_record_bytes`` is a validation conflict.
     """
-
-    def rejected(code: ErrorCode, message: str, *, dirty: bool = False) -> Refused:
-        return Refused(
-            Rejected(
-                change_id=change.change_id, record_id=change.record_id, code=code, message=message
-            ),
-            dirty,
-        )
-
     spec = schema.objects.get(change.object)
     view = policy.schema_for(principal).objects.get(change.object)
     if spec is None or view is None:
-        return rejected(ErrorCode.UNKNOWN_OBJECT, f"no object type {change.object!r}")
+        return _rejected(change, ErrorCode.UNKNOWN_OBJECT, f"no object type {change.object!r}")
     if state is not None and state.stored.object != change.object:
         real = facts or RecordFacts(
             object=state.stored.object, record_id=change.record_id, owner=None
         )
         if state.stored.deleted or not policy.allows(principal, Action.READ, real.object, real):
             return _forbidden(change, "you may not access this record")
-        return rejected(
+        return _rejected(
+            change,
             ErrorCode.UNKNOWN_RECORD,
             f"record {change.record_id} is a {state.stored.object}, not a {change.object}",
         )
     if change.kind is ChangeKind.CREATE:
         if state is not None:
-            return rejected(ErrorCode.DUPLICATE_RECORD, f"record {change.record_id} already exists")
+            return _rejected(
+                change, ErrorCode.DUPLICATE_RECORD, f"record {change.record_id} already exists"
+            )
         if not policy.allows(principal, Action.CREATE, change.object):
             return _forbidden(change, f"you may not create {change.object} records")
         return _merge(
@@ -298,7 +292,7 @@ def decide(
             max_record_bytes=max_record_bytes,
         )
     if state is None:
-        return rejected(ErrorCode.UNKNOWN_RECORD, f"no record {change.record_id}")
+        return _rejected(change, ErrorCode.UNKNOWN_RECORD, f"no record {change.record_id}")
     if state.stored.deleted:
         if change.kind is ChangeKind.DELETE:
             return AlreadyDone(state.stored.version)
@@ -318,7 +312,7 @@ def decide(
         if not policy.allows(principal, Action.DELETE, change.object, facts):
             return _forbidden(change, f"you may not delete this {change.object}", readable=True)
         if change.delta:
-            return rejected(ErrorCode.MALFORMED_FRAME, "a delete carries no delta")
+            return _rejected(change, ErrorCode.MALFORMED_FRAME, "a delete carries no delta")
         return _delete(change, state, view, principal, context)
     if not policy.allows(principal, Action.UPDATE, change.object, facts):
         return _forbidden(change, f"you may not edit this {change.object}", readable=True)
