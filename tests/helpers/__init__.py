@@ -6,6 +6,8 @@
 * :mod:`.relay_process` — ``crdtsync serve`` as a subprocess (for kills and signals);
 * :mod:`.tcp_proxy` — a TCP proxy that cuts, truncates, delays and black-holes;
 * :mod:`.updates` — hand-built Yjs updates and record documents;
+* :mod:`.wire` — raw sessions, one-change pushes, hand-made changes, and the check
+  that no frame carries a secret or a hidden field;
 * :mod:`.faults` — the fault suites' scale and their figures report;
 * :mod:`.tls` — a self-signed certificate; :mod:`.policy_hooks` — policy hooks named
   from test configurations.

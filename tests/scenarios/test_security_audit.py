@@ -57,7 +57,7 @@ from tests.helpers.harness import (
 )
 from tests.helpers.relay_process import SECRET, ServeProcess, free_port
 from tests.helpers.updates import one_client, root_item, vs, vu
-from tests.relay.test_no_leaks import (
+from tests.helpers.wire import (
     admin,
     assert_never_sent,
     change,
