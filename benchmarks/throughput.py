@@ -15,6 +15,9 @@ only the edits (records are created first, untimed):
                  frames of ``batch`` with ``window`` frames in flight; a change counts when
                  its ack (validated, permission- and conflict-checked, durable) is back.
 ``relay_no_fanout`` the same, with clients subscribed to nothing: verdicts, no fan-out.
+``relay_distinct`` the same number of edits per client, but every push frame edits
+                 ``batch`` distinct records once each (as a real client sends: a record
+                 has one pending change), and the ``window`` frames in flight share none.
 ``relay_shared`` the same, with the records shared: up to 7 clients edit each record,
                  each client its own field (no conflicts expected; the count is reported).
 ``merge_core``   :meth:`Relay.push` in-process on ``:memory:`` SQLite (no network, no
@@ -232,6 +235,40 @@ def run_relay(options: Any) -> Figures:
     """Own records, durable relay: acknowledged changes / wall time."""
     run = _relay_run(options, _load(options), "relay")
     return _relay_figures(run, run.tally.acks)
+
+
+def run_relay_distinct(options: Any) -> Figures:
+    """As ``relay``, but each push frame edits ``batch`` distinct records once each."""
+    load, records, edits = distinct_load(options)
+    run = _relay_run(options, load, "relay_distinct")
+    return {
+        **_relay_figures(run, run.tally.acks),
+        "records_per_client": records,
+        "edits_per_record": edits,
+        "changes": load.timed_changes,
+    }
+
+
+def distinct_load(options: Any) -> tuple[Load, int, int]:
+    """The own-records load reshaped so that no push frame touches a record twice: each
+    client's ``records`` x ``edits`` changes (rounded up to whole frames of ``batch``)
+    as F frames over ``batch`` x N records, each record edited F / N times, where N is
+    the smallest divisor of F that is at least ``window`` (or F): edit-major order makes
+    each frame ``batch`` distinct records, and N frames in a row (all those in flight at
+    once) share none. Returns the load, records per client and edits per record."""
+    frames = -(-(options.records * options.edits) // options.batch)
+    spread = min(options.window, frames)
+    rounds = next(n for n in range(spread, frames + 1) if frames % n == 0)
+    records = options.batch * rounds
+    edits = frames // rounds
+    load = own_records(options.clients, records, edits)
+    span = options.batch * spread  # the changes of the frames in flight at once
+    for client in load.clients:
+        for start in range(0, len(client.timed), options.batch):
+            window = client.timed[start : start + span]
+            if len({change.record for change in window}) != len(window):
+                raise AssertionError(f"relay_distinct: frames from {start} share a record")
+    return load, records, edits
 
 
 def run_relay_no_fanout(options: Any) -> Figures:
@@ -594,6 +631,11 @@ WORKLOADS = (
     Workload("limit", run_limit, "pycrdt Doc.apply_update in-process (the physical limit)"),
     Workload("peer", run_peer, "pycrdt-websocket rooms, no validation, no persistence"),
     Workload("relay", run_relay, "crdtsync relay, own records, durable, every change acked"),
+    Workload(
+        "relay_distinct",
+        run_relay_distinct,
+        "as relay, each push frame edits distinct records (as real clients push)",
+    ),
     Workload("relay_no_fanout", run_relay_no_fanout, "as relay, clients subscribe to nothing"),
     Workload(
         "relay_shared",
@@ -627,7 +669,8 @@ def add_arguments(parser: Any) -> None:
 
 
 def summarize(results: dict[str, Figures]) -> Figures:
-    """``ratio_vs_peer`` and ``ratio_vs_limit`` of the relay's changes/s."""
+    """``ratio_vs_peer`` and ``ratio_vs_limit`` of the relay's changes/s, and each relay
+    variant's rate over the peer's."""
 
     def per_s(name: str) -> float:
         value = results.get(name, {}).get("changes_per_s", 0.0)
@@ -639,6 +682,8 @@ def summarize(results: dict[str, Figures]) -> Figures:
         out["ratio_vs_peer"] = relay / peer
     if relay and limit:
         out["ratio_vs_limit"] = relay / limit
+    if per_s("relay_distinct") and peer:
+        out["distinct_ratio_vs_peer"] = per_s("relay_distinct") / peer
     if per_s("relay_no_fanout") and peer:
         out["no_fanout_ratio_vs_peer"] = per_s("relay_no_fanout") / peer
     if per_s("relay_shared") and peer:
