@@ -35,7 +35,6 @@ import os
 import secrets
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -64,6 +63,8 @@ from .common import (
     py_spy,
     python_module,
     rate,
+    relay_metrics,
+    stage_figures,
 )
 from .loads import (
     CONFIG,
@@ -229,6 +230,7 @@ class RelayRun:
     tally: Tally
     timed: Timed
     merge_us: float  #: the relay's own time per change in Relay.push (from /metrics)
+    stages: Figures  #: the relay's µs per change in each push stage (from /metrics)
 
 
 def run_relay(options: Any) -> Figures:
@@ -295,6 +297,7 @@ def _relay_figures(run: RelayRun, changes: int) -> Figures:
         "conflicts": tally.conflicts,
         **run.timed.figures(tally.verdicts),
         "server_merge_us_per_change": run.merge_us,
+        **run.stages,
         "fanout_items_received": tally.fanout_items,
         "first_refusal": tally.problem or "-",
     }
@@ -349,7 +352,7 @@ class RelayDriver:
             connections = await asyncio.gather(*(open_client(c) for c in load.clients))
             by_replica = {c.replica: c for c in connections}
             await self._setup(load, connections)
-            before = await asyncio.to_thread(_merge_seconds, self.port)
+            before = await asyncio.to_thread(relay_metrics, self.port)
             with py_spy(self.pid, profile), Clock(self.pid) as timed:
                 await asyncio.gather(
                     *(
@@ -357,13 +360,11 @@ class RelayDriver:
                         for client, connection in zip(load.clients, connections, strict=True)
                     )
                 )
-            after = await asyncio.to_thread(_merge_seconds, self.port)
+            after = await asyncio.to_thread(relay_metrics, self.port)
         tally = Tally()
         for connection in connections:
             tally.merge(connection.tally)
-        changes = after[1] - before[1]
-        merge_us = 1e6 * (after[0] - before[0]) / changes if changes else 0.0
-        return RelayRun(tally, timed, merge_us)
+        return RelayRun(tally, timed, merge_us(before, after), stage_figures(before, after))
 
     async def _open(self, client: ClientLoad) -> RelayConnection:
         token = self.authority.issue(client.user)
@@ -408,10 +409,16 @@ def _edited(connection: RelayConnection, records: Sequence[str]) -> bool:
 
 def _merge_seconds(port: int) -> tuple[float, int]:
     """``crdtsync_merge_seconds`` sum and count from the relay's ``/metrics``."""
-    with urllib.request.urlopen(f"http://{LOCALHOST}:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and line[0] != "#")
-    return float(values["crdtsync_merge_seconds_sum"]), int(values["crdtsync_merge_seconds_count"])
+    values = relay_metrics(port, LOCALHOST)
+    return values["crdtsync_merge_seconds_sum"], int(values["crdtsync_merge_seconds_count"])
+
+
+def merge_us(before: dict[str, float], after: dict[str, float]) -> float:
+    """The relay's µs per change in ``Relay.push`` up to the commit, between two
+    :func:`~benchmarks.common.relay_metrics` snapshots."""
+    changes = after["crdtsync_merge_seconds_count"] - before["crdtsync_merge_seconds_count"]
+    spent = after["crdtsync_merge_seconds_sum"] - before["crdtsync_merge_seconds_sum"]
+    return 1e6 * spent / changes if changes else 0.0
 
 
 # -- merge core: in-process ---------------------------------------------------------------
@@ -573,6 +580,7 @@ def run_rejections(options: Any) -> Figures:
         "other_refusals": tally.unresolvable + sum(tally.errors.values()),
         **run.timed.figures(tally.verdicts),
         "server_merge_us_per_change": run.merge_us,
+        **run.stages,
         **_cost_by_verdict(load),
     }
 
