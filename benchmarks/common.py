@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from crdtsync_server.metrics import PUSH_STAGES
+
 Figure = float | int | str
 Figures = dict[str, Figure]
 Run = Callable[[Any], Figures]
@@ -269,6 +271,32 @@ class ServerProcess:
 def python_module(module: str, *args: str) -> list[str]:
     """The argv that runs ``python -m module args...`` with this interpreter."""
     return [sys.executable, "-m", module, *args]
+
+
+# -- the relay's own counters -------------------------------------------------------------
+
+
+def relay_metrics(port: int, host: str = "127.0.0.1") -> dict[str, float]:
+    """Every sample on the relay's ``/metrics``, by name with its labels as written
+    (e.g. ``crdtsync_push_stage_seconds_total{stage="decide"}``)."""
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = (line.rsplit(" ", 1) for line in text.splitlines() if line and line[0] != "#")
+    return {name: float(value) for name, value in samples}
+
+
+def stage_figures(before: dict[str, float], after: dict[str, float]) -> Figures:
+    """``stage_<name>_us_per_change``: the relay's µs in each push stage between two
+    :func:`relay_metrics` snapshots, over the changes it decided in between (the delta
+    of ``crdtsync_merge_seconds_count``: every verdict, accepted or not)."""
+    count = "crdtsync_merge_seconds_count"
+    changes = after[count] - before[count]
+    out: Figures = {}
+    for stage in PUSH_STAGES:
+        name = f'crdtsync_push_stage_seconds_total{{stage="{stage}"}}'
+        spent = after.get(name, 0.0) - before.get(name, 0.0)
+        out[f"stage_{stage}_us_per_change"] = 1e6 * spent / changes if changes else 0.0
+    return out
 
 
 # -- timing -------------------------------------------------------------------------------

@@ -6,6 +6,10 @@ a pre-filled one where it needs many stored records):
 ``drain``        a real :class:`crdtsync.Client` (SQLite store) makes ``drain_edits``
                  edits over ``drain_records`` records while offline, then comes back
                  online: seconds until :meth:`Client.sync` returns with nothing pending.
+``storm``        ``storm_clients`` real clients (SQLite stores) each edit ``storm_edits``
+                 records of their own once while offline, then all come online at
+                 once: seconds until every client's pending changes are acknowledged,
+                 relay CPU per change, client CPU per change received.
 ``resume``       a raw replica caught up at cursor C misses K changes (to K distinct
                  random records) in a store of N records: bytes and seconds from
                  ``subscribe(cursor=C)`` to ``caught_up``, for two N and several K.
@@ -79,6 +83,8 @@ from .common import (
     py_spy,
     python_module,
     rate,
+    relay_metrics,
+    stage_figures,
 )
 from .loads import CONFIG, FIELD, OBJECT, Change, account
 from .throughput import _merge_seconds
@@ -86,6 +92,8 @@ from .throughput import _merge_seconds
 SIZES = (
     Size("drain_records", 1000, 200, "drain: records the offline client edits"),
     Size("drain_edits", 10_000, 2000, "drain: offline edits (spread over the records)"),
+    Size("storm_clients", 10, 5, "storm: real clients that come online at once"),
+    Size("storm_edits", 300, 60, "storm: offline edits per client (one per record)"),
     Size("resume_records", 10_000, 2000, "resume: the larger store N (the other is N/10)"),
     Size("resume_changes", 1000, 100, "resume: the largest K missed (also K/10, K/100, 0)"),
     Size("fanout_subscribers", 100, 20, "fanout: subscribed replicas"),
@@ -514,6 +522,125 @@ async def _drain(target: RunningRelay, options: Any) -> Figures:
     }
 
 
+# -- storm --------------------------------------------------------------------------------
+
+
+def run_storm(options: Any) -> Figures:
+    """Many real clients with offline edits come online at once: seconds until every
+    client's pending changes are acknowledged, relay CPU per change, client CPU per
+    change received.
+
+    Setup (untimed): ``storm_clients`` :class:`crdtsync.Client` objects, each with its
+    own user and SQLite store, create ``storm_edits`` records each and sync until every
+    client holds every record. Each then goes offline and edits each of **its own
+    pre-created records once** (``Employees``): one pending change per record. Timed:
+    all call ``go_online()`` together; ``seconds`` ends when the last client's
+    ``sync()`` has returned with ``pending()`` empty; the clock (relay and benchmark
+    CPU, the relay's ``/metrics``) runs on until every client has also received every
+    other client's edits (``seconds_all_received``).
+    """
+    with relay(options) as target:
+        return asyncio.run(_storm(target, options))
+
+
+async def _storm(target: RunningRelay, options: Any) -> Figures:
+    count, edits = options.storm_clients, options.storm_edits
+    clients = [
+        crdtsync.Client(
+            target.url,
+            token=target.token(f"storm{c:03d}"),
+            store=target.directory / f"storm-{c:03d}.sqlite3",
+            schema=CONFIG,
+        )
+        for c in range(count)
+    ]
+    received = _count_received(clients)
+    async with AsyncExitStack() as stack:
+        for client in clients:
+            await stack.enter_async_context(client)
+        own = [
+            [client.create(OBJECT, _values(c * edits + i)) for i in range(edits)]
+            for c, client in enumerate(clients)
+        ]
+        for _round in range(2):  # the second round: what others pushed after one's sync
+            await asyncio.gather(*(client.sync(timeout=TIMEOUT) for client in clients))
+        for client in clients:
+            client.go_offline()
+        await _until(lambda: not any(client.online for client in clients))
+        for ids, client in zip(own, clients, strict=True):
+            for i, rid in enumerate(ids):
+                client.update(rid, {FIELD: 20_000 + i})
+        queued = sum(len(client.pending()) for client in clients)
+        received[:] = [0] * count
+        before = await asyncio.to_thread(relay_metrics, target.port)
+        with py_spy(target.pid, _profile(options, "storm")), Clock(target.pid) as timed:
+            started = time.perf_counter()
+            for client in clients:
+                client.go_online()
+            drained = await asyncio.gather(*(_drained(client, started) for client in clients))
+            await asyncio.gather(*(client.sync(timeout=TIMEOUT) for client in clients))
+        after = await asyncio.to_thread(relay_metrics, target.port)
+        wrong = _storm_check(clients, own)
+    if queued != count * edits or wrong:
+        raise RuntimeError(f"storm: {queued} changes queued, {wrong} records not as edited")
+    items = sum(received)
+    return {
+        "seconds": max(drained),
+        "changes_per_s": rate(queued, max(drained)),
+        "seconds_all_received": timed.seconds,
+        "changes": queued,
+        "items_received": items,
+        "items_expected": count * (count - 1) * edits,
+        "server_cpu_us_per_change": 1e6 * timed.server_cpu / queued,
+        "client_cpu_us_per_received": 1e6 * timed.client_cpu / items if items else 0.0,
+        "server_cpu_pct": 100 * timed.server_cpu / timed.seconds,
+        "client_cpu_pct": 100 * timed.client_cpu / timed.seconds,
+        **stage_figures(before, after),
+    }
+
+
+def _count_received(clients: Sequence[crdtsync.Client]) -> list[int]:
+    """Count, per client, the items of ``changes`` frames it applies (live fan-out and
+    any backlog on reconnect): every call of its replica's ``apply_remote``."""
+    received = [0] * len(clients)
+    for index, client in enumerate(clients):
+        replica = client.replica
+        apply_remote = replica.apply_remote
+
+        def counted(*args: Any, _index: int = index, _apply: Any = apply_remote, **kw: Any) -> Any:
+            received[_index] += 1
+            return _apply(*args, **kw)
+
+        replica.apply_remote = counted  # type: ignore[method-assign]
+    return received
+
+
+async def _drained(client: crdtsync.Client, started: float) -> float:
+    """Seconds from ``started`` until the client's ``sync()`` returned with nothing pending."""
+    await client.sync(timeout=TIMEOUT)
+    seconds = time.perf_counter() - started
+    if client.pending():
+        raise RuntimeError(f"storm: {len(client.pending())} changes pending after sync()")
+    return seconds
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def _storm_check(clients: Sequence[crdtsync.Client], own: Sequence[Sequence[str]]) -> int:
+    """Records (over all clients' stores) that do not hold their owner's offline edit."""
+    wrong = 0
+    for client in clients:
+        for ids in own:
+            for i, rid in enumerate(ids):
+                record = client.get(rid)
+                wrong += record is None or record.fields.get(FIELD) != 20_000 + i
+    return wrong
+
+
 # -- resume -------------------------------------------------------------------------------
 
 
@@ -852,6 +979,7 @@ async def _client_initial_sync(target: RunningRelay, records: int) -> Figures:
 
 WORKLOADS = (
     Workload("drain", run_drain, "client with offline edits comes online: seconds to drain"),
+    Workload("storm", run_storm, "many clients with offline edits come online at once"),
     Workload("resume", run_resume, "catch up after missing K changes in a store of N records"),
     Workload("fanout", run_fanout, "1 writer, many subscribers: push-to-receive latency"),
     Workload("memory", run_memory, "relay RSS with many stored records and idle clients"),

@@ -15,6 +15,9 @@ only the edits (records are created first, untimed):
                  frames of ``batch`` with ``window`` frames in flight; a change counts when
                  its ack (validated, permission- and conflict-checked, durable) is back.
 ``relay_no_fanout`` the same, with clients subscribed to nothing: verdicts, no fan-out.
+``relay_distinct`` the same number of edits per client, but every push frame edits
+                 ``batch`` distinct records once each (as a real client sends: a record
+                 has one pending change), and the ``window`` frames in flight share none.
 ``relay_shared`` the same, with the records shared: up to 7 clients edit each record,
                  each client its own field (no conflicts expected; the count is reported).
 ``merge_core``   :meth:`Relay.push` in-process on ``:memory:`` SQLite (no network, no
@@ -32,7 +35,6 @@ import os
 import secrets
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -61,6 +63,8 @@ from .common import (
     py_spy,
     python_module,
     rate,
+    relay_metrics,
+    stage_figures,
 )
 from .loads import (
     CONFIG,
@@ -226,12 +230,47 @@ class RelayRun:
     tally: Tally
     timed: Timed
     merge_us: float  #: the relay's own time per change in Relay.push (from /metrics)
+    stages: Figures  #: the relay's µs per change in each push stage (from /metrics)
 
 
 def run_relay(options: Any) -> Figures:
     """Own records, durable relay: acknowledged changes / wall time."""
     run = _relay_run(options, _load(options), "relay")
     return _relay_figures(run, run.tally.acks)
+
+
+def run_relay_distinct(options: Any) -> Figures:
+    """As ``relay``, but each push frame edits ``batch`` distinct records once each."""
+    load, records, edits = distinct_load(options)
+    run = _relay_run(options, load, "relay_distinct")
+    return {
+        **_relay_figures(run, run.tally.acks),
+        "records_per_client": records,
+        "edits_per_record": edits,
+        "changes": load.timed_changes,
+    }
+
+
+def distinct_load(options: Any) -> tuple[Load, int, int]:
+    """The own-records load reshaped so that no push frame touches a record twice: each
+    client's ``records`` x ``edits`` changes (rounded up to whole frames of ``batch``)
+    as F frames over ``batch`` x N records, each record edited F / N times, where N is
+    the smallest divisor of F that is at least ``window`` (or F): edit-major order makes
+    each frame ``batch`` distinct records, and N frames in a row (all those in flight at
+    once) share none. Returns the load, records per client and edits per record."""
+    frames = -(-(options.records * options.edits) // options.batch)
+    spread = min(options.window, frames)
+    rounds = next(n for n in range(spread, frames + 1) if frames % n == 0)
+    records = options.batch * rounds
+    edits = frames // rounds
+    load = own_records(options.clients, records, edits)
+    span = options.batch * spread  # the changes of the frames in flight at once
+    for client in load.clients:
+        for start in range(0, len(client.timed), options.batch):
+            window = client.timed[start : start + span]
+            if len({change.record for change in window}) != len(window):
+                raise AssertionError(f"relay_distinct: frames from {start} share a record")
+    return load, records, edits
 
 
 def run_relay_no_fanout(options: Any) -> Figures:
@@ -258,6 +297,7 @@ def _relay_figures(run: RelayRun, changes: int) -> Figures:
         "conflicts": tally.conflicts,
         **run.timed.figures(tally.verdicts),
         "server_merge_us_per_change": run.merge_us,
+        **run.stages,
         "fanout_items_received": tally.fanout_items,
         "first_refusal": tally.problem or "-",
     }
@@ -312,7 +352,7 @@ class RelayDriver:
             connections = await asyncio.gather(*(open_client(c) for c in load.clients))
             by_replica = {c.replica: c for c in connections}
             await self._setup(load, connections)
-            before = await asyncio.to_thread(_merge_seconds, self.port)
+            before = await asyncio.to_thread(relay_metrics, self.port)
             with py_spy(self.pid, profile), Clock(self.pid) as timed:
                 await asyncio.gather(
                     *(
@@ -320,13 +360,11 @@ class RelayDriver:
                         for client, connection in zip(load.clients, connections, strict=True)
                     )
                 )
-            after = await asyncio.to_thread(_merge_seconds, self.port)
+            after = await asyncio.to_thread(relay_metrics, self.port)
         tally = Tally()
         for connection in connections:
             tally.merge(connection.tally)
-        changes = after[1] - before[1]
-        merge_us = 1e6 * (after[0] - before[0]) / changes if changes else 0.0
-        return RelayRun(tally, timed, merge_us)
+        return RelayRun(tally, timed, merge_us(before, after), stage_figures(before, after))
 
     async def _open(self, client: ClientLoad) -> RelayConnection:
         token = self.authority.issue(client.user)
@@ -371,10 +409,16 @@ def _edited(connection: RelayConnection, records: Sequence[str]) -> bool:
 
 def _merge_seconds(port: int) -> tuple[float, int]:
     """``crdtsync_merge_seconds`` sum and count from the relay's ``/metrics``."""
-    with urllib.request.urlopen(f"http://{LOCALHOST}:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and line[0] != "#")
-    return float(values["crdtsync_merge_seconds_sum"]), int(values["crdtsync_merge_seconds_count"])
+    values = relay_metrics(port, LOCALHOST)
+    return values["crdtsync_merge_seconds_sum"], int(values["crdtsync_merge_seconds_count"])
+
+
+def merge_us(before: dict[str, float], after: dict[str, float]) -> float:
+    """The relay's µs per change in ``Relay.push`` up to the commit, between two
+    :func:`~benchmarks.common.relay_metrics` snapshots."""
+    changes = after["crdtsync_merge_seconds_count"] - before["crdtsync_merge_seconds_count"]
+    spent = after["crdtsync_merge_seconds_sum"] - before["crdtsync_merge_seconds_sum"]
+    return 1e6 * spent / changes if changes else 0.0
 
 
 # -- merge core: in-process ---------------------------------------------------------------
@@ -536,6 +580,7 @@ def run_rejections(options: Any) -> Figures:
         "other_refusals": tally.unresolvable + sum(tally.errors.values()),
         **run.timed.figures(tally.verdicts),
         "server_merge_us_per_change": run.merge_us,
+        **run.stages,
         **_cost_by_verdict(load),
     }
 
@@ -594,6 +639,11 @@ WORKLOADS = (
     Workload("limit", run_limit, "pycrdt Doc.apply_update in-process (the physical limit)"),
     Workload("peer", run_peer, "pycrdt-websocket rooms, no validation, no persistence"),
     Workload("relay", run_relay, "crdtsync relay, own records, durable, every change acked"),
+    Workload(
+        "relay_distinct",
+        run_relay_distinct,
+        "as relay, each push frame edits distinct records (as real clients push)",
+    ),
     Workload("relay_no_fanout", run_relay_no_fanout, "as relay, clients subscribe to nothing"),
     Workload(
         "relay_shared",
@@ -627,7 +677,8 @@ def add_arguments(parser: Any) -> None:
 
 
 def summarize(results: dict[str, Figures]) -> Figures:
-    """``ratio_vs_peer`` and ``ratio_vs_limit`` of the relay's changes/s."""
+    """``ratio_vs_peer`` and ``ratio_vs_limit`` of the relay's changes/s, and each relay
+    variant's rate over the peer's."""
 
     def per_s(name: str) -> float:
         value = results.get(name, {}).get("changes_per_s", 0.0)
@@ -639,6 +690,8 @@ def summarize(results: dict[str, Figures]) -> Figures:
         out["ratio_vs_peer"] = relay / peer
     if relay and limit:
         out["ratio_vs_limit"] = relay / limit
+    if per_s("relay_distinct") and peer:
+        out["distinct_ratio_vs_peer"] = per_s("relay_distinct") / peer
     if per_s("relay_no_fanout") and peer:
         out["no_fanout_ratio_vs_peer"] = per_s("relay_no_fanout") / peer
     if per_s("relay_shared") and peer:

@@ -7,6 +7,14 @@ import attrs
 from crdtsync.core.protocol import Ack, Conflict, Rejected, Unresolvable, Verdict
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+#: The stages of a push, in order, each counted in ``crdtsync_push_stage_seconds_total``:
+#: ``decode`` (the session decoding a push frame), ``load`` (opening the transaction, the
+#: retransmission check, loading each record, its cached state and access facts),
+#: ``decide`` (:func:`~.merge.decide`), ``store`` (writing accepted changes: record, log,
+#: uniques, client ids; a refusal's bookkeeping), ``commit`` (ending the transaction: the
+#: log position and the commit's fsync), ``fanout`` (:meth:`~.fanout.FanOut.changes`).
+#: ``load`` + ``decide`` + ``store`` + ``commit`` is ``crdtsync_merge_seconds_sum``.
+PUSH_STAGES = ("decode", "load", "decide", "store", "commit", "fanout")
 _VERDICT_NAMES = {
     Ack: "accepted",
     Conflict: "conflicted",
@@ -29,6 +37,10 @@ class Metrics:
     merge_seconds_sum: float = 0.0
     merge_count: int = 0
     merge_buckets: list[int] = attrs.field(factory=lambda: [0] * len(_BUCKETS))
+    #: seconds spent in each stage of the push path (:data:`PUSH_STAGES`), all frames
+    push_stage_seconds: dict[str, float] = attrs.field(
+        factory=lambda: dict.fromkeys(PUSH_STAGES, 0.0)
+    )
 
     def count(self, outcome: str, n: int = 1) -> None:
         self.changes[outcome] = self.changes.get(outcome, 0) + n
@@ -46,6 +58,18 @@ class Metrics:
         for i, bound in enumerate(_BUCKETS):
             if per_change <= bound:
                 self.merge_buckets[i] += changes
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """One push frame spent ``seconds`` in ``stage`` (one of :data:`PUSH_STAGES`)."""
+        self.push_stage_seconds[stage] += seconds
+
+    def observe_push(self, load: float, decide: float, store: float, commit: float) -> None:
+        """One push frame's seconds in the stages of its transaction."""
+        stages = self.push_stage_seconds
+        stages["load"] += load
+        stages["decide"] += decide
+        stages["store"] += store
+        stages["commit"] += commit
 
     def render(self) -> str:
         lines = [
@@ -82,5 +106,12 @@ class Metrics:
             f'crdtsync_merge_seconds_bucket{{le="+Inf"}} {self.merge_count}',
             f"crdtsync_merge_seconds_sum {self.merge_seconds_sum}",
             f"crdtsync_merge_seconds_count {self.merge_count}",
+            "# HELP crdtsync_push_stage_seconds_total Time spent in each stage of the push "
+            "path (decode, load, decide, store, commit, fanout).",
+            "# TYPE crdtsync_push_stage_seconds_total counter",
+        ]
+        lines += [
+            f'crdtsync_push_stage_seconds_total{{stage="{stage}"}} {seconds}'
+            for stage, seconds in self.push_stage_seconds.items()
         ]
         return "\n".join(lines) + "\n"

@@ -201,7 +201,10 @@ class RelaySession:
                 raise ProtocolError(
                     ErrorCode.MALFORMED_FRAME, "frames are binary messages, got text"
                 )
+            started = time.perf_counter()
             frame = decode(data, max_bytes=self.max_frame_bytes)
+            if type(frame) is Push:
+                self.relay.metrics.observe_stage("decode", time.perf_counter() - started)
             self._handle(frame)
         except ProtocolError as exc:
             self.relay.metrics.frames_rejected += 1
