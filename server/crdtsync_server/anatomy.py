@@ -306,7 +306,7 @@ class ItemIndex:
     def _attribute(self, parsed: ParsedUpdate) -> tuple[Anatomy, dict[tuple[int, int], Owner]]:
         local: dict[int, _Ranges] = {}
         owners: dict[tuple[int, int], Owner] = {}
-        last_write: dict[str, tuple[int, StructInfo]] = {}
+        last_write: dict[str, tuple[tuple[bool, int], StructInfo]] = {}
         nested: set[str] = set()
         other_roots: set[str] = set()
         bad: list[str] = []
@@ -337,9 +337,10 @@ class ItemIndex:
                 )
                 field, level = owner
                 if level == ENTRY:
+                    rank = _write_rank(parsed, struct)
                     previous = last_write.get(field)
-                    if previous is None or struct.clock >= previous[0]:
-                        last_write[field] = (struct.clock, struct)
+                    if previous is None or rank >= previous[0]:
+                        last_write[field] = (rank, struct)
                 elif level == NESTED:
                     nested.add(field)
             if len(unresolved) == len(pending):
@@ -448,6 +449,29 @@ def _owner_of(
         return _IGNORED
     # An item beside another has the same parent (and map key) as it.
     return lookup(neighbour_id)
+
+
+def _write_rank(parsed: ParsedUpdate, struct: StructInfo) -> tuple[bool, int]:
+    """How a map entry item ranks as "the value the update writes" to its field: one
+    still standing beats one the update itself deletes (an earlier write the same
+    replica replaced), then the later clock.
+
+    Clocks order one client's items only, and an update may carry items of several: a
+    replica that switched to a fresh client id (after a resolve or a dismiss) and wrote
+    a field again sends its replaced earlier write too, deleted, under the old id and
+    often at a higher clock than the new write.
+    """
+    return (not _deleted_in(parsed, struct), struct.clock)
+
+
+def _deleted_in(parsed: ParsedUpdate, struct: StructInfo) -> bool:
+    """True if ``struct`` is deleted by the update that carries it."""
+    if struct.content == "deleted":
+        return True
+    return any(
+        clock <= struct.clock < clock + length
+        for clock, length in parsed.delete_set.get(struct.client, ())
+    )
 
 
 def _entry_value(parsed: ParsedUpdate, struct: StructInfo) -> Any:

@@ -149,9 +149,11 @@ class TrackedReplica(Replica):
         store: LocalStore,
         schema: Schema,
         on_outgoing: Callable[[TrackedReplica, ChangeFrame], None],
+        on_settled: Callable[[TrackedReplica, str, int | None], None],
     ) -> None:
         super().__init__(store, schema)
         self.on_outgoing = on_outgoing
+        self.on_settled = on_settled
 
     def outgoing(self, limit: int | None = None) -> list[ChangeFrame]:
         out = super().outgoing(limit)
@@ -159,16 +161,30 @@ class TrackedReplica(Replica):
             self.on_outgoing(self, change)
         return out
 
+    def apply_ack(self, change_id: str, version: int, update: bytes | None = None) -> bool:
+        entry = self.store.find_pending(change_id)
+        applied = super().apply_ack(change_id, version, update)
+        if applied and entry is not None:
+            self.on_settled(self, entry.record_id, version)  # what is left of it may be less
+        return applied
+
 
 class ModelWorld(World):
-    def __init__(self, on_outgoing: Callable[[TrackedReplica, ChangeFrame], None]) -> None:
+    def __init__(
+        self,
+        on_outgoing: Callable[[TrackedReplica, ChangeFrame], None],
+        on_settled: Callable[[TrackedReplica, str, int | None], None],
+    ) -> None:
         super().__init__()
         self.on_outgoing = on_outgoing
+        self.on_settled = on_settled
 
     def replica(self, schema: Schema | None = None) -> TrackedReplica:
         store = LocalStore(":memory:")
         self._stores.append(store)
-        return TrackedReplica(store, schema or self.config.schema, self.on_outgoing)
+        return TrackedReplica(
+            store, schema or self.config.schema, self.on_outgoing, self.on_settled
+        )
 
 
 class Link(Pair):
@@ -280,7 +296,7 @@ class ConvergenceModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.ids = Deterministic(seed=20260101)
-        self.world = ModelWorld(self._capture)
+        self.world = ModelWorld(self._capture, self._settled)
         self.schema = self.world.config.schema
         self.devices: list[Device] = []
         self.by_replica: dict[int, Device] = {}
@@ -288,6 +304,9 @@ class ConvergenceModel(RuleBasedStateMachine):
         self.refused: dict[str, SentChange] = {}
         # What each device's user meant, and when (the model clock).
         self.intents: dict[tuple[int, str, str], tuple[Any, int]] = {}
+        #: intents the replica stopped carrying because the relay held the value already
+        #: (someone else wrote the same): the intent as it was, and the relay's version
+        self.held: dict[tuple[int, str, str], tuple[tuple[Any, int], int]] = {}
         self.seen_base: dict[tuple[int, str, str], int] = {}
         self.text_adds: dict[tuple[int, str, str], int] = {}
         self.text_removals: dict[tuple[int, str, str], int] = {}
@@ -347,6 +366,49 @@ class ConvergenceModel(RuleBasedStateMachine):
             sent_at=self.clock,
             bases=bases if change.kind is not ChangeKind.DELETE else {},
         )
+
+    def _settled(self, replica: TrackedReplica, record_id: str, acked: int | None) -> None:
+        device = self.by_replica.get(id(replica))
+        if device is not None and device.index >= 0:
+            self._note_held(device, record_id, acked)
+
+    def _note_held(self, device: Device, record_id: str, acked: int | None = None) -> None:
+        """After the replica settled (part of) the record's entry (an ack, a resolve): an
+        intent its entry no longer carries, that no accepted change of the device
+        carried either, was dropped because the relay held that value already (a field
+        equal to the server's leaves the change), or it went out with the change just
+        ``acked`` (before the user set the same value again). Check that against the
+        relay's own record at the version the device holds (or the one acked), and
+        remember that version: the intent reached the relay there, as if carried by a
+        change of that version."""
+        row = device.replica.store.get_record(record_id)
+        if row is None or row.deleted or row.server is None:
+            return
+        entry = device.replica.store.get_pending(record_id)
+        spec = self.schema.objects[row.object]
+        relay: dict[int, dict[str, Any]] = {}
+        for version in sorted({row.version, acked or row.version}):
+            state = self.world.storage.state_at(record_id, version)
+            assert state is not None
+            relay[version] = encoded(spec, RecordDoc.from_update(spec, state).read())
+        for key, intent in self.intents.items():
+            if key[:2] != (device.index, record_id):
+                continue
+            name = key[2]
+            value, since = intent
+            if entry is not None and name in entry.changes:
+                continue  # still to be sent
+            if key in self.held and self.held[key][0] == intent:
+                continue
+            if self._carried(device.index, record_id, since, writes(name, value)):
+                continue
+            at = [version for version, values in relay.items() if values.get(name) == value]
+            assert at, (
+                f"device {device.index}: the replica stopped carrying {name}={value!r} of "
+                f"{record_id}, but the relay held "
+                + ", ".join(f"{v.get(name)!r} at version {n}" for n, v in relay.items())
+            )
+            self.held[key] = (intent, max(at))
 
     def _observe(self, link: Link, frame: object) -> None:
         assert not isinstance(frame, Error), f"an honest replica got an error frame: {frame}"
@@ -474,6 +536,8 @@ class ConvergenceModel(RuleBasedStateMachine):
         for key, (value, since) in list(self.intents.items()):
             if key[:2] == (device.index, record_id):
                 name = key[2]
+                if self.held.get(key, (None, 0))[0] == (value, since):
+                    continue  # it reached the relay already
                 if not self._carried(device.index, record_id, since, writes(name, value)):
                     del self.intents[key]
         for key, since in list(self.text_adds.items()):
@@ -595,6 +659,7 @@ class ConvergenceModel(RuleBasedStateMachine):
                 self.intents.pop((device.index, record_id, name), None)
             elif name in values:
                 self.intents[(device.index, record_id, name)] = (edit.new, self.clock)
+        self._note_held(device, record_id)
 
     # -- rules: setup and connectivity ----------------------------------------------------
 
@@ -1052,13 +1117,19 @@ class ConvergenceModel(RuleBasedStateMachine):
             if stored.deleted or self._relay_values(stored).get(name) == value:
                 continue  # e.g. an edit undone before it synced, or theirs taken
             carrier = self._carried(index, record_id, since, writes(name, value))
-            assert carrier is not None and carrier.seq is not None, (
-                f"device {index}: {name}={value!r} of {record_id} never reached the relay"
-            )
-            later = storage.changes_of(record_id, after=carrier.seq)
+            held = self.held.get((index, record_id, name))
+            if carrier is not None and carrier.seq is not None:
+                reached = carrier.seq
+            elif held is not None and held[0] == (value, since):
+                reached = held[1]  # the relay held it anyway, at that version
+            else:
+                raise AssertionError(
+                    f"device {index}: {name}={value!r} of {record_id} never reached the relay"
+                )
+            later = storage.changes_of(record_id, after=reached)
             assert any(name in row.fields for row in later), (
-                f"device {index}: {name}={value!r} of {record_id} was accepted as version "
-                f"{carrier.seq} but the relay holds {self._relay_values(stored).get(name)!r} "
+                f"device {index}: {name}={value!r} of {record_id} reached the relay at version "
+                f"{reached} but the relay holds {self._relay_values(stored).get(name)!r} "
                 "and no later change wrote it"
             )
         for (index, record_id, char), since in self.text_adds.items():
