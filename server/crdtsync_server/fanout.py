@@ -52,61 +52,112 @@ class FanOut:
         self, origin: Listener | None, accepted: list[tuple[StoredRecord, ChangeRow]]
     ) -> None:
         """Send accepted changes to every other subscribed listener that may read them,
-        projected to the fields each may read."""
-        listeners = [s for s in self.listeners if s is not origin and s.principal is not None]
+        projected to the fields each may read, in the order of the push.
+
+        Nothing is built unless another listener follows an object of the push. Whether
+        a record may be read is decided once per record and role set for objects whose
+        read access depends only on the roles
+        (:meth:`~.policy.Policy.read_depends_only_on_roles`; never for an admin), and
+        per listener otherwise; the projection of an item once per role set; listeners
+        that follow the same objects of the push with the same roles, all of them
+        decided by role, share one list of items and one encoded frame.
+        """
+        objects = {stored.object for stored, _row in accepted}
+        listeners = [
+            s
+            for s in self.listeners
+            if s is not origin
+            and s.principal is not None
+            and not objects.isdisjoint(s.subscriptions)
+        ]
         if not listeners:
             return
-        access = self.access
+        followed: set[str] = set()
+        for listener in listeners:
+            followed.update(objects.intersection(listener.subscriptions))
+        access, policy = self.access, self.policy
         per_record: dict[str, tuple[RecordState, RecordFacts]] = {}
-        for stored, _row in accepted:
-            if stored.id not in per_record:
+        known: list[tuple[StoredRecord, RecordState, RecordFacts, RecordChange]] = []
+        for stored, row in accepted:
+            if stored.object not in followed:
+                continue
+            facts = per_record.get(stored.id)
+            if facts is None:
                 state = self.cache.state(stored.id, stored)
-                per_record[stored.id] = (state, access.facts(stored, state))
-        known = [
-            (
-                stored,
-                row,
-                *per_record[stored.id],
-                RecordChange(
-                    record_id=stored.id,
-                    object=stored.object,
-                    version=stored.version,
-                    update=row.update,
-                    deleted=stored.deleted,
-                    by=row.user,
-                ),
+                facts = per_record[stored.id] = (state, access.facts(stored, state))
+            item = RecordChange(
+                record_id=stored.id,
+                object=stored.object,
+                version=stored.version,
+                update=row.update,
+                deleted=stored.deleted,
+                by=row.user,
             )
-            for stored, row in accepted
-        ]
-        can_read, project, hidden_fields = (
-            access.can_read,
-            access.project,
-            self.policy.hidden_fields,
-        )
+            known.append((stored, *facts, item))
+        by_roles = {name: policy.read_depends_only_on_roles(name) for name in followed}
+        can_read, project, hidden_fields = access.can_read, access.project, policy.hidden_fields
+        decided: dict[tuple[frozenset[str], str], bool] = {}  # (roles, record): readable
+        projected: dict[tuple[frozenset[str], int], RecordChange] = {}  # (roles, index)
+        hidden: dict[tuple[frozenset[str], str], frozenset[str]] = {}  # (roles, object)
         encoded: dict[tuple[int, ...], bytes] = {}  # listeners that get the same items share
+        views: dict[tuple[frozenset[str], frozenset[str]], bytes | None] = {}
+
+        def items_for(principal: Principal, follows: Set[str]) -> list[RecordChange]:
+            roles, admin = principal.role_set, principal.admin
+            items = []
+            readable: dict[str, bool] = {}  # per record: a push often changes one many times
+            for index, (stored, state, facts, item) in enumerate(known):
+                if stored.object not in follows:
+                    continue
+                if by_roles[stored.object] and not admin:
+                    key = (roles, stored.id)
+                    may_read = decided.get(key)
+                    if may_read is None:
+                        may_read = decided[key] = can_read(principal, facts)
+                else:
+                    may_read = readable.get(stored.id)
+                    if may_read is None:
+                        may_read = readable[stored.id] = can_read(principal, facts)
+                if not may_read:
+                    continue
+                out = projected.get((roles, index))
+                if out is None:
+                    fields = hidden.get((roles, stored.object))
+                    if fields is None:
+                        fields = hidden[roles, stored.object] = hidden_fields(
+                            principal, stored.object
+                        )
+                    if fields:
+                        out = attrs.evolve(item, update=project(principal, state, item.update))
+                    else:
+                        out = item
+                    projected[roles, index] = out
+                items.append(out)
+            return items
+
+        def frame(items: list[RecordChange]) -> bytes | None:
+            if not items:
+                return None
+            key = tuple(id(item) for item in items)
+            data = encoded.get(key)
+            if data is None:
+                data = encoded[key] = encode(Changes(tuple(items)))
+            return data
+
         for listener in listeners:
             principal = listener.principal
             assert principal is not None
-            subscriptions = listener.subscriptions
-            items = []
-            readable: dict[str, bool] = {}  # per record: a push often changes one many times
-            for stored, _row, state, facts, item in known:
-                if stored.object not in subscriptions:
-                    continue
-                may_read = readable.get(stored.id)
-                if may_read is None:
-                    may_read = readable[stored.id] = can_read(principal, facts)
-                if not may_read:
-                    continue
-                if hidden_fields(principal, stored.object):
-                    item = attrs.evolve(item, update=project(principal, state, item.update))
-                items.append(item)
-            if not items:
-                continue
-            key = tuple(id(item) for item in items)
-            if key not in encoded:
-                encoded[key] = encode(Changes(tuple(items)))
-            listener.deliver_fanout_encoded(encoded[key])
+            follows = frozenset(followed.intersection(listener.subscriptions))
+            if not principal.admin and all(by_roles[name] for name in follows):
+                view = (principal.role_set, follows)
+                if view in views:
+                    data = views[view]
+                else:
+                    data = views[view] = frame(items_for(principal, follows))
+            else:
+                data = frame(items_for(principal, follows))
+            if data is not None:
+                listener.deliver_fanout_encoded(data)
 
     def access_change(
         self, stored: StoredRecord, row: ChangeRow, before: RecordFacts, after: RecordFacts

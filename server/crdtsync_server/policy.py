@@ -123,7 +123,23 @@ class Policy(Protocol):
 
     def schema_for(self, principal: Principal) -> Schema: ...
 
-    def hidden_fields(self, principal: Principal, object_name: str) -> frozenset[str]: ...
+    def hidden_fields(self, principal: Principal, object_name: str) -> frozenset[str]:
+        """The fields of ``object_name`` hidden from ``principal``: a function of the
+        principal's roles (:attr:`Principal.role_set`) alone, so fan-out may ask once
+        per role set and object."""
+        ...
+
+    def read_depends_only_on_roles(self, object_name: str) -> bool:
+        """Whether reading any record of ``object_name`` depends on nothing but the
+        reader's roles.
+
+        ``True`` promises that ``allows(principal, Action.READ, object_name, record)``
+        gives the same answer for every two principals with the same
+        :attr:`Principal.role_set` and the same ``record`` (whoever the users, their
+        replicas or their admin claim), so fan-out may decide once per record and role
+        set. ``False`` (always safe) makes it ask for every reader.
+        """
+        ...
 
 
 @attrs.define
@@ -235,6 +251,15 @@ class AccessPolicy:
             if verdict is not None:
                 return bool(verdict)
         return declared
+
+    def read_depends_only_on_roles(self, object_name: str) -> bool:
+        """True when the object's sharing default already lets every user whose roles
+        grant ``read`` on it read each of its records (``read`` or ``read_write``), so
+        ownership and shares cannot change the answer, and no hook may overrule it."""
+        if self.hook is not None:
+            return False
+        spec = self.schema.objects.get(object_name)
+        return spec is not None and SHARING_ACCESS[spec.sharing] >= Access.READ
 
     # -- fields -------------------------------------------------------------------------
 
