@@ -111,6 +111,9 @@ class Replica:
         #: commits, and the cursor it has reached, stored with it
         self._deferred: list[Event] | None = None
         self._frame_cursor = 0
+        #: while a frame is applied: the document of a record with no change of the
+        #: user's, by record id, with the stored full update it holds (both columns)
+        self._frame_docs: dict[str, tuple[bytes, RecordDoc]] = {}
         with store.transaction():
             self.replica_id: str = store.get_meta("replica_id") or uuid.uuid4().hex
             store.set_meta("replica_id", self.replica_id)
@@ -148,6 +151,8 @@ class Replica:
         except BaseException:
             self._deferred = None
             raise
+        finally:
+            self._frame_docs.clear()
         events, self._deferred = self._deferred, None
         for event in events:
             self._on_event(event)
@@ -790,6 +795,20 @@ class Replica:
                         version=version,
                     )
                 )
+            elif entry is None and row.local == row.server:
+                # Nothing of the user's: the local document is the server's, merged once
+                # (and, within a frame, kept for the record's next item).
+                kind = ChangeKind.UPDATE
+                cached = self._frame_docs.pop(record_id, None)
+                if cached is not None and cached[0] == row.server:
+                    doc = cached[1]
+                else:
+                    doc = self._load(spec, row.server)
+                doc.apply(update or b"")
+                full = doc.full_update()
+                self.store.put_record(attrs.evolve(row, server=full, local=full, version=version))
+                if self._deferred is not None:
+                    self._frame_docs[record_id] = (full, doc)
             else:
                 kind = ChangeKind.UPDATE
                 server = self._load(spec, row.server or b"")

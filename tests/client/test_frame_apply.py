@@ -14,13 +14,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pycrdt
 import pytest
 
 from crdtsync.client.events import Event, PendingChanged, RemoteChangeArrived
 from crdtsync.client.model import Status
 from crdtsync.client.replica import Replica
 from crdtsync.client.store import LocalStore
-from crdtsync.core.protocol import Changes, Verdicts
+from crdtsync.client.sync import SyncSession, SyncState
+from crdtsync.core.protocol import Changes, RecordChange, Verdicts, encode
+from crdtsync.core.record import RecordDoc
 from tests.helpers.pair import World
 
 RECORDS = 5
@@ -194,5 +197,66 @@ def test_a_verdicts_frame_that_fails_midway_leaves_nothing_of_it(
     assert {rid: world.storage.get_record(rid).version for rid in ids} == relay_versions  # type: ignore[union-attr]
     assert {r.id: (r.fields["Employees"], r.version) for r in replica.records()} == {
         rid: (100 + i, relay_versions[rid]) for i, rid in enumerate(ids)
+    }
+    receiver.close()
+
+
+def test_several_items_of_one_record_in_a_frame_all_apply(world: World, tmp_path: Path) -> None:
+    """Successive versions of one record in one frame (its document is loaded once for
+    all of them), around another record's, and a user's pending edit of a third kept."""
+    schema = world.config.schema
+    receiver = Receiver(world, tmp_path / "receiver.sqlite3")
+    replica = receiver.replica
+    session = SyncSession(replica, "token")
+    session.state = SyncState.READY
+    docs = {
+        rid: RecordDoc(schema.object("Account"), client_id=77 + n) for n, rid in enumerate("abc")
+    }
+    for rid, doc in docs.items():
+        doc.write({"Name": rid.upper(), "Employees": 0})
+    session.receive(
+        encode(
+            Changes(
+                tuple(
+                    RecordChange(
+                        record_id=rid, object="Account", version=n + 1, update=doc.full_update()
+                    )
+                    for n, (rid, doc) in enumerate(docs.items())
+                )
+            )
+        )
+    )
+    replica.update("c", {"Employees": 99})  # the user's, not pushed
+    items: list[RecordChange] = []
+    version = 3
+    for rid, employees in [("a", 1), ("a", 2), ("b", 5), ("a", 3), ("c", 6), ("c", 7)]:
+        version += 1
+        doc = docs[rid]
+        state = bytes(pycrdt.get_state(doc.full_update()))
+        doc.write({"Employees": employees})
+        update = doc.delta(state)
+        items.append(RecordChange(record_id=rid, object="Account", version=version, update=update))
+    receiver.events.clear()
+    session.receive(encode(Changes(tuple(items))))
+    assert replica.cursor == version
+    seen = {r.id: (r.fields["Employees"], r.version, r.status) for r in replica.records()}
+    assert seen == {
+        "a": (3, 7, Status.SYNCED),
+        "b": (5, 6, Status.SYNCED),
+        "c": (99, 9, Status.PENDING),  # the user's unpushed value stays on top
+    }
+    assert [e.record_id for e in receiver.events if isinstance(e, RemoteChangeArrived)] == [
+        "a",
+        "a",
+        "b",
+        "a",
+        "c",
+        "c",
+    ]
+    receiver.reopen()
+    assert {r.id: r.fields["Employees"] for r in receiver.replica.records()} == {
+        "a": 3,
+        "b": 5,
+        "c": 99,
     }
     receiver.close()
