@@ -37,9 +37,10 @@ the user's character edits rebased on the server's text.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -105,7 +106,14 @@ class Replica:
     ) -> None:
         self.store = store
         self.schema = schema
-        self._emit = on_event or (lambda event: None)
+        self._on_event = on_event or (lambda event: None)
+        #: while a frame is applied (:meth:`applying`): its events, reported after it
+        #: commits, and the cursor it has reached, stored with it
+        self._deferred: list[Event] | None = None
+        self._frame_cursor = 0
+        #: while a frame is applied: the document of a record with no change of the
+        #: user's, by record id, with the stored full update it holds (both columns)
+        self._frame_docs: dict[str, tuple[bytes, RecordDoc]] = {}
         with store.transaction():
             self.replica_id: str = store.get_meta("replica_id") or uuid.uuid4().hex
             store.set_meta("replica_id", self.replica_id)
@@ -114,6 +122,40 @@ class Replica:
             # Nothing is in flight when a replica opens: what the store calls syncing was
             # sent by a process that died (kill -9) before its verdict came back.
             self._requeue()
+
+    def _emit(self, event: Event) -> None:
+        if self._deferred is not None:
+            self._deferred.append(event)
+        else:
+            self._on_event(event)
+
+    @contextlib.contextmanager
+    def applying(self) -> Iterator[None]:
+        """Apply what one relay frame carries as one unit: every sync entry point called
+        inside (:meth:`apply_remote`, :meth:`apply_ack`, :meth:`advance_cursor`, …)
+        joins one store transaction, the cursor is written once, with the changes it
+        covers, and the events are reported after the commit, in the order they
+        happened. If anything raises, nothing of the frame is stored and no event of it
+        is reported: the store is as before the frame (the relay sends it again after
+        a reconnect, from the cursor). Nested calls join the outer one."""
+        if self._deferred is not None:
+            yield
+            return
+        self._deferred = []
+        self._frame_cursor = 0
+        try:
+            with self.store.transaction():
+                yield
+                if self._frame_cursor > int(self.store.get_meta("cursor", 0)):
+                    self.store.set_meta("cursor", self._frame_cursor)
+        except BaseException:
+            self._deferred = None
+            raise
+        finally:
+            self._frame_docs.clear()
+        events, self._deferred = self._deferred, None
+        for event in events:
+            self._on_event(event)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -458,8 +500,10 @@ class Replica:
 
     @property
     def cursor(self) -> int:
-        """The last relay version this replica has seen everything up to."""
-        return int(self.store.get_meta("cursor", 0))
+        """The last relay version this replica has seen everything up to (inside
+        :meth:`applying`, as the frame will leave it)."""
+        stored = int(self.store.get_meta("cursor", 0))
+        return stored if self._deferred is None else max(stored, self._frame_cursor)
 
     @property
     def server_id(self) -> str | None:
@@ -545,7 +589,9 @@ class Replica:
             self.store.set_meta("server_id", server_id)
 
     def advance_cursor(self, version: int) -> None:
-        if version > self.cursor:
+        if self._deferred is not None:  # written once, when the frame commits
+            self._frame_cursor = max(self._frame_cursor, version)
+        elif version > self.cursor:
             with self.store.transaction():
                 self.store.set_meta("cursor", version)
 
@@ -749,6 +795,20 @@ class Replica:
                         version=version,
                     )
                 )
+            elif entry is None and row.local == row.server:
+                # Nothing of the user's: the local document is the server's, merged once
+                # (and, within a frame, kept for the record's next item).
+                kind = ChangeKind.UPDATE
+                cached = self._frame_docs.pop(record_id, None)
+                if cached is not None and cached[0] == row.server:
+                    doc = cached[1]
+                else:
+                    doc = self._load(spec, row.server)
+                doc.apply(update or b"")
+                full = doc.full_update()
+                self.store.put_record(attrs.evolve(row, server=full, local=full, version=version))
+                if self._deferred is not None:
+                    self._frame_docs[record_id] = (full, doc)
             else:
                 kind = ChangeKind.UPDATE
                 server = self._load(spec, row.server or b"")

@@ -183,31 +183,16 @@ class SyncSession:
                 self.error = frame
             elif self._pushes:
                 # The relay could not read our oldest push: it will not answer its changes.
-                for change_id in self._pushes.popleft():
-                    self.replica.apply_rejected(change_id, frame.code, frame.message)
+                with self.replica.applying():
+                    for change_id in self._pushes[0]:
+                        self.replica.apply_rejected(change_id, frame.code, frame.message)
+                self._pushes.popleft()
                 self.push()
             return
         if isinstance(frame, Welcome):
             self._welcome(frame)
         elif isinstance(frame, Changes):
-            for item in frame.items:
-                if item.object not in self.replica.schema.objects:
-                    continue
-                if item.revoked:
-                    self.replica.apply_revoked(item.record_id, item.object, item.version)
-                else:
-                    self.replica.apply_remote(
-                        item.record_id,
-                        item.object,
-                        item.version,
-                        item.update,
-                        deleted=item.deleted,
-                        by=item.by,
-                    )
-                # A backlog is ordered by record, not by version: the cursor moves only
-                # at caught_up. Live fan-out arrives in version order.
-                if self.state is SyncState.READY:
-                    self.replica.advance_cursor(item.version)
+            self._changes(frame)
         elif isinstance(frame, CaughtUp):
             self.replica.advance_cursor(frame.cursor)
             self.state = SyncState.READY
@@ -260,38 +245,73 @@ class SyncSession:
         self.state = SyncState.CATCHING_UP
         self._send(Subscribe(tuple(self.replica.schema.objects), self.replica.cursor))
 
+    def _changes(self, frame: Changes) -> None:
+        """Apply a frame of remote changes as one unit (see :meth:`Replica.applying`):
+        all of it and the cursor past it, or, if applying an item raises, none of it."""
+        with self.replica.applying():
+            for item in frame.items:
+                if item.object not in self.replica.schema.objects:
+                    continue
+                if item.revoked:
+                    self.replica.apply_revoked(item.record_id, item.object, item.version)
+                else:
+                    self.replica.apply_remote(
+                        item.record_id,
+                        item.object,
+                        item.version,
+                        item.update,
+                        deleted=item.deleted,
+                        by=item.by,
+                    )
+                # A backlog is ordered by record, not by version: the cursor moves only
+                # at caught_up. Live fan-out arrives in version order.
+                if self.state is SyncState.READY:
+                    self.replica.advance_cursor(item.version)
+
     def _verdicts(self, frame: Verdicts) -> None:
+        """Apply a frame of verdicts as one unit (see :meth:`Replica.applying`). If
+        applying one raises, none of them is stored: the connection ends, the changes
+        in flight go back to pending and are resent with the same ids."""
+        answered = dict(self._pushes[0]) if self._pushes else {}
+        done = SyncTally()
+        with self.replica.applying():
+            for verdict in frame.items:
+                answered.pop(verdict.change_id, None)
+                done.done += 1
+                if isinstance(verdict, Ack):
+                    if self.replica.apply_ack(verdict.change_id, verdict.version, verdict.update):
+                        done.accepted += 1
+                    self.replica.advance_cursor(verdict.version)
+                elif isinstance(verdict, Conflict):
+                    problem = self.replica.conflict_problem(verdict)
+                    self.replica.apply_conflict(
+                        verdict.change_id, problem, version=verdict.version, update=verdict.update
+                    )
+                    done.conflicts += 1
+                elif isinstance(verdict, Unresolvable):
+                    self.replica.apply_unresolvable(
+                        verdict.change_id,
+                        Problem(
+                            reason=UnresolvableReason(verdict.reason),
+                            message=verdict.message,
+                            readable=verdict.readable,
+                        ),
+                    )
+                    done.unresolvable += 1
+                elif isinstance(verdict, Rejected):
+                    self.replica.apply_rejected(verdict.change_id, verdict.code, verdict.message)
+                    done.errors += 1
+            # Whatever the relay did not answer is sent again later, with the same id.
+            if answered:
+                self.replica.requeue_inflight(set(answered))
+        if self._pushes:
+            self._pushes.popleft()
         tally = self._tally or SyncTally()
-        answered = self._pushes.popleft() if self._pushes else {}
-        for verdict in frame.items:
-            answered.pop(verdict.change_id, None)
-            tally.done += 1
-            if isinstance(verdict, Ack):
-                if self.replica.apply_ack(verdict.change_id, verdict.version, verdict.update):
-                    tally.accepted += 1
-                self.replica.advance_cursor(verdict.version)
-            elif isinstance(verdict, Conflict):
-                problem = self.replica.conflict_problem(verdict)
-                self.replica.apply_conflict(
-                    verdict.change_id, problem, version=verdict.version, update=verdict.update
-                )
-                tally.conflicts += 1
-            elif isinstance(verdict, Unresolvable):
-                self.replica.apply_unresolvable(
-                    verdict.change_id,
-                    Problem(
-                        reason=UnresolvableReason(verdict.reason),
-                        message=verdict.message,
-                        readable=verdict.readable,
-                    ),
-                )
-                tally.unresolvable += 1
-            elif isinstance(verdict, Rejected):
-                self.replica.apply_rejected(verdict.change_id, verdict.code, verdict.message)
-                tally.errors += 1
-        # Whatever the relay did not answer is sent again later, with the same id.
-        if answered:
-            self.replica.requeue_inflight(set(answered))
+        tally.done += done.done
+        tally.accepted += done.accepted
+        tally.conflicts += done.conflicts
+        tally.unresolvable += done.unresolvable
+        tally.errors += done.errors
         self._tally = tally
         self._emit(SyncProgress(tally.done, max(tally.total, tally.done)))
         self.push()
