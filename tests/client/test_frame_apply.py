@@ -10,7 +10,7 @@ with the same ids and applied once).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,6 @@ FAIL_AT = 3  #: the item of the frame whose application fails
 
 class Fault(Exception):
     pass
-
-
-@pytest.fixture
-def world() -> Iterator[World]:
-    world = World()
-    yield world
-    world.close()
 
 
 class Receiver:
