@@ -249,7 +249,7 @@ class Replica:
             else:
                 old = spec.fields[name].type.encode(current.get(name))
                 changes[name] = FieldEdit(old, encoded, row.version)
-        kind = ChangeKind(entry.kind) if entry else ChangeKind.UPDATE
+        kind = entry.kind if entry else ChangeKind.UPDATE
         reverted = {
             name
             for name in canonical
@@ -1001,7 +1001,7 @@ class Replica:
     def _editable(self, record_id: str) -> tuple[RecordRow, PendingRow | None]:
         row = self._row(record_id)
         entry = self.store.get_pending(record_id)
-        if entry is not None and Status(entry.status).locked:
+        if entry is not None and entry.status.locked:
             raise RecordLocked(record_id, entry.status)
         if row.deleted:
             raise RecordDeleted(f"record {record_id} is deleted")
@@ -1024,7 +1024,7 @@ class Replica:
             id=row.id,
             object=row.object,
             fields=self._load(spec, row.local).read(),
-            status=Status(entry.status) if entry else Status.SYNCED,
+            status=entry.status if entry else Status.SYNCED,
             version=row.version,
         )
 
@@ -1040,9 +1040,9 @@ class Replica:
         return PendingChange(
             record_id=entry.record_id,
             object=entry.object,
-            kind=ChangeKind(entry.kind),
+            kind=entry.kind,
             changes=changes,
-            status=Status(entry.status),
+            status=entry.status,
             problem=_problem_from_stored(entry.problem, spec),
             base_version=entry.base_version,
             change_id=entry.change_id,

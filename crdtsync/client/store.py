@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 
 from crdtsync.core.exceptions import FormatError, LockedError, StoreError
+from crdtsync.core.protocol import ChangeKind
 from crdtsync.core.sqlite_meta import (
     META_TABLE,
     OwnerLock,
@@ -194,15 +195,17 @@ class PendingRow:
     record_id: str
     seq: int
     object: str
-    kind: str
+    kind: ChangeKind = attrs.field(converter=ChangeKind)
     base_version: int
     changes: Mapping[str, FieldEdit]
     delta: bytes
-    status: str
+    status: Status = attrs.field(converter=Status)
     problem: dict[str, Any] | None = None
     change_id: str = attrs.field(factory=new_change_id)  #: a new entry's is new
     inflight: bytes | None = None
-    sent_kind: str | None = None
+    sent_kind: ChangeKind | None = attrs.field(
+        default=None, converter=attrs.converters.optional(ChangeKind)
+    )
     dirty: bool = False
     note: str = ""
 
@@ -439,15 +442,15 @@ class LocalStore:
                 entry.record_id,
                 entry.seq,
                 entry.object,
-                entry.kind,
+                entry.kind.value,
                 entry.base_version,
                 pack({name: edit.to_stored() for name, edit in entry.changes.items()}),
                 entry.delta,
-                entry.status,
+                entry.status.value,
                 None if entry.problem is None else pack(entry.problem),
                 entry.change_id,
                 entry.inflight,
-                entry.sent_kind,
+                entry.sent_kind.value if entry.sent_kind is not None else None,
                 int(entry.dirty),
                 entry.note,
             ),
