@@ -17,6 +17,13 @@ loss). Tables:
 ``meta``      the sequence counter, the relay's own id and CRDT client id
 
 Sequence numbers (versions) are server-wide and strictly increasing.
+
+Inside a :meth:`RelayStorage.transaction`, record rows and log rows are *staged*: a
+record written several times in one push frame is written once, and the frame's log
+rows go in with one ``executemany``, when the transaction commits. Reads see their own
+writes: :meth:`RelayStorage.get_record` and :meth:`RelayStorage.live_record_exists`
+answer from the staged rows, and every other read of ``records`` or ``changes`` writes
+the staged rows first.
 """
 
 from __future__ import annotations
@@ -210,6 +217,10 @@ class RelayStorage:
         """Open the relay database at ``path``, creating it unless ``create`` is false
         (then a missing file is a :class:`StorageError`, and nothing is created)."""
         self.path = path
+        # Rows written inside the transaction, not yet sent to SQLite (see the module
+        # docstring): the latest row of each record, and log rows as parameter tuples.
+        self._staged_records: dict[str, StoredRecord] = {}
+        self._staged_changes: list[tuple[Any, ...]] = []
         if not create and path != ":memory:" and not os.path.isfile(path):
             raise StorageError(f"{path}: no relay database there")
         try:
@@ -254,9 +265,11 @@ class RelayStorage:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._flush()
             if getattr(self, "_seq", 0) != seq_before:
                 self.set_meta("seq", self._seq)
         except BaseException:
+            self._staged_records, self._staged_changes = {}, []
             self._db.execute("ROLLBACK")
             self._seq = seq_before
             self._refused_records, self._refused_ranges = None, {}
@@ -266,6 +279,28 @@ class RelayStorage:
             self._db.execute("COMMIT")
         finally:
             self._in_transaction = False
+
+    def _flush(self) -> None:
+        """Write the staged record and log rows (one statement each)."""
+        if self._staged_records:
+            self._db.executemany(
+                "INSERT INTO records (id, object, state, version, deleted, created_by, owner) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "state = excluded.state, version = excluded.version, "
+                "deleted = excluded.deleted, owner = excluded.owner",
+                [
+                    (r.id, r.object, r.state, r.version, int(r.deleted), r.created_by, r.owner)
+                    for r in self._staged_records.values()
+                ],
+            )
+            self._staged_records = {}
+        if self._staged_changes:
+            self._db.executemany(
+                "INSERT INTO changes (seq, record_id, object, change_id, replica, user, kind, "
+                "fields, update_, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                self._staged_changes,
+            )
+            self._staged_changes = []
 
     # -- meta and sequence ------------------------------------------------------------
 
@@ -288,27 +323,23 @@ class RelayStorage:
     # -- records ----------------------------------------------------------------------
 
     def get_record(self, record_id: str) -> StoredRecord | None:
+        staged = self._staged_records.get(record_id)
+        if staged is not None:
+            return staged
         row = self._db.execute("SELECT * FROM records WHERE id = ?", (record_id,)).fetchone()
         return None if row is None else StoredRecord.from_row(row)
 
     def put_record(self, record: StoredRecord) -> None:
-        self._db.execute(
-            "INSERT INTO records (id, object, state, version, deleted, created_by, owner) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-            "state = excluded.state, version = excluded.version, deleted = excluded.deleted, "
-            "owner = excluded.owner",
-            (
-                record.id,
-                record.object,
-                record.state,
-                record.version,
-                int(record.deleted),
-                record.created_by,
-                record.owner,
-            ),
-        )
+        """Store ``record`` as the record's row (its ``created_by`` is kept from the first
+        row). Staged until the transaction commits (see the module docstring)."""
+        self._staged_records[record.id] = record
+        if not self._in_transaction:
+            self._flush()
 
     def live_record_exists(self, object_name: str, record_id: str) -> bool:
+        staged = self._staged_records.get(record_id)
+        if staged is not None:
+            return staged.object == object_name and not staged.deleted
         row = self._db.execute(
             "SELECT 1 FROM records WHERE id = ? AND object = ? AND deleted = 0",
             (record_id, object_name),
@@ -321,6 +352,7 @@ class RelayStorage:
         names = list(objects)
         if not names:
             return []
+        self._flush()
         marks = ", ".join("?" for _ in names)
         rows = self._db.execute(
             f"SELECT id FROM records WHERE object IN ({marks}) AND version > ? ORDER BY version",
@@ -331,9 +363,8 @@ class RelayStorage:
     # -- changes ----------------------------------------------------------------------
 
     def add_change(self, change: ChangeRow) -> None:
-        self._db.execute(
-            "INSERT INTO changes (seq, record_id, object, change_id, replica, user, kind, "
-            "fields, update_, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        """Log an accepted change (staged until the transaction commits)."""
+        self._staged_changes.append(
             (
                 change.seq,
                 change.record_id,
@@ -345,11 +376,14 @@ class RelayStorage:
                 pack(dict(change.fields)),
                 change.update,
                 change.at or time.time(),
-            ),
+            )
         )
+        if not self._in_transaction:
+            self._flush()
 
     def known_change_ids(self, change_ids: Sequence[str]) -> set[str]:
         """Which of ``change_ids`` were accepted before."""
+        self._flush()
         known: set[str] = set()
         for start in range(0, len(change_ids), 500):  # within SQLite's parameter limit
             chunk = tuple(change_ids[start : start + 500])
@@ -361,11 +395,13 @@ class RelayStorage:
         return known
 
     def find_change(self, change_id: str) -> ChangeRow | None:
+        self._flush()
         row = self._db.execute("SELECT * FROM changes WHERE change_id = ?", (change_id,)).fetchone()
         return None if row is None else ChangeRow.from_row(row)
 
     def changes_of(self, record_id: str, after: int = 0) -> list[ChangeRow]:
         """The record's accepted changes with ``seq > after``, in order."""
+        self._flush()
         rows = self._db.execute(
             "SELECT * FROM changes WHERE record_id = ? AND seq > ? ORDER BY seq",
             (record_id, after),
@@ -375,6 +411,7 @@ class RelayStorage:
     def change_fields(self, record_id: str, after: int = 0) -> list[ChangeRow]:
         """The record's changes with ``seq > after``, in order, without their updates
         (who changed which fields to what: what the conflict checks read)."""
+        self._flush()
         rows = self._db.execute(
             "SELECT seq, record_id, object, change_id, replica, user, kind, fields, "
             "X'' AS update_, at FROM changes WHERE record_id = ? AND seq > ? ORDER BY seq",
@@ -397,6 +434,7 @@ class RelayStorage:
 
     def field_value_at(self, record_id: str, field: str, version: int) -> Any:
         """The value ``field`` had at ``version`` (stored encoding; None if unset)."""
+        self._flush()
         rows = self._db.execute(
             "SELECT fields FROM changes WHERE record_id = ? AND seq <= ? ORDER BY seq DESC",
             (record_id, version),
