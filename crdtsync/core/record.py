@@ -69,17 +69,20 @@ class RecordDoc:
         return values
 
     def read_checked(
-        self, names: Iterable[str] | None = None
+        self, names: Iterable[str] | None = None, *, known: Mapping[str, Any] | None = None
     ) -> tuple[dict[str, Any], dict[str, str]]:
         """Like :meth:`read`, but a value that does not decode is reported, not raised:
         returns ``(values, {field: problem})`` (how the relay reads a merged record).
-        ``names`` limits the reading to those fields (the ones a change touched)."""
+        ``names`` limits the reading to those fields (the ones a change touched).
+        ``known`` gives raw values the map is known to hold (plain values a
+        :class:`ChangeTracker` saw written): those are decoded without reading the map."""
         values: dict[str, Any] = {}
         problems: dict[str, str] = {}
         fields = self.spec.fields
         wanted = fields.items() if names is None else ((n, fields[n]) for n in names if n in fields)
+        known = known or {}
         for name, spec in wanted:
-            stored = self._fields.get(name)
+            stored = known[name] if name in known else self._fields.get(name)
             if isinstance(stored, pycrdt.Text):
                 stored = str(stored) if spec.type is FieldType.TEXT else stored
             elif spec.type is FieldType.TEXT and stored is not None:
@@ -161,14 +164,33 @@ class RecordDoc:
         if update:
             self._doc.apply_update(update)
 
+    def apply_for_state(self, update: bytes) -> bytes:
+        """Integrate ``update`` and return the state vector afterwards, in one
+        transaction (the relay's hot path: every pycrdt transaction costs microseconds).
+        An update missing dependencies integrates "successfully" but leaves the state
+        vector behind its clocks: that is how a caller tells.
+
+        Callers contain pycrdt faults at their boundary.
+        """
+        with self._doc.transaction():
+            if update:
+                self._doc.apply_update(update)
+            return bytes(self._doc.get_state())
+
     def copy(self, *, client_id: int | None = None) -> RecordDoc:
         """An independent document with the same content."""
         return RecordDoc.from_update(self.spec, self.full_update(), client_id=client_id)
 
 
+#: The raw values a map entry can hold that read back as themselves (pycrdt wraps shared
+#: types and nothing else): a tracker's ``newValue`` of one of these is what ``Map.get``
+#: returns afterwards.
+PLAIN_VALUES: frozenset[type] = frozenset({int, float, str, bool, type(None)})
+
+
 class ChangeTracker:
     """The keys of a ``fields`` map changed since the last :meth:`take` (see
-    :meth:`RecordDoc.track_changes`).
+    :meth:`RecordDoc.track_changes`), with the plain value each now holds.
 
     It subscribes to yrs's own deep events (``Map.integrated``): pycrdt's wrapper turns
     every event into Python objects, old and new values included, some 15 µs per
@@ -178,24 +200,44 @@ class ChangeTracker:
     __slots__ = ("_changed", "_subscription")
 
     def __init__(self, fields: pycrdt.Map[Any]) -> None:
-        self._changed: set[str] = set()
+        #: key -> its new plain value, or UNREAD (a shared value, or content inside it)
+        self._changed: dict[str, Any] = {}
         changed = self._changed
 
         def observe(events: list[Any]) -> None:
             for event in events:
                 path = event.path
                 if path:  # inside a shared value under a key: the key changed
-                    changed.add(str(path[0]))
-                else:
-                    changed.update(event.keys)
+                    changed[str(path[0])] = UNREAD
+                    continue
+                for key, change in event.keys.items():
+                    if change.get("action") == "delete":
+                        changed[key] = None
+                        continue
+                    value = change.get("newValue", UNREAD)
+                    changed[key] = value if type(value) in PLAIN_VALUES else UNREAD
 
         self._subscription = fields.integrated.observe_deep(observe)
 
     def take(self) -> set[str]:
         """The keys changed since the last call (and forget them)."""
-        changed = set(self._changed)
+        return set(self.take_values())
+
+    def take_values(self) -> dict[str, Any]:
+        """``{key: new plain value}`` of the keys changed since the last call (and forget
+        them); a key whose value is a shared type or whose nested content changed maps to
+        :data:`UNREAD` (read it from the map)."""
+        changed = dict(self._changed)
         self._changed.clear()
         return changed
+
+
+class _Unread:
+    def __repr__(self) -> str:
+        return "UNREAD"
+
+
+UNREAD: Any = _Unread()  #: a changed key whose value a tracker did not see as plain
 
 
 def _has_value(field_type: FieldType, decoded: object) -> bool:

@@ -47,7 +47,7 @@ from crdtsync.core.protocol import (
     WireConflict,
     WireFieldError,
 )
-from crdtsync.core.record import ChangeTracker, RecordDoc
+from crdtsync.core.record import UNREAD, ChangeTracker, RecordDoc
 from crdtsync.core.schema import ObjectSpec, Schema
 from crdtsync.core.yupdate import ParsedUpdate, parse_update
 
@@ -440,10 +440,11 @@ def _merge(
     refused = refused or _written_values_refused(change, state, anatomy, spec, view, parsed)
     if refused is not None:
         return refused
-    doc = _applied(change, state, spec, delta, ranges, anatomy, relay_client_id)
-    if isinstance(doc, Refused):
-        return doc
-    values, decode_problems = _merged_values(state, doc, anatomy)
+    applied = _applied(change, state, spec, delta, ranges, anatomy, relay_client_id)
+    if isinstance(applied, Refused):
+        return applied
+    doc, effect = applied
+    values, decode_problems = _merged_values(state, doc, anatomy, effect)
     relay_update = b""
     if creating:
         made = _creation_defaults(change, doc, spec, anatomy, values, principal)
@@ -684,23 +685,22 @@ def _applied(
     ranges: Mapping[int, tuple[int, int]],
     anatomy: Anatomy,
     relay_client_id: int,
-) -> RecordDoc | Refused:
-    """Step: the record's document with the delta applied (a new one for a create);
-    refused if pycrdt refuses it, it lacks dependencies, or it changed fields it does
-    not name."""
+) -> tuple[RecordDoc, Mapping[str, Any]] | Refused:
+    """Step: the record's document with the delta applied (a new one for a create), and
+    the plain values yrs reports it wrote (``{}`` for a create); refused if pycrdt refuses
+    it, it lacks dependencies, or it changed fields it does not name."""
     doc = state.doc if state is not None else RecordDoc(spec, client_id=relay_client_id)
     if state is not None:
         assert state.changes is not None
         state.changes.take()  # forget what earlier transactions (the relay's own) did
     try:
-        doc.apply(delta)
+        after = decode_state_vector(doc.apply_for_state(delta))
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
         return _rejected(
             change, ErrorCode.INVALID_UPDATE, f"pycrdt refused the update: {exc}", dirty=True
         )
-    after = decode_state_vector(doc.state())
     for client, (_start, end) in ranges.items():
         if after.get(client, 0) < end:
             return _rejected(
@@ -709,29 +709,33 @@ def _applied(
                 "the update depends on changes the relay does not have",
                 dirty=True,
             )
-    if state is not None:
-        # Judged by effect: every field the apply changed, as yrs reports it, must be
-        # one the update names (and so one it was allowed to write, checked above).
-        assert state.changes is not None
-        unnamed = sorted(state.changes.take() - anatomy.fields)
-        if unnamed:
-            return _rejected(
-                change,
-                ErrorCode.INVALID_UPDATE,
-                f"the update changed fields its operations do not name: {', '.join(unnamed)}",
-                dirty=True,
-            )
-    return doc
+    if state is None:
+        return doc, {}
+    # Judged by effect: every field the apply changed, as yrs reports it, must be one
+    # the update names (and so one it was allowed to write, checked above).
+    assert state.changes is not None
+    effect = state.changes.take_values()
+    unnamed = sorted(effect.keys() - anatomy.fields)
+    if unnamed:
+        return _rejected(
+            change,
+            ErrorCode.INVALID_UPDATE,
+            f"the update changed fields its operations do not name: {', '.join(unnamed)}",
+            dirty=True,
+        )
+    return doc, effect
 
 
 def _merged_values(
-    state: RecordState | None, doc: RecordDoc, anatomy: Anatomy
+    state: RecordState | None, doc: RecordDoc, anatomy: Anatomy, effect: Mapping[str, Any]
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Step: the merged record's values and undecodable fields (for an update, only the
-    touched fields are read again)."""
+    touched fields are read again: from ``effect``, the plain values yrs reported the
+    apply wrote, where it has them; from the document otherwise)."""
     if state is None:
         return doc.read_checked()
-    fresh, fresh_problems = doc.read_checked(anatomy.fields)
+    known = {name: value for name, value in effect.items() if value is not UNREAD}
+    fresh, fresh_problems = doc.read_checked(anatomy.fields, known=known)
     values = {k: v for k, v in state.values.items() if k not in anatomy.fields}
     values.update(fresh)
     decode_problems = {
@@ -1038,22 +1042,32 @@ def _unique_and_reference_errors(
 
 
 def decode_state_vector(state: bytes) -> dict[int, int]:
-    """``{client: clock}`` from an encoded state vector."""
+    """``{client: clock}`` from an encoded state vector.
+
+    Run once per applied change on the relay's hot path, so the varuint reads are
+    inlined (as in :mod:`crdtsync.core.yupdate`): a state vector is a varuint count, then
+    that many (client, clock) varuint pairs."""
     out: dict[int, int] = {}
     pos = 0
-
-    def varuint() -> int:
-        nonlocal pos
-        result = shift = 0
+    numbers: list[int] = []
+    end = len(state)
+    while pos < end:
+        byte = state[pos]
+        pos += 1
+        if byte < 0x80:
+            numbers.append(byte)
+            continue
+        value, shift = byte & 0x7F, 7
         while True:
             byte = state[pos]
             pos += 1
-            result |= (byte & 0x7F) << shift
+            value |= (byte & 0x7F) << shift
             if byte < 0x80:
-                return result
+                break
             shift += 7
-
-    for _ in range(varuint()):
-        client = varuint()
-        out[client] = varuint()
+        numbers.append(value)
+    if not numbers or len(numbers) != 1 + 2 * numbers[0]:
+        raise ValueError("not an encoded state vector")
+    for i in range(1, len(numbers), 2):
+        out[numbers[i]] = numbers[i + 1]
     return out

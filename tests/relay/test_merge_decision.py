@@ -955,10 +955,10 @@ def test_pycrdt_panic_during_apply_is_contained_as_invalid_update(
 ) -> None:
     change = alice.edit(account, {"Name": "Boom"})
 
-    def panic(self: RecordDoc, update: bytes) -> None:
+    def panic(self: RecordDoc, update: bytes) -> bytes:
         raise FakePanic("called `Option::unwrap()` on a `None` value")
 
-    monkeypatch.setattr(RecordDoc, "apply", panic)
+    monkeypatch.setattr(RecordDoc, "apply_for_state", panic)
     refused = expect_rejected(h.decide(ALICE, change), ErrorCode.INVALID_UPDATE)
     assert refused.dirty
     assert "unwrap" in refused.verdict.message
@@ -974,10 +974,10 @@ def test_keyboard_interrupt_and_system_exit_during_apply_propagate(
 ) -> None:
     change = alice.edit(account, {"Name": "Boom"})
 
-    def interrupted(self: RecordDoc, update: bytes) -> None:
+    def interrupted(self: RecordDoc, update: bytes) -> bytes:
         raise fault()
 
-    monkeypatch.setattr(RecordDoc, "apply", interrupted)
+    monkeypatch.setattr(RecordDoc, "apply_for_state", interrupted)
     with pytest.raises(fault):
         h.decide(ALICE, change)
 
