@@ -177,6 +177,14 @@ class RecordDoc:
                 self._doc.apply_update(update)
             return bytes(self._doc.get_state())
 
+    def apply_all_for_state(self, updates: list[bytes]) -> bytes:
+        """:meth:`apply_for_state` of several updates, in order, in one transaction."""
+        with self._doc.transaction():
+            for update in updates:
+                if update:
+                    self._doc.apply_update(update)
+            return bytes(self._doc.get_state())
+
     def copy(self, *, client_id: int | None = None) -> RecordDoc:
         """An independent document with the same content."""
         return RecordDoc.from_update(self.spec, self.full_update(), client_id=client_id)

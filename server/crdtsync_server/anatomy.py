@@ -125,6 +125,31 @@ class _DeleteSet:
                 merged.append((s, e))
         self._ranges[client] = merged
 
+    def add_one(self, client: int, clock: int) -> None:
+        """Delete one clock (merged with its neighbours in place: no full re-merge)."""
+        ranges = self._ranges.setdefault(client, [])
+        i = bisect.bisect_right(ranges, (clock, clock + 1))
+        if i > 0 and ranges[i - 1][1] > clock:
+            return  # already deleted
+        joins_left = i > 0 and ranges[i - 1][1] == clock
+        joins_right = i < len(ranges) and ranges[i][0] == clock + 1
+        if joins_left and joins_right:
+            ranges[i - 1] = (ranges[i - 1][0], ranges[i][1])
+            del ranges[i]
+        elif joins_left:
+            ranges[i - 1] = (ranges[i - 1][0], clock + 1)
+        elif joins_right:
+            ranges[i] = (clock, ranges[i][1])
+        else:
+            ranges.insert(i, (clock, clock + 1))
+
+    def contains(self, client: int, clock: int) -> bool:
+        ranges = self._ranges.get(client)
+        if not ranges:
+            return False
+        i = bisect.bisect_right(ranges, (clock, float("inf"))) - 1
+        return i >= 0 and ranges[i][0] <= clock < ranges[i][1]
+
     def subtract(self, client: int, start: int, end: int) -> list[tuple[int, int]]:
         """The parts of ``[start, end)`` that are not deleted yet."""
         out = []
@@ -288,6 +313,55 @@ class ItemIndex:
     def commit_bytes(self, update: bytes) -> None:
         """Record an update (given as bytes) that has been applied to the record."""
         self.commit(parse_update(update))
+
+    def owner(self, item: tuple[int, int]) -> Owner | None:
+        """The field and level of the record's item ``(client, clock)`` (None: unknown)."""
+        ranges = self._clients.get(item[0])
+        return ranges.find(item[1]) if ranges is not None else None
+
+    def deleted(self, item: tuple[int, int]) -> bool:
+        """The record's item ``(client, clock)`` is deleted, as far as the index knows."""
+        return self._deleted.contains(item[0], item[1])
+
+    def newly_deleted(
+        self, delete_set: Mapping[int, tuple[tuple[int, int], ...]], *, limit: int
+    ) -> set[tuple[int, int]] | None:
+        """The clocks ``delete_set`` deletes that the record has not deleted yet, as
+        ``(client, clock)`` items; ``None`` if there are more than ``limit``."""
+        out: set[tuple[int, int]] = set()
+        for client, ranges in delete_set.items():
+            for clock, length in ranges:
+                for start, end in self._deleted.subtract(client, clock, clock + length):
+                    if len(out) + end - start > limit:
+                        return None
+                    out.update((client, c) for c in range(start, end))
+        return out
+
+    def commit_entries(
+        self, writes: list[tuple[int, int, str]], replaced: set[tuple[int, int]]
+    ) -> None:
+        """Record an update whose items are known: each ``(client, clock, field)`` of
+        ``writes`` a one-clock map entry of that field, and the items ``replaced`` deleted
+        (see :mod:`.fastpath`)."""
+        for client, clock, field in writes:
+            self._clients.setdefault(client, _Ranges()).add(clock, clock + 1, (field, ENTRY))
+        for client, clock in replaced:
+            self._deleted.add_one(client, clock)
+
+    def one_item_per_entry(self) -> bool:
+        """Every field of the ``fields`` map has a single one-clock item: nothing there
+        was overwritten, so nothing was deleted that no delete set names."""
+        seen: set[str] = set()
+        for ranges in self._clients.values():
+            for start, end, (field, level) in zip(
+                ranges.starts, ranges.ends, ranges.owners, strict=True
+            ):
+                if level != ENTRY:
+                    continue
+                if end - start != 1 or field in seen:
+                    return False
+                seen.add(field)
+        return True
 
     def end_clock(self, client: int) -> int:
         """The next clock this record expects from ``client`` (0 if it has none)."""

@@ -95,6 +95,10 @@ class RecordState:
     #: what each transaction on ``doc`` changed (an update is judged by its effect)
     changes: ChangeTracker | None = None
 
+    #: the index knows every deletion of the document (see :mod:`.fastpath`): true for
+    #: a record loaded from its whole state, kept by predicted changes
+    exact: bool = False
+
     def __attrs_post_init__(self) -> None:
         if self.changes is None:
             self.changes = self.doc.track_changes()
@@ -146,7 +150,7 @@ class RecordState:
         """The record as stored, its document rebuilt from its whole state."""
         doc = RecordDoc.from_update(spec, stored.state, client_id=relay_client_id)
         values, problems = doc.read_checked()
-        return cls(stored, doc, ItemIndex.from_state(stored.state), values, problems)
+        return cls(stored, doc, ItemIndex.from_state(stored.state), values, problems, exact=True)
 
     @classmethod
     def created(cls, stored: StoredRecord, accepted: Accepted) -> RecordState:
@@ -157,7 +161,11 @@ class RecordState:
             index.commit(accepted.parsed)
         if accepted.relay_update:
             index.commit_bytes(accepted.relay_update)
-        return cls(stored, accepted.doc, index, dict(accepted.values), dict(accepted.problems))
+        # A new document integrated into nothing: yrs deleted nothing of its own accord
+        # unless a field has several items (then the index is rebuilt when needed).
+        exact = index.one_item_per_entry()
+        values, problems = dict(accepted.values), dict(accepted.problems)
+        return cls(stored, accepted.doc, index, values, problems, exact=exact)
 
     def commit(
         self, stored: StoredRecord, accepted: Accepted, replica: str | None, user: str | None
@@ -172,6 +180,30 @@ class RecordState:
             self.index.commit(accepted.parsed)
         if accepted.relay_update:
             self.index.commit_bytes(accepted.relay_update)
+        self.exact = False  # yrs may have deleted what no delete set names
+
+    def commit_predicted(
+        self,
+        stored: StoredRecord,
+        accepted: Accepted,
+        writes: list[tuple[int, int, str]],
+        replaced: set[tuple[int, int]],
+        replica: str | None,
+        user: str | None,
+    ) -> None:
+        """Keep in step with a predicted change (:mod:`.fastpath`; applied later): its
+        items ``writes`` (client, clock, field) now stand, the items ``replaced`` are
+        deleted, the index stays exact."""
+        self.stored = stored
+        self.note_write(accepted.fields, stored.version, replica, user)
+        self.values = dict(accepted.values)
+        self.problems = dict(accepted.problems)
+        self.index.commit_entries(writes, replaced)
+
+    def reindex(self, index: ItemIndex) -> None:
+        """Use ``index``, built from the record's whole state (so exact)."""
+        self.index = index
+        self.exact = True
 
     def write_owner(self, owner_field: str, user: str | None) -> bytes:
         """Write the owner field (an admin's ``set_owner``); returns the update."""
@@ -192,7 +224,8 @@ class RecordState:
         self.shares = None
 
     def now_stored(self, stored: StoredRecord) -> None:
-        """The record's row is now ``stored`` (an admin action stored it)."""
+        """The record's row is now ``stored`` (an admin action stored it, or its
+        predicted changes were applied)."""
         self.stored = stored
 
     def carry_over(self, old: RecordState) -> None:

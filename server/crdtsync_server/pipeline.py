@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import attrs
 
@@ -33,6 +33,7 @@ from crdtsync.core.schema import Schema
 from .access import RecordAccess
 from .cache import RecordCache
 from .fanout import FanOut, Listener
+from .fastpath import Deferred, Mispredicted, Predicted, predict
 from .merge import Accepted, AlreadyDone, Decision, RecordState, Refused, decide
 from .metrics import Metrics
 from .policy import Policy, Principal, RecordFacts
@@ -67,6 +68,8 @@ class PushPipeline:
         self.client_id = client_id
         self.max_record_bytes = max_record_bytes
         self._bound: dict[int, str] = {}  # CRDT client ids known to be bound, and to whom
+        #: decide changes of the common shape by prediction (:mod:`.fastpath`)
+        self.predicting = True
 
     def push(
         self,
@@ -80,14 +83,39 @@ class PushPipeline:
         a tombstone for each retransmitted change whose record was deleted since it was
         accepted (a replica that never saw the delete, e.g. one resuming from cursor 0,
         would otherwise keep the record).
+
+        Changes of the common shape are decided by prediction and applied once per
+        record (:mod:`.fastpath`); if yrs does not do what was predicted, nothing of the
+        frame is kept and it is decided again change by change.
         """
         assert origin.principal is not None
-        if followups is None:
-            followups = []
+        changes = list(changes)
+        later: list[Frame] = []
+        try:
+            verdicts = self._push(origin, changes, later, predicting=self.predicting)
+        except Mispredicted as exc:
+            log.warning("push: %s; deciding the frame again change by change", exc)
+            self.metrics.count("mispredicted_frames")
+            later = []
+            verdicts = self._push(origin, changes, later, predicting=False)
+        if followups is not None:
+            followups.extend(later)
+        return verdicts
+
+    def _push(
+        self,
+        origin: Listener,
+        changes: list[ChangeFrame],
+        followups: list[Frame],
+        *,
+        predicting: bool,
+    ) -> Verdicts:
+        assert origin.principal is not None
         principal = origin.principal
         verdicts: list[Verdict] = []
         accepted: list[tuple[StoredRecord, ChangeRow]] = []
         touched_cache: list[str] = []
+        deferred: dict[str, Deferred] = {}  # predicted changes per record, not applied yet
         # Seconds per stage (see metrics.PUSH_STAGES), summed over the frame: a clock
         # reading at each stage boundary, nothing per field.
         clock = time.perf_counter
@@ -95,7 +123,6 @@ class PushPipeline:
         started = mark = clock()
         try:
             with self.storage.transaction():
-                changes = list(changes)
                 # One query for the whole frame: which ids were seen before (retransmits).
                 seen = self.storage.known_change_ids([c.change_id for c in changes])
                 for change in changes:
@@ -104,13 +131,34 @@ class PushPipeline:
                     load_s += now - mark
                     mark = now
                     if verdict is None:
-                        decision = self._decide(principal, change, state, facts)
+                        predicted = (
+                            self._predict(principal, change, state, facts) if predicting else None
+                        )
+                        if predicted is None and state is not None and change.record_id in deferred:
+                            self._apply_deferred(deferred.pop(change.record_id))
+                        decision = (
+                            predicted.accepted
+                            if predicted is not None
+                            else self._decide(principal, change, state, facts)
+                        )
                         now = clock()
                         decide_s += now - mark
                         mark = now
-                        verdict, outcome = self._settle(
-                            principal, change, stored, state, decision, touched_cache
-                        )
+                        touched_cache.append(change.record_id)
+                        outcome: tuple[StoredRecord, ChangeRow] | None
+                        if predicted is not None:
+                            assert state is not None
+                            verdict, outcome = self._store_predicted(
+                                principal, change, state, predicted
+                            )
+                            record = deferred.get(change.record_id)
+                            if record is None:
+                                record = deferred[change.record_id] = Deferred(state)
+                            record.add(predicted)
+                        else:
+                            verdict, outcome = self._settle(
+                                principal, change, stored, state, decision, touched_cache
+                            )
                         now = clock()
                         store_s += now - mark
                         mark = now
@@ -118,11 +166,18 @@ class PushPipeline:
                             accepted.append(outcome)
                     seen.add(change.change_id)
                     verdicts.append(verdict)
+                for record in deferred.values():
+                    self._apply_deferred(record)
+                now = clock()
+                decide_s += now - mark
+                mark = now
             finished = clock()
+        except Mispredicted:
+            self._forget(touched_cache)
+            raise
         except Exception:
             log.exception("push of %d changes failed; nothing was stored", len(verdicts))
-            for record_id in touched_cache:
-                self.cache.pop(record_id, None)
+            self._forget(touched_cache)
             self.metrics.count("errored", len(verdicts))
             return Verdicts(
                 tuple(
@@ -144,6 +199,37 @@ class PushPipeline:
             self.fan_out.changes(origin, accepted)
             self.metrics.observe_stage("fanout", clock() - fanning)
         return Verdicts(tuple(verdicts))
+
+    def _forget(self, record_ids: list[str]) -> None:
+        """After a rollback: drop what the cache and the bindings learnt from it."""
+        for record_id in record_ids:
+            self.cache.pop(record_id, None)
+        self._bound.clear()
+
+    def _predict(
+        self,
+        principal: Principal,
+        change: ChangeFrame,
+        state: RecordState | None,
+        facts: RecordFacts | None,
+    ) -> Predicted | None:
+        return predict(
+            change,
+            state,
+            facts,
+            principal=principal,
+            schema=self.schema,
+            policy=self.policy,
+            context=self.storage,
+            relay_client_id=self.client_id,
+        )
+
+    def _apply_deferred(self, record: Deferred) -> None:
+        """Apply a record's predicted changes (checked by effect) and store its row."""
+        whole = record.apply(self.max_record_bytes)
+        stored = attrs.evolve(record.state.stored, state=whole)
+        record.state.now_stored(stored)
+        self.storage.put_record(stored)
 
     def _load(
         self, principal: Principal, change: ChangeFrame, seen: set[str], followups: list[Frame]
@@ -216,7 +302,6 @@ class PushPipeline:
             return Ack(
                 change_id=change.change_id, record_id=change.record_id, version=decision.version
             ), None
-        touched_cache.append(change.record_id)
         return self._store_accepted(principal, change, stored, state, decision)
 
     def _retransmitted(
@@ -280,23 +365,62 @@ class PushPipeline:
                     else (decision.values.get(owner_name) if owner_name else None)
                 ),
             )
-            unique = {
-                name: spec.fields[name].type.encode(decision.values.get(name))
-                for name, field in spec.fields.items()
-                if field.unique
-            }
-            if unique and (state is None or set(unique) & set(decision.fields)):
-                self.storage.set_uniques(change.object, change.record_id, unique)
+            self._store_uniques(change, decision, created=state is None)
             if decision.parsed is not None:
-                for client in decision.parsed.clients():
-                    if self._bound.get(client) != principal.replica_id:
-                        self.storage.bind_client_id(client, principal.replica_id)
-                        self._bound[client] = principal.replica_id
+                self._bind(principal, decision.parsed.clients())
             if state is None:  # the document was just built: index it, don't reload it
                 state = RecordState.created(new, decision)
             else:
                 state.commit(new, decision, principal.replica_id, principal.user)
             self.cache.remember(change.record_id, state)
+        self.storage.put_record(new)
+        row = self._log(principal, change, seq, decision)
+        relay_update = decision.relay_update
+        if relay_update and state is not None:  # e.g. texts of fields hidden from the creator
+            relay_update = self.access.project(principal, state, relay_update)
+        verdict = Ack(
+            change_id=change.change_id, record_id=change.record_id, version=seq, update=relay_update
+        )
+        return verdict, (new, row)
+
+    def _store_predicted(
+        self, principal: Principal, change: ChangeFrame, state: RecordState, predicted: Predicted
+    ) -> tuple[Verdict, tuple[StoredRecord, ChangeRow]]:
+        """Store a predicted change: its log row now, the record's row once its changes of
+        the frame are applied (:meth:`_apply_deferred`)."""
+        seq = self.storage.next_seq()
+        accepted = predicted.accepted
+        new = attrs.evolve(state.stored, version=seq)  # its state: when applied
+        self._store_uniques(change, accepted, created=False)
+        self._bind(principal, (predicted.client,))
+        replica, user = principal.replica_id, principal.user
+        state.commit_predicted(new, accepted, predicted.writes, predicted.replaced, replica, user)
+        self.cache.remember(change.record_id, state)
+        row = self._log(principal, change, seq, accepted)
+        verdict = Ack(change_id=change.change_id, record_id=change.record_id, version=seq)
+        return verdict, (new, row)
+
+    def _store_uniques(self, change: ChangeFrame, decision: Accepted, *, created: bool) -> None:
+        """The record's ``unique`` values, if the change touched one (or created it)."""
+        spec = self.schema.objects[change.object]
+        unique = {
+            name: spec.fields[name].type.encode(decision.values.get(name))
+            for name, field in spec.fields.items()
+            if field.unique
+        }
+        if unique and (created or set(unique) & set(decision.fields)):
+            self.storage.set_uniques(change.object, change.record_id, unique)
+
+    def _bind(self, principal: Principal, clients: Iterable[int]) -> None:
+        """Bind the CRDT client ids to the principal's replica (first use wins)."""
+        for client in clients:
+            if self._bound.get(client) != principal.replica_id:
+                self.storage.bind_client_id(client, principal.replica_id)
+                self._bound[client] = principal.replica_id
+
+    def _log(
+        self, principal: Principal, change: ChangeFrame, seq: int, decision: Accepted
+    ) -> ChangeRow:
         row = ChangeRow(
             seq=seq,
             record_id=change.record_id,
@@ -309,12 +433,5 @@ class PushPipeline:
             update=decision.update,
             at=time.time(),
         )
-        self.storage.put_record(new)
         self.storage.add_change(row)
-        relay_update = decision.relay_update
-        if relay_update and state is not None:  # e.g. texts of fields hidden from the creator
-            relay_update = self.access.project(principal, state, relay_update)
-        verdict = Ack(
-            change_id=change.change_id, record_id=change.record_id, version=seq, update=relay_update
-        )
-        return verdict, (new, row)
+        return row

@@ -1,0 +1,292 @@
+"""The common edit, proven acceptable from its bytes, applied once per record per frame.
+
+Almost every change a replica pushes is the same shape: it overwrites a few plain
+fields of a record it can edit, each new value placed right after the value it
+replaces. For that shape the outcome of applying the update is known before pycrdt
+sees it, so :func:`predict` decides the change from the parsed update and the relay's
+record state alone, and the pipeline applies the record's accepted updates of the whole
+push frame in one pycrdt transaction (:class:`Deferred`), checking afterwards that yrs
+did exactly what was predicted.
+
+The shape, every part of it checked (anything else is left to :func:`.merge.decide`):
+
+* an ``update`` of an existing, live record of the object the change names, by a
+  principal who may read and edit it and from whom no field of it is hidden;
+* one CRDT client, not the relay's, not bound to another replica; its clocks start
+  exactly where the record's end (nothing re-sent, nothing missing) and overlap no
+  refused operations;
+* every struct is an item of one plain (``any``) value, with an origin, no right origin
+  and no parent of its own, whose origin is the **standing** entry of a field of the
+  ``fields`` map (or the item before it in this update, for the same field): the item
+  then becomes the rightmost entry of that key, the field's new value;
+* the delete set deletes exactly those origins (the replaced values), besides what the
+  record has already deleted;
+* the fields are visible, editable (not read-only, not the owner) and not ``text``;
+  nobody else changed them since the change's base; the written values, and the whole
+  record with them, pass every rule (the same functions :func:`.merge.decide` runs).
+
+"Standing" needs an exact index: the item index of a record loaded from its full state
+knows every deletion, and a predicted change adds exactly the deletions yrs makes. After
+a change decided the general way the index is rebuilt from the record's state before the
+next prediction (:meth:`Deferred.exact_index`).
+
+A prediction is a promise checked by effect: :meth:`Deferred.apply` applies the
+record's accepted updates and compares what yrs reports it changed (the keys and their
+values, and the state vector) with what was predicted. A mismatch raises
+:class:`Mispredicted`: the pipeline then rolls the frame back and decides it again
+change by change, so nothing decided on a wrong prediction is ever stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from crdtsync.core.exceptions import UpdateDecodeError
+from crdtsync.core.fieldtypes import FieldType
+from crdtsync.core.protocol import ChangeFrame, ChangeKind
+from crdtsync.core.record import PLAIN_VALUES, UNREAD
+from crdtsync.core.schema import Schema
+from crdtsync.core.yupdate import StructInfo, parse_update
+
+from .anatomy import ENTRY, Anatomy, ItemIndex
+from .merge import (
+    MAX_UPDATE_STRUCTS,
+    Accepted,
+    MergeContext,
+    RecordState,
+    _invalid_record_refused,
+    _stored_fields,
+    _written_value_errors,
+    decode_state_vector,
+)
+from .policy import Action, Policy, Principal, RecordFacts
+
+
+class Mispredicted(Exception):
+    """yrs did not do what a prediction promised: decide the frame again, the general way."""
+
+
+@attrs.frozen(kw_only=True)
+class Predicted:
+    """An accepted change of the common shape, not applied yet."""
+
+    accepted: Accepted
+    client: int
+    end: int  #: the clock after the change's last item
+    writes: list[tuple[int, int, str]]  #: (client, clock, field) of each item
+    replaced: set[tuple[int, int]]  #: the items it deletes: the values it replaces
+    raw: Mapping[str, Any]  #: field -> the value yrs will read back
+
+
+def predict(
+    change: ChangeFrame,
+    state: RecordState | None,
+    facts: RecordFacts | None,
+    *,
+    principal: Principal,
+    schema: Schema,
+    policy: Policy,
+    context: MergeContext,
+    relay_client_id: int,
+) -> Predicted | None:
+    """The acceptance of ``change`` if it has the common shape (module docstring) and
+    passes every check; ``None`` if not (then :func:`.merge.decide` decides it)."""
+    if (
+        change.kind is not ChangeKind.UPDATE
+        or not change.delta
+        or state is None
+        or facts is None
+        or state.stored.deleted
+        or state.stored.object != change.object
+    ):
+        return None
+    name = change.object
+    spec = schema.objects.get(name)
+    view = policy.schema_for(principal).objects.get(name)
+    if spec is None or view is None:
+        return None
+    if policy.hidden_fields(principal, name) or principal.once_hidden.get(name):
+        return None
+    if not policy.allows(principal, Action.READ, name, facts) or not policy.allows(
+        principal, Action.UPDATE, name, facts
+    ):
+        return None
+    try:
+        parsed = parse_update(change.delta, max_structs=MAX_UPDATE_STRUCTS)
+    except UpdateDecodeError:
+        return None
+    structs = parsed.structs
+    if not structs or not all(map(_plain_entry, structs)):
+        return None
+    if not state.exact:
+        exact_index(state)
+    client = structs[0].client
+    index = state.index
+    start = index.end_clock(client)
+    if client == relay_client_id or structs[0].clock != start:
+        return None
+    owner = context.client_id_owner(client)
+    if owner is not None and owner != principal.replica_id:
+        return None
+    end = start + len(structs)
+    if context.refused_by(change.record_id, client, start, end) is not None:
+        return None
+
+    keys: list[str] = []
+    raw: dict[str, Any] = {}
+    latest: dict[str, int] = {}  # field -> clock of its item in this update so far
+    origins: set[tuple[int, int]] = set()
+    clock = start
+    for struct in structs:
+        if struct.client != client or struct.clock != clock:
+            return None
+        origin = struct.origin
+        assert origin is not None
+        if origin[0] == client and start <= origin[1] < clock:
+            key = keys[origin[1] - start]
+            if latest[key] != origin[1]:
+                return None  # not the item this update last wrote to that field
+        else:
+            found = index.owner(origin)
+            if found is None or found[1] != ENTRY or index.deleted(origin):
+                return None
+            key = found[0]
+            if key in latest:
+                return None  # a second write to the field, not after the first
+        held = parsed.any_values(struct)
+        if len(held) != 1 or type(held[0]) not in PLAIN_VALUES:
+            return None
+        keys.append(key)
+        raw[key] = held[0]
+        latest[key] = clock
+        origins.add(origin)
+        clock += 1
+    if index.newly_deleted(parsed.delete_set, limit=len(origins)) != origins:
+        return None
+
+    touched = set(raw)
+    for key in touched:
+        field = view.fields.get(key)
+        if (
+            field is None
+            or key not in spec.fields
+            or field.read_only
+            or field.type in (FieldType.OWNER, FieldType.TEXT)
+        ):
+            return None
+    if _changed_by_others(change, state, touched, principal, context):
+        return None
+    anatomy = Anatomy(written=raw)
+    if _written_value_errors(anatomy, spec):
+        return None
+    values = {k: v for k, v in state.values.items() if k not in touched}
+    problems = {k: v for k, v in state.problems.items() if k not in touched}
+    for key in touched:
+        decoded = spec.fields[key].type.decode(raw[key])
+        if decoded is not None:
+            values[key] = decoded
+    refused = _invalid_record_refused(
+        change, state, spec, view, schema, values, problems, touched, context, parsed
+    )
+    if refused is not None:
+        return None
+    accepted = Accepted(
+        kind=ChangeKind.UPDATE,
+        fields=_stored_fields(spec, values, touched),
+        values=values,
+        update=change.delta,
+        parsed=parsed,
+        doc=state.doc,
+        problems=problems,
+    )
+    writes = [(client, start + i, key) for i, key in enumerate(keys)]
+    return Predicted(
+        accepted=accepted, client=client, end=end, writes=writes, replaced=origins, raw=raw
+    )
+
+
+def _plain_entry(struct: StructInfo) -> bool:
+    """The struct is one plain value placed after another item, naming no parent."""
+    return (
+        struct.kind == "item"
+        and struct.content == "any"
+        and struct.length == 1
+        and struct.origin is not None
+        and struct.right_origin is None
+        and struct.parent_root is None
+        and struct.parent_id is None
+        and struct.parent_sub is None
+    )
+
+
+def _changed_by_others(
+    change: ChangeFrame,
+    state: RecordState,
+    touched: set[str],
+    principal: Principal,
+    context: MergeContext,
+) -> bool:
+    """Someone else wrote one of the fields since the change's base (then the general
+    path decides whether it is a conflict)."""
+    bases = {name: change.field_bases.get(name, change.base_version) for name in touched}
+    if min(bases.values()) >= state.stored.version:
+        return False
+    writes = state.field_writes(context)
+    return any(
+        replica != principal.replica_id and seq > bases[name]
+        for name in touched
+        for replica, (seq, _user) in writes.get(name, {}).items()
+    )
+
+
+@attrs.define
+class Deferred:
+    """A record's predicted changes of one push frame, applied together by :meth:`apply`."""
+
+    state: RecordState
+    updates: list[bytes] = attrs.field(factory=list)
+    raw: dict[str, Any] = attrs.field(factory=dict)  #: field -> predicted final value
+    ends: dict[int, int] = attrs.field(factory=dict)  #: client -> predicted end clock
+
+    def add(self, predicted: Predicted) -> None:
+        self.updates.append(predicted.accepted.update)
+        self.raw.update(predicted.raw)
+        self.ends[predicted.client] = predicted.end
+
+    def apply(self, max_record_bytes: int) -> bytes:
+        """Apply the updates in one transaction, check that yrs did what was predicted,
+        and return the record's whole state; :class:`Mispredicted` if it did not (or the
+        record outgrew ``max_record_bytes``: the general path says which change did)."""
+        doc, changes = self.state.doc, self.state.changes
+        assert changes is not None
+        changes.take()  # forget earlier transactions (the relay's own)
+        try:
+            after = decode_state_vector(doc.apply_all_for_state(self.updates))
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            raise Mispredicted(f"pycrdt refused a predicted update: {exc}") from None
+        effect = changes.take_values()
+        if effect.keys() != self.raw.keys():
+            raise Mispredicted(f"changed {sorted(effect)}, predicted {sorted(self.raw)}")
+        for key, value in self.raw.items():
+            seen = effect[key]
+            if seen is UNREAD or type(seen) is not type(value) or seen != value:
+                raise Mispredicted(f"{key} reads {seen!r}, predicted {value!r}")
+        for client, end in self.ends.items():
+            if after.get(client, 0) != end:
+                raise Mispredicted(f"client {client} at {after.get(client, 0)}, predicted {end}")
+        whole = doc.full_update()
+        if len(whole) > max_record_bytes:
+            raise Mispredicted("the record outgrew its limit")
+        return whole
+
+
+def exact_index(state: RecordState) -> None:
+    """Make ``state``'s item index exact (rebuilt from the stored state) if a change
+    decided the general way may have left it behind (see the module docstring)."""
+    if not state.exact:
+        state.reindex(ItemIndex.from_state(state.stored.state))
