@@ -38,6 +38,7 @@ IGNORED = 2  #: garbage-collected or refused items: nothing to attribute
 
 Owner = tuple[str, int]
 _IGNORED: Owner = ("", IGNORED)
+_NO_FIELDS: frozenset[str] = frozenset()
 
 
 @attrs.frozen
@@ -100,7 +101,13 @@ class _Ranges:
             i += 1
 
     def add(self, start: int, end: int, owner: Owner) -> None:
-        i = bisect.bisect_left(self.starts, start)
+        starts = self.starts
+        if not starts or start > starts[-1]:  # the common case: a new item at the end
+            starts.append(start)
+            self.ends.append(end)
+            self.owners.append(owner)
+            return
+        i = bisect.bisect_left(starts, start)
         if i < len(self.starts) and self.starts[i] == start:
             return  # already known (an update seen twice)
         self.starts.insert(i, start)
@@ -115,7 +122,19 @@ class _DeleteSet:
         self._ranges: dict[int, list[tuple[int, int]]] = {}
 
     def add(self, client: int, start: int, end: int) -> None:
-        ranges = self._ranges.setdefault(client, [])
+        ranges = self._ranges.get(client)
+        if ranges and start < end:
+            # The list is kept merged (no two ranges overlap or touch), so a range that
+            # lies inside the last one changes nothing, and one that starts inside or
+            # right after it (a delta repeats the document's whole delete set, which
+            # grows at the end) only moves its end. Anything else: insert and re-merge.
+            last_start, last_end = ranges[-1]
+            if last_start <= start <= last_end:
+                if end > last_end:
+                    ranges[-1] = (last_start, end)
+                return
+        if ranges is None:
+            ranges = self._ranges[client] = []
         bisect.insort(ranges, (start, end))
         merged: list[tuple[int, int]] = []
         for s, e in ranges:
@@ -300,15 +319,18 @@ class ItemIndex:
         last = self._last
         owners = last[1] if last is not None and last[0] is parsed else self._attribute(parsed)[1]
         self._last = None
+        clients = self._clients
         for struct in parsed.structs:
             owner = owners.get((struct.client, struct.clock))
             if owner is not None:
-                self._clients.setdefault(struct.client, _Ranges()).add(
-                    struct.clock, struct.clock + struct.length, owner
-                )
+                known = clients.get(struct.client)
+                if known is None:
+                    known = clients[struct.client] = _Ranges()
+                known.add(struct.clock, struct.clock + struct.length, owner)
+        deleted = self._deleted
         for client, ranges in parsed.delete_set.items():
             for clock, length in ranges:
-                self._deleted.add(client, clock, clock + length)
+                deleted.add(client, clock, clock + length)
 
     def commit_bytes(self, update: bytes) -> None:
         """Record an update (given as bytes) that has been applied to the record."""
@@ -378,6 +400,105 @@ class ItemIndex:
         return None
 
     def _attribute(self, parsed: ParsedUpdate) -> tuple[Anatomy, dict[tuple[int, int], Owner]]:
+        """The update's anatomy, and the owner of each of its structs it could resolve
+        (keyed by ``(client, clock)``)."""
+        common = self._attribute_common(parsed)
+        return common if common is not None else self._attribute_general(parsed)
+
+    def _attribute_common(
+        self, parsed: ParsedUpdate
+    ) -> tuple[Anatomy, dict[tuple[int, int], Owner]] | None:
+        """:meth:`_attribute_general` for the common delta, or ``None`` if it is not one.
+
+        The common delta is a few items that each follow an item this index already
+        holds: map overwrites (whose origin is the key's previous value) and text
+        appended after known characters. The general procedure resolves items against
+        the update's own items first (``local``) and then the index, round after round.
+        When no item's origin lies within the clock ranges of the update's own structs,
+        the local lookup can never answer, so each item resolves in the first round,
+        from the index, to exactly what this method finds. Anything else -- a GC or skip
+        struct, an item with no origin (it names its parent), an origin inside the
+        update or unknown to the index -- returns ``None`` and the general procedure
+        decides. The delete set is then read as there, with the update's items standing
+        in for ``local``. Equal results are property-tested.
+        """
+        structs = parsed.structs
+        if not structs:
+            return None
+        spans: dict[int, tuple[int, int]] | None = None
+        if len(structs) > 1:
+            spans = parsed.client_ranges()
+        clients = self._clients
+        owners: dict[tuple[int, int], Owner] = {}
+        last_write: dict[str, StructInfo] = {}
+        nested: set[str] = set()
+        for struct in structs:
+            origin = struct.origin
+            if origin is None or struct.kind != "item":
+                return None
+            origin_client, origin_clock = origin
+            if spans is not None:
+                span = spans.get(origin_client)
+                if span is not None and span[0] <= origin_clock < span[1]:
+                    return None
+            source = clients.get(origin_client)
+            if source is None:
+                return None
+            owner = source.find(origin_clock)
+            if owner is None:
+                return None
+            owners[(struct.client, struct.clock)] = owner
+            field, level = owner
+            if level == ENTRY:
+                previous = last_write.get(field)
+                if previous is None or _write_rank(parsed, struct) >= _write_rank(parsed, previous):
+                    last_write[field] = struct
+            elif level == NESTED:
+                nested.add(field)
+
+        missing = False
+        deleted: set[str] = set()
+        for client, ranges in parsed.delete_set.items():
+            source = clients.get(client)
+            for clock, length in ranges:
+                for start, end in self._deleted.subtract(client, clock, clock + length):
+                    covered = 0
+                    for struct in structs:  # the update's own items ("local")
+                        if struct.client == client:
+                            s, e = struct.clock, struct.clock + struct.length
+                            if s < end and e > start:
+                                covered += min(e, end) - max(s, start)
+                                owner = owners[(client, s)]
+                                if owner[1] != IGNORED:
+                                    deleted.add(owner[0])
+                    if source is not None:  # source.overlapping(start, end), inlined
+                        starts = source.starts
+                        i = bisect.bisect_right(starts, start) - 1
+                        if i < 0:
+                            i = 0
+                        while i < len(starts) and starts[i] < end:
+                            e = source.ends[i]
+                            if e > start:
+                                s = starts[i]
+                                covered += (e if e < end else end) - (s if s > start else start)
+                                field, level = source.owners[i]
+                                if level != IGNORED:
+                                    deleted.add(field)
+                            i += 1
+                    if covered < end - start:
+                        missing = True
+        anatomy = Anatomy(
+            written={field: _entry_value(parsed, struct) for field, struct in last_write.items()},
+            nested=frozenset(nested) if nested else _NO_FIELDS,
+            deleted=frozenset(deleted) if deleted else _NO_FIELDS,
+            missing=missing,
+        )
+        return anatomy, owners
+
+    def _attribute_general(
+        self, parsed: ParsedUpdate
+    ) -> tuple[Anatomy, dict[tuple[int, int], Owner]]:
+        """Attribute every struct of ``parsed``, whatever it holds (see the module)."""
         local: dict[int, _Ranges] = {}
         owners: dict[tuple[int, int], Owner] = {}
         last_write: dict[str, tuple[tuple[bool, int], StructInfo]] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+from pathlib import Path
 from typing import Any
 
 import pycrdt
@@ -16,6 +17,8 @@ from crdtsync.core.yupdate import (
     ParsedUpdate,
     StructInfo,
     UpdateDecodeError,
+    _parse_common,
+    _parse_general,
     parse_update,
 )
 from tests.helpers.updates import one_client, root_item, vs, vu
@@ -712,3 +715,214 @@ def test_spliced_valid_updates_raise_nothing_but_update_decode_error(
     position: int, removed: int, inserted: bytes
 ) -> None:
     assert_only_decode_errors(SAMPLE[:position] + inserted + SAMPLE[position + removed :])
+
+
+# --------------------------------------------------------------------------- fast path
+# parse_update reads common deltas (map overwrites of simple values) on a fast path and
+# leaves everything else to the general parser.  Whatever the input, both must give the
+# same answer: an equal ParsedUpdate (and equal byte offsets, which are not compared by
+# ==) or the same UpdateDecodeError.
+
+FUZZ_CORPUS = Path(__file__).resolve().parents[1] / "faults" / "fuzz" / "corpus"
+
+
+def parse_outcome(parse: Any, data: bytes, max_structs: int = 1_000_000) -> tuple[Any, ...]:
+    try:
+        parsed = parse(data, max_structs=max_structs)
+    except UpdateDecodeError as exc:
+        return ("error", str(exc))
+    return (
+        "parsed",
+        parsed,
+        parsed.delete_set_at,
+        tuple(struct.byte_span for struct in parsed.structs),
+        # repr: NaN is not equal to itself, and -0.0 is equal to 0.0
+        repr([parsed.any_values(struct) for struct in parsed.structs]),
+    )
+
+
+def assert_paths_agree(data: bytes, max_structs: int = 1_000_000) -> tuple[Any, ...]:
+    outcome = parse_outcome(parse_update, data, max_structs)
+    assert outcome == parse_outcome(_parse_general, data, max_structs), data.hex()
+    return outcome
+
+
+def takes_fast_path(data: bytes) -> bool:
+    try:
+        return _parse_common(data, 1_000_000) is not None
+    except (UpdateDecodeError, IndexError):
+        return False
+
+
+def overwrite_deltas(client_id: int, values: list[Any]) -> list[bytes]:
+    """The delta of each write of ``values`` to one key (the first one creates it)."""
+    doc = new_doc(client_id)
+    fields = doc.get("fields", type=pycrdt.Map)
+    deltas = []
+    for value in values:
+        state = doc.get_state()
+        fields["k"] = value
+        deltas.append(bytes(doc.get_update(state)))
+    return deltas
+
+
+SIMPLE_VALUES = [7, -3, 2**40, 1.5, 0.1, -0.0, "", "short", "é😀", True, False, None]
+
+
+@pytest.mark.parametrize("client_id", [1, 1000, 2**32 + 5, 2**53 - 1])
+@pytest.mark.parametrize("value", SIMPLE_VALUES, ids=repr)
+def test_fast_path_reads_a_map_overwrite_as_the_general_parser_does(
+    client_id: int, value: Any
+) -> None:
+    *earlier, delta = overwrite_deltas(client_id, [0, 1, value])
+    assert takes_fast_path(delta)
+    outcome = assert_paths_agree(delta)
+    assert outcome[0] == "parsed"
+    [item] = outcome[1].structs
+    assert item.origin == (client_id, 1) and item.parent_sub is None
+    reader = new_doc(client_id + 1 if client_id < 2**53 - 1 else 1)
+    for update in earlier:
+        reader.apply_update(update)
+    reader.apply_update(delta)
+    assert outcome[4] == repr([[reader.get("fields", type=pycrdt.Map)["k"]]])
+
+
+def test_fast_path_takes_several_overwrites_and_several_writers() -> None:
+    docs = [new_doc(5), new_doc(2**40)]
+    docs[0].get("fields", type=pycrdt.Map).update({"a": 0, "b": 0})
+    docs[1].apply_update(docs[0].get_update())
+    deltas = []
+    for doc, value in zip(docs, (1.5, "two"), strict=True):
+        state = doc.get_state()
+        with doc.transaction():  # one change that overwrites two fields
+            doc.get("fields", type=pycrdt.Map).update({"a": value, "b": value})
+        deltas.append(bytes(doc.get_update(state)))
+    merged = bytes(pycrdt.merge_updates(*deltas))
+    parsed = parse_update(merged)
+    assert len(parsed.clients()) == 2 and len(parsed.structs) == 4
+    for update in (*deltas, merged):
+        assert takes_fast_path(update)
+        assert_paths_agree(update)
+
+
+def test_fast_path_leaves_other_updates_to_the_general_parser() -> None:
+    # A first write names its root and key; a text edit has string content.
+    first = overwrite_deltas(3, [1])[0]
+    assert not takes_fast_path(first)
+    doc = new_doc(3)
+    doc.get("body", type=pycrdt.Text).insert(0, "hello")
+    assert not takes_fast_path(bytes(doc.get_update()))
+    assert not takes_fast_path(SAMPLE)
+    assert not takes_fast_path(b"")
+
+
+@pytest.mark.parametrize("max_structs", [0, 1, 2])
+def test_fast_path_honours_max_structs(max_structs: int) -> None:
+    *_, delta = overwrite_deltas(9, [0, 1, 2])
+    outcome = assert_paths_agree(delta, max_structs)
+    assert (outcome[0] == "error") == (max_structs == 0)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n_docs=st.integers(1, 3), ops=OPS, client_base=st.sampled_from([1000, 2**31, 2**53 - 8]))
+def test_pycrdt_deltas_and_states_parse_the_same_on_both_paths(
+    n_docs: int, ops: list[tuple[Any, ...]], client_base: int
+) -> None:
+    """Every delta a random session produces (each op's, and full states and merges)."""
+    docs = [new_doc(client_base + k) for k in range(n_docs)]
+    for op in ops:
+        doc = docs[op[1] % len(docs)]
+        state = doc.get_state()
+        _apply_ops(docs, [op])
+        assert_paths_agree(bytes(doc.get_update(state)))
+    for doc in docs:
+        assert_paths_agree(bytes(doc.get_update()))
+    assert_paths_agree(bytes(pycrdt.merge_updates(*(d.get_update() for d in docs))))
+
+
+COMMON_DELTAS = [
+    *overwrite_deltas(1000, [0, 1.5, "x" * 127, 2**62, None])[1:],
+    *overwrite_deltas(2**53 - 1, [0, "é", True, -(2**62)])[1:],
+]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    delta=st.sampled_from(COMMON_DELTAS),
+    position=st.integers(0, 40),
+    removed=st.integers(0, 3),
+    inserted=st.binary(max_size=4),
+)
+def test_mutated_common_deltas_get_the_same_answer_on_both_paths(
+    delta: bytes, position: int, removed: int, inserted: bytes
+) -> None:
+    assert_paths_agree(delta[:position] + inserted + delta[position + removed :])
+
+
+def test_every_truncation_and_byte_change_of_common_deltas_agrees() -> None:
+    for delta in COMMON_DELTAS:
+        for cut in range(len(delta) + 1):
+            assert_paths_agree(delta[:cut])
+        for pos in range(len(delta)):
+            for byte in (0x00, 0x01, 0x7F, 0x80, 0x88, 0xA8, 0xC8, 0xFF, delta[pos] ^ 0x40):
+                assert_paths_agree(delta[:pos] + bytes([byte]) + delta[pos + 1 :])
+        assert_paths_agree(delta + b"\x00")
+
+
+@pytest.mark.parametrize("value", [1, "s"])
+def test_bounds_the_fast_path_must_check_are_refused_as_by_the_general_parser(
+    value: Any,
+) -> None:
+    # one value: the varint 1, or a string (read by the fast path's other branch)
+    item_any = b"\x01\x7d\x01" if value == 1 else b"\x01\x77\x01s"
+    cases = {
+        "client id of 54 bits": vu(1) + vu(1) + vu(2**53) + vu(0) + b"\x88" + vu(1) + vu(0),
+        "origin client of 54 bits": vu(1) + vu(1) + vu(1) + vu(0) + b"\x88" + vu(2**53) + vu(0),
+        "origin clock of 33 bits": vu(1) + vu(1) + vu(1) + vu(0) + b"\x88" + vu(1) + vu(2**32),
+        "end clock of 33 bits": vu(1) + vu(1) + vu(1) + vu(2**32 - 1) + b"\x88" + vu(1) + vu(0),
+        "clock of 65 bits": vu(1) + vu(1) + vu(1) + vu(2**64) + b"\x88" + vu(1) + vu(0),
+        "second section": vu(2) + (vu(1) + vu(1) + vu(0) + b"\x88" + vu(1) + vu(0) + item_any) * 2,
+    }
+    for label, head in cases.items():
+        body = head if label == "second section" else head + item_any
+        for ds in (b"\x00", b"\x01" + vu(1) + b"\x01" + vu(0) + vu(1)):
+            outcome = assert_paths_agree(body + ds)
+            assert outcome[0] == "error", label
+    big_ds = [
+        b"\x01" + vu(2**53) + b"\x01" + vu(0) + vu(1),
+        b"\x01" + vu(1) + b"\x01" + vu(2**32 - 1) + vu(1),
+    ]
+    *_, delta = overwrite_deltas(1, [0, value])
+    assert takes_fast_path(delta)
+    head = delta[: parse_update(delta).delete_set_at]
+    for ds in big_ds:
+        assert assert_paths_agree(head + ds)[0] == "error"
+
+
+def test_string_values_with_bad_utf8_or_lengths_agree() -> None:
+    *_, delta = overwrite_deltas(1, [0, "abc"])
+    at = delta.index(b"abc")
+    for replaced in (b"\xff\xfe\xfd", b"\xc3", b"ab", b"abcd", b"\xc3\xa9c"):
+        assert_paths_agree(delta[:at] + replaced + delta[at + 3 :])
+
+
+def _fuzz_seeds() -> list[bytes]:
+    seeds = [path.read_bytes() for path in sorted((FUZZ_CORPUS / "parse_update").iterdir())]
+    # relay_push seeds are a kind byte and then the delta.
+    seeds += [path.read_bytes()[1:] for path in sorted((FUZZ_CORPUS / "relay_push").iterdir())]
+    return seeds
+
+
+def test_fuzz_corpus_and_its_mutations_parse_the_same_on_both_paths() -> None:
+    seeds = _fuzz_seeds()
+    assert len(seeds) >= 10
+    assert any(takes_fast_path(seed) for seed in seeds)
+    for seed in seeds:
+        assert_paths_agree(seed)
+        for cut in range(len(seed)):
+            assert_paths_agree(seed[:cut])
+        for pos in range(len(seed)):
+            for bit in range(8):
+                mutated = bytearray(seed)
+                mutated[pos] ^= 1 << bit
+                assert_paths_agree(bytes(mutated))
