@@ -177,6 +177,11 @@ class RecordDoc:
                 self._doc.apply_update(update)
             return bytes(self._doc.get_state())
 
+    def deletions(self) -> bytes:
+        """An update holding the document's whole delete set and nothing else."""
+        with self._doc.transaction():
+            return bytes(self._doc.get_update(self._doc.get_state()))
+
     def apply_all_for_state(self, updates: list[bytes]) -> bytes:
         """:meth:`apply_for_state` of several updates, in order, in one transaction."""
         with self._doc.transaction():

@@ -370,20 +370,15 @@ class ItemIndex:
         for client, clock in replaced:
             self._deleted.add_one(client, clock)
 
-    def one_item_per_entry(self) -> bool:
-        """Every field of the ``fields`` map has a single one-clock item: nothing there
-        was overwritten, so nothing was deleted that no delete set names."""
-        seen: set[str] = set()
-        for ranges in self._clients.values():
-            for start, end, (field, level) in zip(
-                ranges.starts, ranges.ends, ranges.owners, strict=True
-            ):
-                if level != ENTRY:
-                    continue
-                if end - start != 1 or field in seen:
-                    return False
-                seen.add(field)
-        return True
+    def sync_deleted(self, delete_set: Mapping[int, tuple[tuple[int, int], ...]]) -> None:
+        """Take the document's whole delete set as the index's: yrs deletes items of its
+        own accord (a map entry integrated beside a concurrent one), which no update's
+        delete set names."""
+        deleted = _DeleteSet()
+        for client, ranges in delete_set.items():
+            for clock, length in sorted(ranges):
+                deleted.add(client, clock, clock + length)
+        self._deleted = deleted
 
     def end_clock(self, client: int) -> int:
         """The next clock this record expects from ``client`` (0 if it has none)."""

@@ -25,10 +25,11 @@ The shape, every part of it checked (anything else is left to :func:`.merge.deci
   nobody else changed them since the change's base; the written values, and the whole
   record with them, pass every rule (the same functions :func:`.merge.decide` runs).
 
-"Standing" needs an exact index: the item index of a record loaded from its full state
-knows every deletion, and a predicted change adds exactly the deletions yrs makes. After
-a change decided the general way the index is rebuilt from the record's state before the
-next prediction (:meth:`Deferred.exact_index`).
+"Standing" needs an exact index, one that knows every deletion of the document: a
+record's index is built from its whole state (whose delete set is complete), takes the
+document's delete set after every change decided the general way (yrs deletes a map
+entry integrated beside a concurrent one of its own accord), and a predicted change adds
+exactly the deletions yrs makes.
 
 A prediction is a promise checked by effect: :meth:`Deferred.apply` applies the
 record's accepted updates and compares what yrs reports it changed (the keys and their
@@ -51,7 +52,7 @@ from crdtsync.core.record import PLAIN_VALUES, UNREAD
 from crdtsync.core.schema import Schema
 from crdtsync.core.yupdate import StructInfo, parse_update
 
-from .anatomy import ENTRY, Anatomy, ItemIndex
+from .anatomy import ENTRY, Anatomy
 from .merge import (
     MAX_UPDATE_STRUCTS,
     Accepted,
@@ -121,8 +122,6 @@ def predict(
     structs = parsed.structs
     if not structs or not all(map(_plain_entry, structs)):
         return None
-    if not state.exact:
-        exact_index(state)
     client = structs[0].client
     index = state.index
     start = index.end_clock(client)
@@ -283,10 +282,3 @@ class Deferred:
         if len(whole) > max_record_bytes:
             raise Mispredicted("the record outgrew its limit")
         return whole
-
-
-def exact_index(state: RecordState) -> None:
-    """Make ``state``'s item index exact (rebuilt from the stored state) if a change
-    decided the general way may have left it behind (see the module docstring)."""
-    if not state.exact:
-        state.reindex(ItemIndex.from_state(state.stored.state))

@@ -95,10 +95,6 @@ class RecordState:
     #: what each transaction on ``doc`` changed (an update is judged by its effect)
     changes: ChangeTracker | None = None
 
-    #: the index knows every deletion of the document (see :mod:`.fastpath`): true for
-    #: a record loaded from its whole state, kept by predicted changes
-    exact: bool = False
-
     def __attrs_post_init__(self) -> None:
         if self.changes is None:
             self.changes = self.doc.track_changes()
@@ -150,7 +146,7 @@ class RecordState:
         """The record as stored, its document rebuilt from its whole state."""
         doc = RecordDoc.from_update(spec, stored.state, client_id=relay_client_id)
         values, problems = doc.read_checked()
-        return cls(stored, doc, ItemIndex.from_state(stored.state), values, problems, exact=True)
+        return cls(stored, doc, ItemIndex.from_state(stored.state), values, problems)
 
     @classmethod
     def created(cls, stored: StoredRecord, accepted: Accepted) -> RecordState:
@@ -161,11 +157,8 @@ class RecordState:
             index.commit(accepted.parsed)
         if accepted.relay_update:
             index.commit_bytes(accepted.relay_update)
-        # A new document integrated into nothing: yrs deleted nothing of its own accord
-        # unless a field has several items (then the index is rebuilt when needed).
-        exact = index.one_item_per_entry()
-        values, problems = dict(accepted.values), dict(accepted.problems)
-        return cls(stored, accepted.doc, index, values, problems, exact=exact)
+        index.sync_deleted(parse_update(accepted.doc.deletions()).delete_set)
+        return cls(stored, accepted.doc, index, dict(accepted.values), dict(accepted.problems))
 
     def commit(
         self, stored: StoredRecord, accepted: Accepted, replica: str | None, user: str | None
@@ -180,7 +173,9 @@ class RecordState:
             self.index.commit(accepted.parsed)
         if accepted.relay_update:
             self.index.commit_bytes(accepted.relay_update)
-        self.exact = False  # yrs may have deleted what no delete set names
+        # yrs may have deleted what no delete set names (a concurrent map entry): the
+        # document's own delete set keeps the index exact.
+        self.index.sync_deleted(parse_update(self.doc.deletions()).delete_set)
 
     def commit_predicted(
         self,
@@ -193,17 +188,12 @@ class RecordState:
     ) -> None:
         """Keep in step with a predicted change (:mod:`.fastpath`; applied later): its
         items ``writes`` (client, clock, field) now stand, the items ``replaced`` are
-        deleted, the index stays exact."""
+        deleted (exactly the deletions yrs makes: the index stays exact)."""
         self.stored = stored
         self.note_write(accepted.fields, stored.version, replica, user)
         self.values = dict(accepted.values)
         self.problems = dict(accepted.problems)
         self.index.commit_entries(writes, replaced)
-
-    def reindex(self, index: ItemIndex) -> None:
-        """Use ``index``, built from the record's whole state (so exact)."""
-        self.index = index
-        self.exact = True
 
     def write_owner(self, owner_field: str, user: str | None) -> bytes:
         """Write the owner field (an admin's ``set_owner``); returns the update."""

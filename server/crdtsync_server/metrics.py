@@ -32,6 +32,10 @@ class Metrics:
         factory=lambda: {"accepted": 0, "conflicted": 0, "unresolvable": 0, "errored": 0}
     )
     frames_rejected: int = 0
+    #: accepted changes decided by prediction (the common edit, see fastpath.py)
+    changes_predicted: int = 0
+    #: push frames decided again change by change after yrs did not do what was predicted
+    frames_mispredicted: int = 0
     frames_rate_limited: int = 0
     connections_refused: int = 0
     merge_seconds_sum: float = 0.0
@@ -84,6 +88,14 @@ class Metrics:
             for name, count in sorted(self.changes.items())
         ]
         lines += [
+            "# HELP crdtsync_changes_predicted_total Accepted changes decided by prediction "
+            "(the common edit: plain fields overwritten).",
+            "# TYPE crdtsync_changes_predicted_total counter",
+            f"crdtsync_changes_predicted_total {self.changes_predicted}",
+            "# HELP crdtsync_frames_mispredicted_total Push frames decided again change by "
+            "change because a prediction did not hold.",
+            "# TYPE crdtsync_frames_mispredicted_total counter",
+            f"crdtsync_frames_mispredicted_total {self.frames_mispredicted}",
             "# HELP crdtsync_frames_rejected_total Frames refused as malformed.",
             "# TYPE crdtsync_frames_rejected_total counter",
             f"crdtsync_frames_rejected_total {self.frames_rejected}",

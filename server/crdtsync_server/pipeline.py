@@ -95,7 +95,7 @@ class PushPipeline:
             verdicts = self._push(origin, changes, later, predicting=self.predicting)
         except Mispredicted as exc:
             log.warning("push: %s; deciding the frame again change by change", exc)
-            self.metrics.count("mispredicted_frames")
+            self.metrics.frames_mispredicted += 1
             later = []
             verdicts = self._push(origin, changes, later, predicting=False)
         if followups is not None:
@@ -116,6 +116,7 @@ class PushPipeline:
         accepted: list[tuple[StoredRecord, ChangeRow]] = []
         touched_cache: list[str] = []
         deferred: dict[str, Deferred] = {}  # predicted changes per record, not applied yet
+        predicted_count = 0
         # Seconds per stage (see metrics.PUSH_STAGES), summed over the frame: a clock
         # reading at each stage boundary, nothing per field.
         clock = time.perf_counter
@@ -135,7 +136,9 @@ class PushPipeline:
                             self._predict(principal, change, state, facts) if predicting else None
                         )
                         if predicted is None and state is not None and change.record_id in deferred:
+                            # decided the general way: on the document as it is by now
                             self._apply_deferred(deferred.pop(change.record_id))
+                            stored = state.stored
                         decision = (
                             predicted.accepted
                             if predicted is not None
@@ -155,6 +158,7 @@ class PushPipeline:
                             if record is None:
                                 record = deferred[change.record_id] = Deferred(state)
                             record.add(predicted)
+                            predicted_count += 1
                         else:
                             verdict, outcome = self._settle(
                                 principal, change, stored, state, decision, touched_cache
@@ -194,6 +198,7 @@ class PushPipeline:
         self.metrics.observe_push(load_s, decide_s, store_s, finished - mark)
         for verdict in verdicts:
             self.metrics.count_verdict(verdict)
+        self.metrics.changes_predicted += predicted_count
         if accepted:
             fanning = clock()
             self.fan_out.changes(origin, accepted)

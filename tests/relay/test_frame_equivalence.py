@@ -1,14 +1,17 @@
-"""A push frame is decided as if its changes came one at a time.
+"""A push frame is decided as if its changes came one at a time, the general way.
 
-The relay decides, stores and fans out a push frame as a whole (records written once
-per frame, the log in one statement, one transaction). Whatever it does per frame, the
-verdicts and everything stored must be those of pushing the same changes one per frame,
-in the same order: a frame mixing accepted, conflicting, invalid, forbidden, zombie and
+The relay decides, stores and fans out a push frame as a whole: the common edit is
+decided by prediction and applied once per record per frame (``fastpath.py``), records
+are written once per frame, the log in one statement, in one transaction. Whatever it
+does per frame, the verdicts and everything stored must be those of pushing the same
+changes one per frame, in the same order, each decided by ``merge.decide`` alone (no
+prediction): a frame mixing accepted, conflicting, invalid, forbidden, zombie and
 dependent changes, to the same and to different records, included.
 
 Two relays on in-memory SQLite with the same CRDT client id get the same scripted
-changes: one as frames, the other one change per push. Hypothesis writes the script:
-two users editing offline, each frame built from what its user last synced.
+changes: one as frames, the other one change per push without prediction. Hypothesis
+writes the script: two users editing offline, each frame built from what its user last
+synced.
 """
 
 from __future__ import annotations
@@ -60,10 +63,14 @@ class Actor:
     synced: dict[str, bytes] = attrs.field(factory=dict)  #: state vector last synced
 
 
-def new_relay() -> Relay:
+def new_relay(*, predicting: bool = True) -> Relay:
+    """A relay; ``predicting=False``: every change decided by :func:`merge.decide`, the
+    general path (no prediction of the common shape)."""
     storage = RelayStorage(":memory:")
     storage.set_meta("client_id", RELAY_CLIENT_ID)
-    return Relay(schema=CONFIG.schema, policy=CONFIG.policy, storage=storage)
+    relay = Relay(schema=CONFIG.schema, policy=CONFIG.policy, storage=storage)
+    relay._pipeline.predicting = predicting
+    return relay
 
 
 def stored_rows(relay: Relay) -> dict[str, list[tuple[Any, ...]]]:
@@ -234,7 +241,7 @@ class Script:
 def test_a_frame_gets_the_verdicts_and_stored_state_of_its_changes_one_at_a_time(
     script: list[tuple[str, list[Any], bool]],
 ) -> None:
-    whole, single = new_relay(), new_relay()
+    whole, single = new_relay(), new_relay(predicting=False)
     users = Script()
     for name, drawn, rebuild in script:
         actor = users.actors[name]
@@ -258,7 +265,7 @@ def test_a_mixed_frame_gets_the_verdicts_of_its_changes_one_at_a_time() -> None:
     """One frame holding a stale same-field edit, an invalid edit, an edit depending on
     it, a forbidden edit, a create and a contact referencing it, and a zombie (the
     refused write again, under a new edit): each verdict as if pushed alone."""
-    whole, single = new_relay(), new_relay()
+    whole, single = new_relay(), new_relay(predicting=False)
     users = Script()
     alice, bob = users.actors["alice"], users.actors["bob"]
     setup = [users._create(alice, "Account", {"Name": "Acme", "Employees": 1})]
@@ -317,6 +324,7 @@ def test_a_mixed_frame_gets_the_verdicts_of_its_changes_one_at_a_time() -> None:
     one_by_one = [v for c in changes for v in single.push(session, [c]).items]  # type: ignore[arg-type]
     assert as_frame == one_by_one
     assert stored_rows(whole) == stored_rows(single)
+    assert whole.metrics.changes_predicted > 0
     got = dict(zip(["stale", "invalid", "dependent", "forbidden", "created", "referencing",
                     "zombie"], as_frame, strict=True))  # fmt: skip
     assert isinstance(got["stale"], Conflict) and got["stale"].conflicts[0].field == "Employees"
@@ -332,7 +340,7 @@ def test_a_mixed_frame_gets_the_verdicts_of_its_changes_one_at_a_time() -> None:
 def test_a_frame_editing_one_record_many_times_stores_each_version_once(rebuild: bool) -> None:
     """Ten edits of one record in one frame: ten log rows, the record row at the last
     version, the same bytes as ten pushes."""
-    whole, single = new_relay(), new_relay()
+    whole, single = new_relay(), new_relay(predicting=False)
     users = Script()
     alice = users.actors["alice"]
     create = users._create(alice, "Account", {"Name": "Acme", "Employees": 1})
@@ -351,6 +359,8 @@ def test_a_frame_editing_one_record_many_times_stores_each_version_once(rebuild:
     for change in changes:
         single.push(session, [change])  # type: ignore[arg-type]
     assert all(isinstance(v, Ack) for v in as_frame)
+    assert whole.metrics.changes_predicted == 10  # none of them went the general way
+    assert single.metrics.changes_predicted == 0
     rows = stored_rows(whole)
     assert rows == stored_rows(single)
     assert len(rows["changes"]) == 11
@@ -359,3 +369,50 @@ def test_a_frame_editing_one_record_many_times_stores_each_version_once(rebuild:
     assert (
         RecordDoc.from_update(CONFIG.schema.objects["Account"], record[2]).read()["Employees"] == 11
     )
+
+
+def test_a_prediction_yrs_does_not_keep_sends_the_frame_back_to_the_general_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If applying a record's predicted changes does anything else (here: yrs is made to
+    write one more field), nothing decided on the prediction is stored or cached: the
+    frame is decided again change by change, with the verdicts and rows of the general
+    path, and the stray write is nowhere."""
+    whole, single = new_relay(), new_relay(predicting=False)
+    users = Script()
+    alice = users.actors["alice"]
+    create = users._create(alice, "Account", {"Name": "Acme", "Employees": 1})
+    for relay in (whole, single):
+        relay.push(FakeSession(alice.principal), [create])  # type: ignore[arg-type]
+    users.sync(alice, whole, rebuild=True)
+    rid = create.record_id
+    base = alice.known[rid]
+    changes = [
+        users._frame(alice, rid, "Account", ChangeKind.UPDATE,
+                     alice.docs[rid].write({"Employees": n}), base, {"Employees": base})
+        for n in (5, 6)
+    ]  # fmt: skip
+    applied = RecordDoc.apply_all_for_state
+    strays: list[str] = []
+
+    def misbehaving(self: RecordDoc, updates: list[bytes]) -> bytes:
+        if not strays:
+            strays.append("stray")
+            self.write({"Website": "stray.example.com"})
+        return applied(self, updates)
+
+    monkeypatch.setattr(RecordDoc, "apply_all_for_state", misbehaving)
+    session = FakeSession(alice.principal)
+    as_frame = list(whole.push(session, changes).items)  # type: ignore[arg-type]
+    one_by_one = [v for c in changes for v in single.push(session, [c]).items]  # type: ignore[arg-type]
+
+    assert strays  # the prediction was applied, and did not hold
+    assert whole.metrics.frames_mispredicted == 1
+    assert as_frame == one_by_one and all(isinstance(v, Ack) for v in as_frame)
+    assert stored_rows(whole) == stored_rows(single)
+    stored = whole.storage.get_record(rid)
+    assert stored is not None
+    values = RecordDoc.from_update(CONFIG.schema.objects["Account"], stored.state).read()
+    assert values["Employees"] == 6 and "Website" not in values
+    cached = whole._cache.get(rid)
+    assert cached is None or "Website" not in cached.doc.read()
