@@ -49,7 +49,7 @@ from crdtsync.core.exceptions import UpdateDecodeError
 from crdtsync.core.fieldtypes import FieldType
 from crdtsync.core.protocol import ChangeFrame, ChangeKind
 from crdtsync.core.record import PLAIN_VALUES, UNREAD
-from crdtsync.core.schema import Schema
+from crdtsync.core.schema import ObjectSpec, Schema
 from crdtsync.core.yupdate import StructInfo, parse_update
 
 from .anatomy import ENTRY, Anatomy
@@ -82,39 +82,93 @@ class Predicted:
     raw: Mapping[str, Any]  #: field -> the value yrs will read back
 
 
-def predict(
+class Predictor:
+    """Decides changes of the common shape by prediction (:meth:`predict`), with what it
+    reads of the schema and the policy cached per role set and object."""
+
+    def __init__(self, schema: Schema, policy: Policy, relay_client_id: int) -> None:
+        self.schema = schema
+        self.policy = policy
+        self.relay_client_id = relay_client_id
+        #: (roles, object) -> (spec, the principal's view, the fields a prediction may
+        #: write), or None if nothing of the object is predictable for those roles
+        self._editable: dict[
+            tuple[frozenset[str], str], tuple[ObjectSpec, ObjectSpec, frozenset[str]] | None
+        ] = {}
+
+    def editable(
+        self, principal: Principal, name: str
+    ) -> tuple[ObjectSpec, ObjectSpec, frozenset[str]] | None:
+        """The object's spec, the principal's view of it and the fields a predicted
+        change may write: visible, editable (not read-only, not the owner) and plain (not
+        ``text``); None if the object is unknown to them or hides fields from them."""
+        key = (principal.role_set, name)
+        if key in self._editable:
+            return self._editable[key]
+        spec = self.schema.objects.get(name)
+        view = self.policy.schema_for(principal).objects.get(name)
+        found = None
+        if spec is not None and view is not None and not self.policy.hidden_fields(principal, name):
+            fields = frozenset(
+                field_name
+                for field_name, field in view.fields.items()
+                if field_name in spec.fields
+                and not field.read_only
+                and field.type not in (FieldType.OWNER, FieldType.TEXT)
+            )
+            found = (spec, view, fields)
+        self._editable[key] = found
+        return found
+
+    def predict(
+        self,
+        change: ChangeFrame,
+        state: RecordState | None,
+        facts: RecordFacts | None,
+        *,
+        principal: Principal,
+        context: MergeContext,
+    ) -> Predicted | None:
+        """The acceptance of ``change`` if it has the common shape (module docstring) and
+        passes every check; ``None`` if not (then :func:`.merge.decide` decides it)."""
+        if (
+            change.kind is not ChangeKind.UPDATE
+            or not change.delta
+            or state is None
+            or facts is None
+            or state.stored.deleted
+            or state.stored.object != change.object
+        ):
+            return None
+        name = change.object
+        editable = self.editable(principal, name)
+        if editable is None or principal.once_hidden.get(name):
+            return None
+        spec, view, predictable = editable
+        policy = self.policy
+        if not policy.allows(principal, Action.READ, name, facts) or not policy.allows(
+            principal, Action.UPDATE, name, facts
+        ):
+            return None
+        return _predicted(
+            change, state, spec, view, predictable, principal, self.schema, context,
+            self.relay_client_id,
+        )  # fmt: skip
+
+
+def _predicted(
     change: ChangeFrame,
-    state: RecordState | None,
-    facts: RecordFacts | None,
-    *,
+    state: RecordState,
+    spec: ObjectSpec,
+    view: ObjectSpec,
+    predictable: frozenset[str],
     principal: Principal,
     schema: Schema,
-    policy: Policy,
     context: MergeContext,
     relay_client_id: int,
 ) -> Predicted | None:
-    """The acceptance of ``change`` if it has the common shape (module docstring) and
-    passes every check; ``None`` if not (then :func:`.merge.decide` decides it)."""
-    if (
-        change.kind is not ChangeKind.UPDATE
-        or not change.delta
-        or state is None
-        or facts is None
-        or state.stored.deleted
-        or state.stored.object != change.object
-    ):
-        return None
-    name = change.object
-    spec = schema.objects.get(name)
-    view = policy.schema_for(principal).objects.get(name)
-    if spec is None or view is None:
-        return None
-    if policy.hidden_fields(principal, name) or principal.once_hidden.get(name):
-        return None
-    if not policy.allows(principal, Action.READ, name, facts) or not policy.allows(
-        principal, Action.UPDATE, name, facts
-    ):
-        return None
+    """The update's structs and delete set, checked for the common shape, and the record
+    with it checked against every rule (see :meth:`Predictor.predict`)."""
     try:
         parsed = parse_update(change.delta, max_structs=MAX_UPDATE_STRUCTS)
     except UpdateDecodeError:
@@ -167,15 +221,8 @@ def predict(
         return None
 
     touched = set(raw)
-    for key in touched:
-        field = view.fields.get(key)
-        if (
-            field is None
-            or key not in spec.fields
-            or field.read_only
-            or field.type in (FieldType.OWNER, FieldType.TEXT)
-        ):
-            return None
+    if not touched <= predictable:
+        return None
     if _changed_by_others(change, state, touched, principal, context):
         return None
     anatomy = Anatomy(written=raw)

@@ -33,7 +33,7 @@ from crdtsync.core.schema import Schema
 from .access import RecordAccess
 from .cache import RecordCache
 from .fanout import FanOut, Listener
-from .fastpath import Deferred, Mispredicted, Predicted, predict
+from .fastpath import Deferred, Mispredicted, Predicted, Predictor
 from .merge import Accepted, AlreadyDone, Decision, RecordState, Refused, decide
 from .metrics import Metrics
 from .policy import Policy, Principal, RecordFacts
@@ -70,6 +70,8 @@ class PushPipeline:
         self._bound: dict[int, str] = {}  # CRDT client ids known to be bound, and to whom
         #: decide changes of the common shape by prediction (:mod:`.fastpath`)
         self.predicting = True
+        self._predictor = Predictor(schema, policy, client_id)
+        self._unique_fields: dict[str, tuple[str, ...]] = {}  # object -> its unique fields
 
     def push(
         self,
@@ -218,21 +220,14 @@ class PushPipeline:
         state: RecordState | None,
         facts: RecordFacts | None,
     ) -> Predicted | None:
-        return predict(
-            change,
-            state,
-            facts,
-            principal=principal,
-            schema=self.schema,
-            policy=self.policy,
-            context=self.storage,
-            relay_client_id=self.client_id,
+        return self._predictor.predict(
+            change, state, facts, principal=principal, context=self.storage
         )
 
     def _apply_deferred(self, record: Deferred) -> None:
         """Apply a record's predicted changes (checked by effect) and store its row."""
         whole = record.apply(self.max_record_bytes)
-        stored = attrs.evolve(record.state.stored, state=whole)
+        stored = record.state.stored.at(record.state.stored.version, whole)
         record.state.now_stored(stored)
         self.storage.put_record(stored)
 
@@ -395,7 +390,7 @@ class PushPipeline:
         the frame are applied (:meth:`_apply_deferred`)."""
         seq = self.storage.next_seq()
         accepted = predicted.accepted
-        new = attrs.evolve(state.stored, version=seq)  # its state: when applied
+        new = state.stored.at(seq)  # its state: when applied
         self._store_uniques(change, accepted, created=False)
         self._bind(principal, (predicted.client,))
         replica, user = principal.replica_id, principal.user
@@ -407,13 +402,16 @@ class PushPipeline:
 
     def _store_uniques(self, change: ChangeFrame, decision: Accepted, *, created: bool) -> None:
         """The record's ``unique`` values, if the change touched one (or created it)."""
+        names = self._unique_fields.get(change.object)
         spec = self.schema.objects[change.object]
-        unique = {
-            name: spec.fields[name].type.encode(decision.values.get(name))
-            for name, field in spec.fields.items()
-            if field.unique
-        }
-        if unique and (created or set(unique) & set(decision.fields)):
+        if names is None:
+            names = self._unique_fields[change.object] = tuple(
+                name for name, field in spec.fields.items() if field.unique
+            )
+        if names and (created or not decision.fields.keys().isdisjoint(names)):
+            unique = {
+                name: spec.fields[name].type.encode(decision.values.get(name)) for name in names
+            }
             self.storage.set_uniques(change.object, change.record_id, unique)
 
     def _bind(self, principal: Principal, clients: Iterable[int]) -> None:

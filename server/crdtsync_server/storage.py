@@ -149,6 +149,19 @@ class StoredRecord:
     created_by: str | None = None
     owner: str | None = None  #: the owner field's value (owners change only via admins)
 
+    def at(self, version: int, state: bytes | None = None) -> StoredRecord:
+        """This record at ``version`` (with ``state``, if given): ``attrs.evolve``
+        without its introspection, on the push path."""
+        return StoredRecord(
+            id=self.id,
+            object=self.object,
+            state=self.state if state is None else state,
+            version=version,
+            deleted=self.deleted,
+            created_by=self.created_by,
+            owner=self.owner,
+        )
+
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> StoredRecord:
         return cls(
