@@ -22,6 +22,7 @@ from crdtsync.core.protocol import (
     AdminResult,
     CaughtUp,
     ChangeFrame,
+    ChangeKind,
     Changes,
     Conflict,
     Error,
@@ -865,3 +866,69 @@ def test_pushes_hold_at_most_the_changes_the_relay_takes_per_frame() -> None:
     plan = plan_pushes(changes, 4 * 1024 * 1024)  # MAX_CHANGES_PER_FRAME: 500
     assert [len(carried) for _data, carried in plan.frames] == [500, 500, 201]
     assert [c for _data, carried in plan.frames for c in carried] == changes
+
+
+# -- the push decoder's fast path ---------------------------------------------------------
+
+_WIRE_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 2**64),
+    st.text(max_size=3),
+    st.text(min_size=120, max_size=140),
+    st.binary(max_size=4),
+    st.sampled_from(["create", "update", "delete", "upsert"]),
+    st.dictionaries(st.one_of(st.text(max_size=3), st.integers()), st.integers(-1, 3), max_size=2),
+    st.lists(st.integers(), max_size=2),
+)
+_CHANGE_MAPS = st.fixed_dictionaries(
+    {},
+    optional={
+        key: _WIRE_VALUES for key in ("id", "record", "object", "kind", "base", "bases", "delta")
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=st.one_of(_CHANGE_MAPS, _WIRE_VALUES))
+def test_the_common_change_decoder_agrees_with_the_full_decoder(value: object) -> None:
+    """Whatever the fast path decodes, the full decoder decodes the same way; whatever it
+    declines, the full decoder decodes or refuses with its precise message."""
+    common = ChangeFrame.from_wire_common(value)
+    try:
+        full = ChangeFrame.from_wire(value, "push.changes[0]")
+    except ProtocolError:
+        assert common is None
+        return
+    if common is not None:
+        assert common == full
+
+
+@given(
+    change_id=st.text(min_size=1, max_size=128),
+    kind=st.sampled_from(list(ChangeKind)),
+    base=st.integers(0, 2**63),
+    bases=st.dictionaries(st.text(max_size=5), st.integers(0, 99), max_size=3),
+    delta=st.binary(max_size=8),
+)
+def test_a_well_formed_change_takes_the_common_decoder(
+    change_id: str, kind: ChangeKind, base: int, bases: dict[str, int], delta: bytes
+) -> None:
+    change = ChangeFrame(
+        change_id=change_id, record_id="r-1", object="Account", kind=kind,
+        base_version=base, field_bases=bases, delta=delta,
+    )  # fmt: skip
+    wire = msgpack.unpackb(msgpack.packb(change.to_wire()), raw=False)
+    assert ChangeFrame.from_wire_common(wire) == change
+    decoded = decode(encode(Push((change, change))))
+    assert decoded == Push((change, change))
+
+
+def test_a_push_with_one_odd_change_is_refused_where_it_is_odd() -> None:
+    good = ChangeFrame(
+        change_id="c-1", record_id="r-1", object="Account", kind=ChangeKind.UPDATE,
+        base_version=1, field_bases={}, delta=b"\x00",
+    ).to_wire()  # fmt: skip
+    bad = dict(good, base=True)
+    with pytest.raises(ProtocolError, match=r"push\.changes\[1\]\.base: expected an integer"):
+        Push.from_wire({"type": "push", "changes": [good, bad]})
