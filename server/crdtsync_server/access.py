@@ -42,16 +42,23 @@ class RecordAccess:
             owner, values = stored.owner, {}
             shares = self.storage.shares_of(stored.id)
         else:
+            if state.facts is not None:
+                return state.facts
             owner_name = owner_field(self.schema, stored.object)
             owner, values = (state.values.get(owner_name) if owner_name else None), state.values
             shares = state.load_shares(self.storage)
-        return RecordFacts(
+        facts = RecordFacts(
             object=stored.object,
             record_id=stored.id,
             owner=owner or stored.created_by,
             shares={user: Access(level) for user, level in shares.items()},
             values=values,
         )
+        if state is not None and self.policy.hook is None:
+            # Without a hook only the owner and the shares decide access: keep the facts
+            # until either changes (RecordState forgets them then).
+            state.facts = facts
+        return facts
 
     def readable_objects(
         self, principal: Principal, objects: Iterable[str] | None = None

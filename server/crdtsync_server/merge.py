@@ -100,6 +100,9 @@ class RecordState:
             self.changes = self.doc.track_changes()
 
     shares: dict[str, int] | None = None  #: manual shares, loaded on first use
+    #: the record's access facts, for a policy without a hook (they depend on the owner
+    #: and the shares alone, not on the other values): kept until either changes
+    facts: RecordFacts | None = None
     #: field -> replica -> (version, user) of that replica's last write to it (lazy)
     writes: dict[str, dict[str | None, tuple[int, str | None]]] | None = None
     #: field -> recent (version, stored value) pairs, oldest first (lazy, bounded)
@@ -169,6 +172,7 @@ class RecordState:
         self.note_write(accepted.fields, stored.version, replica, user)
         self.values = dict(accepted.values)
         self.problems = dict(accepted.problems)
+        self.facts = None
         if accepted.parsed is not None:
             self.index.commit(accepted.parsed)
         if accepted.relay_update:
@@ -201,6 +205,7 @@ class RecordState:
         if update:
             self.index.commit_bytes(update)
         self.values[owner_field] = user
+        self.facts = None
         return update
 
     def load_shares(self, storage: RelayStorage) -> dict[str, int]:
@@ -212,11 +217,13 @@ class RecordState:
     def forget_shares(self) -> None:
         """The manual shares changed in the store: read them again on next use."""
         self.shares = None
+        self.facts = None
 
     def now_stored(self, stored: StoredRecord) -> None:
         """The record's row is now ``stored`` (an admin action stored it, or its
         predicted changes were applied)."""
         self.stored = stored
+        self.facts = None
 
     def carry_over(self, old: RecordState) -> None:
         """Keep what ``old`` (a dropped document of this record) knew from the committed
