@@ -102,6 +102,9 @@ class RelayServer:
                 storage=self.storage,
                 cache_records=self.config.cache_records,
                 max_record_bytes=self.config.max_record_bytes,
+                # group commit: the pushes handled before the loop comes round again
+                # share one transaction and one fsync
+                defer=asyncio.get_running_loop().call_soon,
             )
             self._server = await serve(
                 self._handle,
@@ -133,7 +136,10 @@ class RelayServer:
             )
 
     async def close(self) -> None:
-        """Stop accepting, close connections with 1001, then close the database."""
+        """Stop accepting, close connections with 1001, then close the database (what
+        was pushed is committed and answered first)."""
+        if self.relay is not None and self.storage is not None:
+            self.relay.settle()
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()

@@ -8,12 +8,12 @@ encoded frame.
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Sequence, Set
 from typing import Protocol
 
 import attrs
 
-from crdtsync.core.protocol import Changes, RecordChange, encode
+from crdtsync.core.protocol import Changes, Frame, RecordChange, Verdicts, encode
 
 from .access import RecordAccess
 from .cache import RecordCache
@@ -34,6 +34,11 @@ class Listener(Protocol):
 
     def deliver_fanout_encoded(self, data: bytes) -> None:
         """Queue an encoded fan-out frame (shared by listeners that get the same one)."""
+        ...
+
+    def deliver_verdicts(self, verdicts: Verdicts, followups: Sequence[Frame]) -> None:
+        """Queue the answer to one of its pushes, committed in a push group, and the
+        frames that follow it (see ``PushPipeline.push``)."""
         ...
 
 

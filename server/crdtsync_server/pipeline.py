@@ -1,17 +1,27 @@
-"""The push pipeline: a push frame's changes decided, stored in one transaction, answered.
+"""The push pipeline: a push frame's changes decided, stored, committed, answered.
 
-Every change is decided on its own (:func:`~.merge.decide`), the accepted ones are
-committed together (one fsync per push frame: group commit), and only then are the
+Every change is decided in order (the common edit by prediction, :mod:`.fastpath`;
+anything else by :func:`~.merge.decide`), the frame's accepted changes are stored in a
+savepoint of the open transaction, and only once that transaction has committed are the
 verdicts returned and the accepted changes fanned out, so an acknowledged change
-survives ``kill -9``. A change id seen before is a retransmission: answered with its
-original verdict, never applied twice.
+survives ``kill -9``. With group commit (``defer``), the frames pushed before the event
+loop comes round share one transaction and one fsync::
+
+    push(A) ─┐                      ┌─▶ A's verdicts, A's fan-out
+    push(B) ─┼─ one transaction ─ commit (one fsync) ─┼─▶ B's verdicts, B's fan-out
+    push(C) ─┘   (a savepoint each)  └─▶ C's verdicts, C's fan-out
+
+A frame that fails alone is rolled back to its savepoint (its changes get
+``internal_error``; the others stay); a commit that fails fails every frame of the
+group. A change id seen before is a retransmission: answered with its original verdict,
+never applied twice.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 
@@ -42,6 +52,37 @@ from .storage import ChangeRow, RelayStorage, StoredRecord
 log = logging.getLogger("crdtsync.relay")
 
 
+@attrs.define
+class _Decided:
+    """A push frame decided and stored in the open transaction, waiting for its commit."""
+
+    origin: Listener
+    changes: list[ChangeFrame] = attrs.field(factory=list)
+    verdicts: list[Verdict] = attrs.field(factory=list)
+    followups: list[Frame] = attrs.field(factory=list)
+    accepted: list[tuple[StoredRecord, ChangeRow]] = attrs.field(factory=list)
+    touched: list[str] = attrs.field(factory=list)  #: cached records it changed
+    predicted: int = 0  #: accepted changes decided by prediction
+    load_s: float = 0.0
+    decide_s: float = 0.0
+    store_s: float = 0.0
+    commit_s: float = 0.0  #: its share of the group's commit
+
+    def fail(self, changes: list[ChangeFrame]) -> None:
+        """Nothing of it is stored: every change gets an internal-error verdict."""
+        self.changes = changes
+        self.verdicts = [
+            Rejected(
+                change_id=change.change_id,
+                record_id=change.record_id,
+                code=ErrorCode.INTERNAL_ERROR,
+                message="the relay could not store this change; retry later",
+            )
+            for change in changes
+        ]
+        self.accepted, self.followups, self.predicted = [], [], 0
+
+
 class PushPipeline:
     """Decides, stores and acknowledges pushed changes, then hands them to the fan-out."""
 
@@ -57,6 +98,7 @@ class PushPipeline:
         fan_out: FanOut,
         client_id: int,
         max_record_bytes: int,
+        defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.schema = schema
         self.policy = policy
@@ -72,140 +114,190 @@ class PushPipeline:
         self.predicting = True
         self._predictor = Predictor(schema, policy, client_id)
         self._unique_fields: dict[str, tuple[str, ...]] = {}  # object -> its unique fields
+        #: group commit: how to run :meth:`settle` later (e.g. the event loop's call_soon)
+        self.defer = defer
+        self._group: list[_Decided] = []  # the open push group, in push order
 
     def push(
         self,
         origin: Listener,
         changes: Sequence[ChangeFrame],
         followups: list[Frame] | None = None,
-    ) -> Verdicts:
-        """Decide, persist (one transaction) and fan out a batch of changes.
+    ) -> Verdicts | None:
+        """Decide, persist and fan out a batch of changes.
 
         ``followups`` receives frames the origin must be sent right after the verdicts:
         a tombstone for each retransmitted change whose record was deleted since it was
         accepted (a replica that never saw the delete, e.g. one resuming from cursor 0,
         would otherwise keep the record).
 
+        Without ``defer`` the frame is committed (one fsync) and fanned out before this
+        returns its verdicts. With ``defer`` (group commit) the frame joins the open push
+        group and this returns ``None``: :meth:`settle` (deferred when the group opens)
+        commits every frame of the group at once, then hands each origin its verdicts
+        (``Listener.deliver_verdicts``) and fans the accepted changes out, in push order.
+        Either way nothing is answered or fanned out before it is durable.
+
         Changes of the common shape are decided by prediction and applied once per
         record (:mod:`.fastpath`); if yrs does not do what was predicted, nothing of the
         frame is kept and it is decided again change by change.
         """
         assert origin.principal is not None
-        changes = list(changes)
-        later: list[Frame] = []
+        opened = not self.storage.in_transaction
+        if opened:
+            try:
+                self.storage.begin()
+            except Exception:
+                log.exception("push: cannot open a transaction; nothing was stored")
+                frame = _Decided(origin)
+                frame.fail(list(changes))
+                self._answer([frame], deliver=False)
+                return Verdicts(tuple(frame.verdicts))
+        frame = self._decided(origin, list(changes))
+        if self.defer is not None:
+            self._group.append(frame)
+            if opened:
+                self.defer(self.settle)
+            return None
+        if opened:
+            self._commit([frame])
+        self._answer([frame], deliver=False)
+        if followups is not None:
+            followups.extend(frame.followups)
+        return Verdicts(tuple(frame.verdicts))
+
+    def settle(self) -> None:
+        """Commit the open push group (if any) and answer it (see :meth:`push`). Anything
+        that reads the store outside a push calls this first, so it only ever sees what
+        is committed."""
+        group, self._group = self._group, []
+        if not group:
+            return
+        self._commit(group)
+        self._answer(group, deliver=True)
+
+    def _commit(self, group: list[_Decided]) -> None:
+        """Commit the group's transaction; if that fails, nothing of it was stored: every
+        change of the group gets an internal-error verdict."""
+        started = time.perf_counter()
         try:
-            verdicts = self._push(origin, changes, later, predicting=self.predicting)
+            self.storage.commit()
+        except Exception:
+            log.exception("committing %d push frames failed; nothing was stored", len(group))
+            for frame in group:
+                self._forget(frame.touched)
+                frame.fail(frame.changes)
+        seconds = time.perf_counter() - started
+        total = sum(len(frame.changes) for frame in group) or 1
+        for frame in group:
+            frame.commit_s = seconds * len(frame.changes) / total
+
+    def _answer(self, group: list[_Decided], *, deliver: bool) -> None:
+        """Count, answer (``deliver``: through ``Listener.deliver_verdicts``) and fan out
+        each committed frame of the group, in push order."""
+        clock = time.perf_counter
+        for frame in group:
+            stages = frame.load_s + frame.decide_s + frame.store_s + frame.commit_s
+            self.metrics.observe_merge(stages, len(frame.changes))
+            self.metrics.observe_push(frame.load_s, frame.decide_s, frame.store_s, frame.commit_s)
+            for verdict in frame.verdicts:
+                self.metrics.count_verdict(verdict)
+            self.metrics.changes_predicted += frame.predicted
+        for frame in group:
+            if deliver:
+                frame.origin.deliver_verdicts(Verdicts(tuple(frame.verdicts)), frame.followups)
+            if frame.accepted:
+                fanning = clock()
+                self.fan_out.changes(frame.origin, frame.accepted)
+                self.metrics.observe_stage("fanout", clock() - fanning)
+
+    def _decided(self, origin: Listener, changes: list[ChangeFrame]) -> _Decided:
+        """The frame decided and stored inside the open transaction, in a savepoint of its
+        own: a frame that fails (or whose prediction does not hold, then decided again
+        change by change) leaves the rest of the group as it was."""
+        frame = _Decided(origin, changes)
+        try:
+            with self.storage.savepoint():
+                self._decide_frame(frame, predicting=self.predicting)
+            return frame
         except Mispredicted as exc:
             log.warning("push: %s; deciding the frame again change by change", exc)
             self.metrics.frames_mispredicted += 1
-            later = []
-            verdicts = self._push(origin, changes, later, predicting=False)
-        if followups is not None:
-            followups.extend(later)
-        return verdicts
+        except Exception:
+            log.exception("push of %d changes failed; nothing was stored", len(changes))
+            self._forget(frame.touched)
+            frame.fail(changes)
+            return frame
+        self._forget(frame.touched)
+        frame = _Decided(origin, changes)
+        try:
+            with self.storage.savepoint():
+                self._decide_frame(frame, predicting=False)
+        except Exception:
+            log.exception("push of %d changes failed; nothing was stored", len(changes))
+            self._forget(frame.touched)
+            frame.fail(changes)
+        return frame
 
-    def _push(
-        self,
-        origin: Listener,
-        changes: list[ChangeFrame],
-        followups: list[Frame],
-        *,
-        predicting: bool,
-    ) -> Verdicts:
+    def _decide_frame(self, frame: _Decided, *, predicting: bool) -> None:
+        """Decide and store every change of ``frame`` (inside a savepoint)."""
+        origin = frame.origin
         assert origin.principal is not None
         principal = origin.principal
-        verdicts: list[Verdict] = []
-        accepted: list[tuple[StoredRecord, ChangeRow]] = []
-        touched_cache: list[str] = []
+        changes, verdicts, accepted = frame.changes, frame.verdicts, frame.accepted
+        touched_cache, followups = frame.touched, frame.followups
         deferred: dict[str, Deferred] = {}  # predicted changes per record, not applied yet
-        predicted_count = 0
         # Seconds per stage (see metrics.PUSH_STAGES), summed over the frame: a clock
         # reading at each stage boundary, nothing per field.
         clock = time.perf_counter
         load_s = decide_s = store_s = 0.0
-        started = mark = clock()
-        try:
-            with self.storage.transaction():
-                # One query for the whole frame: which ids were seen before (retransmits).
-                seen = self.storage.known_change_ids([c.change_id for c in changes])
-                for change in changes:
-                    verdict, stored, state, facts = self._load(principal, change, seen, followups)
-                    now = clock()
-                    load_s += now - mark
-                    mark = now
-                    if verdict is None:
-                        predicted = (
-                            self._predict(principal, change, state, facts) if predicting else None
-                        )
-                        if predicted is None and state is not None and change.record_id in deferred:
-                            # decided the general way: on the document as it is by now
-                            self._apply_deferred(deferred.pop(change.record_id))
-                            stored = state.stored
-                        decision = (
-                            predicted.accepted
-                            if predicted is not None
-                            else self._decide(principal, change, state, facts)
-                        )
-                        now = clock()
-                        decide_s += now - mark
-                        mark = now
-                        touched_cache.append(change.record_id)
-                        outcome: tuple[StoredRecord, ChangeRow] | None
-                        if predicted is not None:
-                            assert state is not None
-                            verdict, outcome = self._store_predicted(
-                                principal, change, state, predicted
-                            )
-                            record = deferred.get(change.record_id)
-                            if record is None:
-                                record = deferred[change.record_id] = Deferred(state)
-                            record.add(predicted)
-                            predicted_count += 1
-                        else:
-                            verdict, outcome = self._settle(
-                                principal, change, stored, state, decision, touched_cache
-                            )
-                        now = clock()
-                        store_s += now - mark
-                        mark = now
-                        if outcome is not None:
-                            accepted.append(outcome)
-                    seen.add(change.change_id)
-                    verdicts.append(verdict)
-                for record in deferred.values():
-                    self._apply_deferred(record)
+        mark = clock()
+        # One query for the whole frame: which ids were seen before (retransmits).
+        seen = self.storage.known_change_ids([c.change_id for c in changes])
+        for change in changes:
+            verdict, stored, state, facts = self._load(principal, change, seen, followups)
+            now = clock()
+            load_s += now - mark
+            mark = now
+            if verdict is None:
+                predicted = self._predict(principal, change, state, facts) if predicting else None
+                if predicted is None and state is not None and change.record_id in deferred:
+                    # decided the general way: on the document as it is by now
+                    self._apply_deferred(deferred.pop(change.record_id))
+                    stored = state.stored
+                decision = (
+                    predicted.accepted
+                    if predicted is not None
+                    else self._decide(principal, change, state, facts)
+                )
                 now = clock()
                 decide_s += now - mark
                 mark = now
-            finished = clock()
-        except Mispredicted:
-            self._forget(touched_cache)
-            raise
-        except Exception:
-            log.exception("push of %d changes failed; nothing was stored", len(verdicts))
-            self._forget(touched_cache)
-            self.metrics.count("errored", len(verdicts))
-            return Verdicts(
-                tuple(
-                    Rejected(
-                        change_id=change.change_id,
-                        record_id=change.record_id,
-                        code=ErrorCode.INTERNAL_ERROR,
-                        message="the relay could not store this change; retry later",
+                touched_cache.append(change.record_id)
+                outcome: tuple[StoredRecord, ChangeRow] | None
+                if predicted is not None:
+                    assert state is not None
+                    verdict, outcome = self._store_predicted(principal, change, state, predicted)
+                    record = deferred.get(change.record_id)
+                    if record is None:
+                        record = deferred[change.record_id] = Deferred(state)
+                    record.add(predicted)
+                    frame.predicted += 1
+                else:
+                    verdict, outcome = self._settle(
+                        principal, change, stored, state, decision, touched_cache
                     )
-                    for change in changes
-                )
-            )
-        self.metrics.observe_merge(finished - started, len(verdicts))
-        self.metrics.observe_push(load_s, decide_s, store_s, finished - mark)
-        for verdict in verdicts:
-            self.metrics.count_verdict(verdict)
-        self.metrics.changes_predicted += predicted_count
-        if accepted:
-            fanning = clock()
-            self.fan_out.changes(origin, accepted)
-            self.metrics.observe_stage("fanout", clock() - fanning)
-        return Verdicts(tuple(verdicts))
+                now = clock()
+                store_s += now - mark
+                mark = now
+                if outcome is not None:
+                    accepted.append(outcome)
+            seen.add(change.change_id)
+            verdicts.append(verdict)
+        for record in deferred.values():
+            self._apply_deferred(record)
+        decide_s += clock() - mark
+        frame.load_s, frame.decide_s, frame.store_s = load_s, decide_s, store_s
 
     def _forget(self, record_ids: list[str]) -> None:
         """After a rollback: drop what the cache and the bindings learnt from it."""

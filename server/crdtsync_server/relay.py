@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import attrs
 
@@ -72,7 +72,11 @@ class Relay:
         cache_records: int = 10_000,
         metrics: Metrics | None = None,
         max_record_bytes: int = MAX_RECORD_BYTES,
+        defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
+        """``defer`` turns on group commit: the pushes made before it runs what it is
+        given (an event loop's ``call_soon``) are committed together, with one fsync
+        (see :meth:`.pipeline.PushPipeline.push`)."""
         self.schema = schema
         self.policy = policy
         self.storage = storage
@@ -100,6 +104,7 @@ class Relay:
             fan_out=self._fan_out,
             client_id=self.client_id,
             max_record_bytes=max_record_bytes,
+            defer=defer,
         )
         self._admin = AdminActions(
             schema=schema,
@@ -113,7 +118,9 @@ class Relay:
     @property
     def seq(self) -> int:
         """The log position of the latest stored change (what a replica's cursor reaches
-        once it has everything accepted so far)."""
+        once it has everything accepted so far); an open push group is settled first,
+        so it is always a durable position."""
+        self.settle()
         return self.storage.seq
 
     # -- listeners --------------------------------------------------------------------
@@ -122,6 +129,7 @@ class Relay:
         """Let a replica in (its ``hello`` was verified as ``identity``): bind the replica
         id to the user (one a replica of another user holds is refused), remember which
         fields are hidden from it now, and attach ``listener`` for fan-out."""
+        self.settle()
         owner = self.storage.replica_user(replica_id)
         if owner is not None and owner != identity.user:
             return JoinRefused("this replica id belongs to another user: use a store of your own")
@@ -168,20 +176,34 @@ class Relay:
 
     def backlog(self, principal: Principal, objects: Iterable[str], cursor: int) -> Iterator[Frame]:
         """What a replica that has seen everything up to ``cursor`` is missing, as
-        ``changes`` frames, then ``caught_up`` (:meth:`.backlog.Backlog.frames`)."""
-        return self._backlog.frames(principal, objects, cursor)
+        ``changes`` frames, then ``caught_up`` (:meth:`.backlog.Backlog.frames`). Each
+        frame is read from what is committed (an open push group is settled first)."""
+        frames = self._backlog.frames(principal, objects, cursor)
+        while True:
+            self.settle()
+            frame = next(frames, None)
+            if frame is None:
+                return
+            yield frame
 
     def push(
         self,
         origin: Listener,
         changes: Sequence[ChangeFrame],
         followups: list[Frame] | None = None,
-    ) -> Verdicts:
-        """Decide, persist (one transaction) and fan out a batch of changes
+    ) -> Verdicts | None:
+        """Decide, persist and fan out a batch of changes
         (:meth:`.pipeline.PushPipeline.push`; ``followups`` receives frames the origin
-        must be sent right after the verdicts)."""
+        must be sent right after the verdicts). ``None``: the push joined a push group,
+        whose verdicts go to ``origin.deliver_verdicts`` once it is committed."""
         return self._pipeline.push(origin, changes, followups)
+
+    def settle(self) -> None:
+        """Commit and answer the open push group, if any (group commit): whatever reads
+        the store outside a push calls this first, so it sees only what is durable."""
+        self._pipeline.settle()
 
     def admin(self, principal: Principal, request: Admin) -> AdminResult:
         """Apply an administrator's action (:meth:`.admin_actions.AdminActions.apply`)."""
+        self.settle()
         return self._admin.apply(principal, request)

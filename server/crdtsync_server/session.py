@@ -30,7 +30,7 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from crdtsync.core.exceptions import ProtocolError
 from crdtsync.core.protocol import (
@@ -46,6 +46,7 @@ from crdtsync.core.protocol import (
     Hello,
     Push,
     Subscribe,
+    Verdicts,
     Welcome,
     decode,
     encode,
@@ -163,6 +164,12 @@ class RelaySession:
                 CLOSE_TRY_AGAIN_LATER,
             )
 
+    def deliver_verdicts(self, verdicts: Verdicts, followups: Sequence[Frame]) -> None:
+        """Queue the answer to a push, then the frames that must follow it."""
+        self.deliver(verdicts)
+        for followup in followups:
+            self.deliver(followup)
+
     def deliver(self, frame: Frame) -> None:
         """Queue a frame for the replica now (a reply, a backlog frame): unlike
         :meth:`deliver_fanout` it does not wait for a backlog. A session whose queue
@@ -248,9 +255,9 @@ class RelaySession:
                     f"{self.max_changes_per_frame} per frame (welcome.max_changes_per_frame)",
                 )
             followups: list[Frame] = []
-            self.deliver(self.relay.push(self, frame.changes, followups))
-            for followup in followups:
-                self.deliver(followup)
+            verdicts = self.relay.push(self, frame.changes, followups)
+            if verdicts is not None:  # else they come to deliver_verdicts (group commit)
+                self.deliver_verdicts(verdicts, followups)
         elif isinstance(frame, Flush):
             # Behind any backlog and the fan-out held for it, like a fan-out frame: when it
             # arrives, everything accepted before it has been sent.

@@ -267,31 +267,75 @@ class RelayStorage:
     def close(self) -> None:
         self._db.close()
 
+    @property
+    def in_transaction(self) -> bool:
+        return bool(getattr(self, "_in_transaction", False))
+
+    def begin(self) -> None:
+        """Open a transaction (:meth:`transaction` does this, or a push group: see
+        ``PushPipeline``); :meth:`commit` or :meth:`rollback` ends it."""
+        self._db.execute("BEGIN IMMEDIATE")
+        self._in_transaction = True
+        self._seq_at_begin = getattr(self, "_seq", 0)
+
+    def commit(self) -> None:
+        """Write what is staged and commit it all at once (one fsync); if that fails,
+        roll everything back and raise."""
+        try:
+            self._flush()
+            if getattr(self, "_seq", 0) != self._seq_at_begin:
+                self.set_meta("seq", self._seq)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self.rollback()
+            raise
+        self._in_transaction = False
+
+    def rollback(self) -> None:
+        """Undo the open transaction, and what this object cached from inside it."""
+        self._staged_records, self._staged_changes = {}, []
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+        self._seq = self._seq_at_begin
+        self._refused_records, self._refused_ranges = None, {}
+        self._client_owners = {}
+        self._in_transaction = False
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """Commit everything inside at once (one fsync), or nothing."""
-        if getattr(self, "_in_transaction", False):
+        """Commit everything inside at once (one fsync), or nothing. Inside an open
+        transaction it is part of that one."""
+        if self.in_transaction:
             yield
             return
-        self._in_transaction = True
-        seq_before = getattr(self, "_seq", 0)
-        self._db.execute("BEGIN IMMEDIATE")
+        self.begin()
+        try:
+            yield
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Inside a transaction: what happens inside is kept with it, or, if it raises,
+        undone alone (what came before stays)."""
+        assert self.in_transaction, "a savepoint belongs to a transaction"
+        self._flush()
+        seq = self._seq
+        self._db.execute("SAVEPOINT part")
         try:
             yield
             self._flush()
-            if getattr(self, "_seq", 0) != seq_before:
-                self.set_meta("seq", self._seq)
         except BaseException:
             self._staged_records, self._staged_changes = {}, []
-            self._db.execute("ROLLBACK")
-            self._seq = seq_before
+            self._db.execute("ROLLBACK TO part")
+            self._db.execute("RELEASE part")
+            self._seq = seq
             self._refused_records, self._refused_ranges = None, {}
             self._client_owners = {}
             raise
-        else:
-            self._db.execute("COMMIT")
-        finally:
-            self._in_transaction = False
+        self._db.execute("RELEASE part")
 
     def _flush(self) -> None:
         """Write the staged record and log rows (one statement each)."""
