@@ -192,12 +192,14 @@ class Replica:
         counts: dict[str, dict[str, int]] = {
             name: {status.value: 0 for status in Status} for name in self.schema.objects
         }
-        pending_ids = {entry.record_id for entry in self.store.list_pending()}
-        for row in self.store.list_records():
-            if not row.deleted and row.id not in pending_ids:
-                counts.setdefault(row.object, {s.value: 0 for s in Status})[Status.SYNCED] += 1
+        for object_name, count in self.store.count_synced().items():
+            if object_name not in counts:
+                counts[object_name] = {s.value: 0 for s in Status}
+            counts[object_name][Status.SYNCED] += count
         for (object_name, status), count in self.store.count_by_status().items():
-            counts.setdefault(object_name, {s.value: 0 for s in Status})[status] += count
+            if object_name not in counts:
+                counts[object_name] = {s.value: 0 for s in Status}
+            counts[object_name][status] += count
         return counts
 
     # -- local changes ------------------------------------------------------------------
@@ -658,16 +660,12 @@ class Replica:
                 self.store.remove_record(row.id)
             else:
                 spec = self.schema.object(row.object)
-                server = self._load(spec, row.server or b"")
-                server.apply(entry.inflight or b"")
-                local = row.local
-                if update:
-                    server.apply(update)
-                    local_doc = self._load(spec, row.local)
-                    local_doc.apply(update)
-                    local = local_doc.full_update()
+                added = [update] if update else []
                 row = attrs.evolve(
-                    row, server=server.full_update(), version=max(version, row.version), local=local
+                    row,
+                    server=self._merged(spec, row.server or b"", [entry.inflight or b"", *added]),
+                    version=max(version, row.version),
+                    local=self._merged(spec, row.local, added) if added else row.local,
                 )
                 remaining = (
                     self._remaining(row, entry, spec, acked=version) if entry.dirty else None
@@ -840,12 +838,7 @@ class Replica:
         stored, updates = staged.server, staged.updates
         if stored is None:  # a new record: its first update is its whole document
             stored, updates = updates[0], updates[1:]
-        try:
-            full = merged_state(stored, updates)
-        except BadStoredState as exc:
-            raise StoreError(
-                f"stored document of a {staged.object} does not decode: {exc}"
-            ) from exc
+        full = self._merged(self.schema.object(staged.object), stored, updates)
         return RecordRow(
             id=record_id,
             object=staged.object,
@@ -1121,6 +1114,15 @@ class Replica:
     def _rotate_client_id(self, client_id: int) -> None:
         self.client_id = client_id
         self.store.set_meta("client_id", client_id)
+
+    @staticmethod
+    def _merged(spec: ObjectSpec, stored: bytes, updates: Sequence[bytes]) -> bytes:
+        """What :meth:`_load` of ``stored``, ``apply`` of each update and ``full_update``
+        give, in one pycrdt transaction and with no document kept (:func:`merged_state`)."""
+        try:
+            return merged_state(stored, updates)
+        except BadStoredState as exc:
+            raise StoreError(f"stored document of a {spec.name} does not decode: {exc}") from exc
 
     @staticmethod
     def _load(spec: ObjectSpec, update: bytes, *, client_id: int | None = None) -> RecordDoc:

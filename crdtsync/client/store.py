@@ -514,6 +514,15 @@ class LocalStore:
         rows = self._db.execute("SELECT DISTINCT object FROM records")
         return {str(row[0]) for row in rows}
 
+    def count_synced(self) -> dict[str, int]:
+        """``{object: count}`` of the records not deleted locally and with no outbox
+        entry (counted by SQLite: no record is read)."""
+        rows = self._db.execute(
+            "SELECT object, COUNT(*) FROM records r WHERE deleted = 0 AND NOT EXISTS "
+            "(SELECT 1 FROM pending p WHERE p.record_id = r.id) GROUP BY object"
+        )
+        return {row[0]: row[1] for row in rows}
+
     def count_by_status(self) -> dict[tuple[str, str], int]:
         """``{(object, status): count}`` over the outbox."""
         rows = self._db.execute("SELECT object, status, COUNT(*) FROM pending GROUP BY 1, 2")
