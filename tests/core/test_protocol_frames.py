@@ -865,3 +865,22 @@ def test_pushes_hold_at_most_the_changes_the_relay_takes_per_frame() -> None:
     plan = plan_pushes(changes, 4 * 1024 * 1024)  # MAX_CHANGES_PER_FRAME: 500
     assert [len(carried) for _data, carried in plan.frames] == [500, 500, 201]
     assert [c for _data, carried in plan.frames for c in carried] == changes
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("version", True, "expected an integer, got a boolean"),
+        ("version", 1.5, "expected an integer, got float"),
+        ("update", "text", "expected bytes, got str"),
+        ("record", b"r", "expected a string, got bytes"),
+        ("by", 7, "expected a string, got int"),
+        ("deleted", "yes", "expected a boolean, got str"),
+    ],
+)
+def test_a_change_item_of_the_common_shape_with_a_value_of_another_type_is_refused_by_key(
+    key: str, value: object, message: str
+) -> None:
+    item = {"record": "r", "object": "Account", "version": 3, "update": b"u", "by": "bob"}
+    with pytest.raises(ProtocolError, match=rf"changes\.items\[0\]\.{key}: {message}"):
+        decode(pack({"type": "changes", "items": [{**item, key: value}]}))
