@@ -27,7 +27,12 @@ from .common import Figures, Size, Workload, machine_info, machine_line, median_
 from .profile import hot_spots
 from .profile import render as render_profile
 
-MODULES = ("benchmarks.throughput", "benchmarks.sync_costs", "benchmarks.text_edit")
+MODULES = (
+    "benchmarks.throughput",
+    "benchmarks.sync_costs",
+    "benchmarks.client_apply",
+    "benchmarks.text_edit",
+)
 REPEAT, QUICK_REPEAT = 3, 1
 
 

@@ -56,8 +56,14 @@ from crdtsync.core.exceptions import (
     StoreError,
 )
 from crdtsync.core.fieldtypes import FieldType
-from crdtsync.core.protocol import ChangeFrame, Conflict, ErrorCode, WireConflict
-from crdtsync.core.record import RecordDoc
+from crdtsync.core.protocol import (
+    ChangeFrame,
+    Conflict,
+    ErrorCode,
+    RecordChange,
+    WireConflict,
+)
+from crdtsync.core.record import BadStoredState, RecordDoc, merged_state
 from crdtsync.core.schema import ObjectSpec, Schema
 
 from .events import (
@@ -77,7 +83,7 @@ from .model import (
     Status,
     UnresolvableReason,
 )
-from .store import FieldEdit, LocalStore, PendingRow, RecordRow, new_change_id
+from .store import FieldEdit, LocalStore, PendingRow, RecordRow, RemoteTarget, new_change_id
 
 
 def new_record_id() -> str:
@@ -111,9 +117,9 @@ class Replica:
         #: commits, and the cursor it has reached, stored with it
         self._deferred: list[Event] | None = None
         self._frame_cursor = 0
-        #: while a frame is applied: the document of a record with no change of the
-        #: user's, by record id, with the stored full update it holds (both columns)
-        self._frame_docs: dict[str, tuple[bytes, RecordDoc]] = {}
+        #: while a frame of remote changes is applied (:meth:`apply_changes`): what is
+        #: staged of records with no change of the user's, written when the frame ends
+        self._staging: _Staging | None = None
         with store.transaction():
             self.replica_id: str = store.get_meta("replica_id") or uuid.uuid4().hex
             store.set_meta("replica_id", self.replica_id)
@@ -151,8 +157,6 @@ class Replica:
         except BaseException:
             self._deferred = None
             raise
-        finally:
-            self._frame_docs.clear()
         events, self._deferred = self._deferred, None
         for event in events:
             self._on_event(event)
@@ -188,12 +192,14 @@ class Replica:
         counts: dict[str, dict[str, int]] = {
             name: {status.value: 0 for status in Status} for name in self.schema.objects
         }
-        pending_ids = {entry.record_id for entry in self.store.list_pending()}
-        for row in self.store.list_records():
-            if not row.deleted and row.id not in pending_ids:
-                counts.setdefault(row.object, {s.value: 0 for s in Status})[Status.SYNCED] += 1
+        for object_name, count in self.store.count_synced().items():
+            if object_name not in counts:
+                counts[object_name] = {s.value: 0 for s in Status}
+            counts[object_name][Status.SYNCED] += count
         for (object_name, status), count in self.store.count_by_status().items():
-            counts.setdefault(object_name, {s.value: 0 for s in Status})[status] += count
+            if object_name not in counts:
+                counts[object_name] = {s.value: 0 for s in Status}
+            counts[object_name][status] += count
         return counts
 
     # -- local changes ------------------------------------------------------------------
@@ -654,16 +660,12 @@ class Replica:
                 self.store.remove_record(row.id)
             else:
                 spec = self.schema.object(row.object)
-                server = self._load(spec, row.server or b"")
-                server.apply(entry.inflight or b"")
-                local = row.local
-                if update:
-                    server.apply(update)
-                    local_doc = self._load(spec, row.local)
-                    local_doc.apply(update)
-                    local = local_doc.full_update()
+                added = [update] if update else []
                 row = attrs.evolve(
-                    row, server=server.full_update(), version=max(version, row.version), local=local
+                    row,
+                    server=self._merged(spec, row.server or b"", [entry.inflight or b"", *added]),
+                    version=max(version, row.version),
+                    local=self._merged(spec, row.local, added) if added else row.local,
                 )
                 remaining = (
                     self._remaining(row, entry, spec, acked=version) if entry.dirty else None
@@ -742,6 +744,110 @@ class Replica:
         if entry is not None and entry.status != Status.SYNCING:
             self._emit(RecordNeedsAttention(record_id, object_name, Status.UNRESOLVABLE, problem))
 
+    def apply_changes(self, items: Sequence[RecordChange], *, advance_cursor: bool) -> None:
+        """Apply the items of one ``changes`` frame as one unit (see :meth:`applying`),
+        each as :meth:`apply_remote` (or :meth:`apply_revoked`) does, in order; items of
+        objects this replica does not know are skipped. With ``advance_cursor`` (live
+        fan-out, in version order) the cursor moves to the last item's version.
+
+        A record with no change of the user's (its local document is the server's) is
+        staged: its items are applied to its document at the end of the frame, all in
+        one pycrdt transaction, and its row is written once, with every other such
+        record's, in one statement. The frame's records are read in one query.
+        """
+        objects = self.schema.objects
+        known = [item for item in items if item.object in objects]
+        with self.applying():
+            self._staging = _Staging(self.store.remote_targets(i.record_id for i in known))
+            try:
+                for item in known:
+                    if item.revoked:
+                        self._unstage(item.record_id)
+                        self.apply_revoked(item.record_id, item.object, item.version)
+                    else:
+                        self.apply_remote(
+                            item.record_id,
+                            item.object,
+                            item.version,
+                            item.update,
+                            deleted=item.deleted,
+                            by=item.by,
+                        )
+                    if advance_cursor:
+                        self.advance_cursor(item.version)
+                self._write_staged()
+            finally:
+                self._staging = None
+
+    def _stage(
+        self,
+        staging: _Staging,
+        record_id: str,
+        object_name: str,
+        version: int,
+        update: bytes | None,
+        by: str | None,
+    ) -> bool:
+        """Stage a remote change of a record with no change of the user's (see
+        :meth:`apply_changes`); False if the record is not such a record, or is no
+        longer staged in this frame."""
+        staged = staging.staged.get(record_id)
+        if staged is None:
+            if record_id in staging.unstaged:
+                return False
+            target = staging.targets.get(record_id)
+            if target is None:  # a new record
+                staged = _Staged(object_name, None, 0, False, new=True)
+            elif target.pending or not target.clean or target.object != object_name:
+                return False
+            else:
+                staged = _Staged(target.object, target.server, target.version, target.deleted)
+            staging.staged[record_id] = staged
+        if staged.version >= version and not (staged.new and not staged.updates):
+            return True  # already applied (as apply_remote would ignore it)
+        kind = ChangeKind.CREATE if staged.new and not staged.updates else ChangeKind.UPDATE
+        staged.updates.append(update or b"")
+        staged.version = version
+        self._emit(RemoteChangeArrived(record_id, object_name, kind, by))
+        return True
+
+    def _unstage(self, record_id: str) -> None:
+        """Write what is staged of a record (if anything) and apply its later changes in
+        this frame one by one: the store holds it as they expect."""
+        staging = self._staging
+        if staging is None:
+            return
+        staging.unstaged.add(record_id)
+        staged = staging.staged.pop(record_id, None)
+        if staged is not None and staged.updates:
+            self.store.put_record(self._staged_row(record_id, staged))
+
+    def _write_staged(self) -> None:
+        staging = self._staging
+        assert staging is not None
+        self.store.put_records(
+            self._staged_row(record_id, staged)
+            for record_id, staged in staging.staged.items()
+            if staged.updates
+        )
+        staging.staged.clear()
+
+    def _staged_row(self, record_id: str, staged: _Staged) -> RecordRow:
+        """The record's row with its staged changes applied: its server document (also
+        its local one) and every update, in one pycrdt transaction."""
+        stored, updates = staged.server, staged.updates
+        if stored is None:  # a new record: its first update is its whole document
+            stored, updates = updates[0], updates[1:]
+        full = self._merged(self.schema.object(staged.object), stored, updates)
+        return RecordRow(
+            id=record_id,
+            object=staged.object,
+            local=full,
+            server=full,
+            version=staged.version,
+            deleted=staged.deleted,
+        )
+
     def apply_remote(
         self,
         record_id: str,
@@ -758,6 +864,11 @@ class Replica:
         module's docstring), and a conflict shown for it is brought up to date: each
         field's "theirs" is the relay's latest value.
         """
+        staging = self._staging
+        if staging is not None:
+            if not deleted and self._stage(staging, record_id, object_name, version, update, by):
+                return
+            self._unstage(record_id)
         spec = self.schema.object(object_name)
         row = self.store.get_record(record_id)
         entry = self.store.get_pending(record_id)
@@ -796,19 +907,12 @@ class Replica:
                     )
                 )
             elif entry is None and row.local == row.server:
-                # Nothing of the user's: the local document is the server's, merged once
-                # (and, within a frame, kept for the record's next item).
+                # Nothing of the user's: the local document is the server's, merged once.
                 kind = ChangeKind.UPDATE
-                cached = self._frame_docs.pop(record_id, None)
-                if cached is not None and cached[0] == row.server:
-                    doc = cached[1]
-                else:
-                    doc = self._load(spec, row.server)
+                doc = self._load(spec, row.server)
                 doc.apply(update or b"")
                 full = doc.full_update()
                 self.store.put_record(attrs.evolve(row, server=full, local=full, version=version))
-                if self._deferred is not None:
-                    self._frame_docs[record_id] = (full, doc)
             else:
                 kind = ChangeKind.UPDATE
                 server = self._load(spec, row.server or b"")
@@ -1012,6 +1116,15 @@ class Replica:
         self.store.set_meta("client_id", client_id)
 
     @staticmethod
+    def _merged(spec: ObjectSpec, stored: bytes, updates: Sequence[bytes]) -> bytes:
+        """What :meth:`_load` of ``stored``, ``apply`` of each update and ``full_update``
+        give, in one pycrdt transaction and with no document kept (:func:`merged_state`)."""
+        try:
+            return merged_state(stored, updates)
+        except BadStoredState as exc:
+            raise StoreError(f"stored document of a {spec.name} does not decode: {exc}") from exc
+
+    @staticmethod
     def _load(spec: ObjectSpec, update: bytes, *, client_id: int | None = None) -> RecordDoc:
         try:
             return RecordDoc.from_update(spec, update, client_id=client_id)
@@ -1048,6 +1161,39 @@ class Replica:
             change_id=entry.change_id,
             note=entry.note,
         )
+
+
+class _Staged:
+    """A record's remote changes staged in a frame (see :meth:`Replica.apply_changes`):
+    its row as stored (``server`` is ``None`` for a new record) and the updates to apply."""
+
+    __slots__ = ("deleted", "new", "object", "server", "updates", "version")
+
+    def __init__(
+        self,
+        object_name: str,
+        server: bytes | None,
+        version: int,
+        deleted: bool,
+        *,
+        new: bool = False,
+    ) -> None:
+        self.object = object_name
+        self.server = server
+        self.version = version
+        self.deleted = deleted
+        self.new = new
+        self.updates: list[bytes] = []
+
+
+@attrs.define
+class _Staging:
+    """One frame's staging: the records it read up front, what is staged of them, and
+    the records it applies change by change from now on."""
+
+    targets: dict[str, RemoteTarget]
+    staged: dict[str, _Staged] = attrs.Factory(dict)
+    unstaged: set[str] = attrs.Factory(set)
 
 
 def _mib(size: int) -> str:

@@ -24,8 +24,8 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import uuid
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -173,6 +173,40 @@ class RecordRow:
             version=row["version"],
             deleted=bool(row["deleted"]),
         )
+
+
+_PUT_RECORD = (
+    "INSERT INTO records (id, object, local, server, version, deleted) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+    "object = excluded.object, local = excluded.local, server = excluded.server, "
+    "version = excluded.version, deleted = excluded.deleted"
+)
+#: record ids per ``IN (...)`` query (well under SQLite's limit of bound parameters)
+_IN_CHUNK = 500
+
+
+def _record_params(record: RecordRow) -> tuple[Any, ...]:
+    return (
+        record.id,
+        record.object,
+        record.local,
+        record.server,
+        record.version,
+        int(record.deleted),
+    )
+
+
+class RemoteTarget(NamedTuple):
+    """A stored record as a remote change of it finds it (:meth:`LocalStore.remote_targets`)."""
+
+    object: str
+    server: bytes | None
+    version: int
+    deleted: bool
+    #: the local document is the server's (stored as the same bytes)
+    clean: bool
+    #: the record has an outbox entry
+    pending: bool
 
 
 def new_change_id() -> str:
@@ -367,20 +401,36 @@ class LocalStore:
         return [RecordRow.from_row(row) for row in rows]
 
     def put_record(self, record: RecordRow) -> None:
-        self._db.execute(
-            "INSERT INTO records (id, object, local, server, version, deleted) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-            "object = excluded.object, local = excluded.local, server = excluded.server, "
-            "version = excluded.version, deleted = excluded.deleted",
-            (
-                record.id,
-                record.object,
-                record.local,
-                record.server,
-                record.version,
-                int(record.deleted),
-            ),
-        )
+        self._db.execute(_PUT_RECORD, _record_params(record))
+
+    def put_records(self, records: Iterable[RecordRow]) -> None:
+        """:meth:`put_record` of each, in one statement (``executemany``)."""
+        self._db.executemany(_PUT_RECORD, map(_record_params, records))
+
+    def remote_targets(self, record_ids: Iterable[str]) -> dict[str, RemoteTarget]:
+        """What a remote change of each of ``record_ids`` finds in the store, read in
+        as few queries as possible: records that do not exist are left out."""
+        ids = list(dict.fromkeys(record_ids))
+        found: dict[str, RemoteTarget] = {}
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            rows = self._db.execute(
+                "SELECT r.id, r.object, r.server, r.version, r.deleted, "
+                "r.server IS NOT NULL AND r.local = r.server, p.record_id IS NOT NULL "
+                "FROM records r LEFT JOIN pending p ON p.record_id = r.id "
+                f"WHERE r.id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            for record_id, obj, server, version, deleted, clean, pending in rows:
+                found[record_id] = RemoteTarget(
+                    obj,
+                    None if server is None else bytes(server),
+                    version,
+                    bool(deleted),
+                    bool(clean),
+                    bool(pending),
+                )
+        return found
 
     def remove_record(self, record_id: str) -> None:
         self._db.execute("DELETE FROM records WHERE id = ?", (record_id,))
@@ -463,6 +513,15 @@ class LocalStore:
         """The object types of the records this store holds."""
         rows = self._db.execute("SELECT DISTINCT object FROM records")
         return {str(row[0]) for row in rows}
+
+    def count_synced(self) -> dict[str, int]:
+        """``{object: count}`` of the records not deleted locally and with no outbox
+        entry (counted by SQLite: no record is read)."""
+        rows = self._db.execute(
+            "SELECT object, COUNT(*) FROM records r WHERE deleted = 0 AND NOT EXISTS "
+            "(SELECT 1 FROM pending p WHERE p.record_id = r.id) GROUP BY object"
+        )
+        return {row[0]: row[1] for row in rows}
 
     def count_by_status(self) -> dict[tuple[str, str], int]:
         """``{(object, status): count}`` over the outbox."""

@@ -248,25 +248,9 @@ class SyncSession:
     def _changes(self, frame: Changes) -> None:
         """Apply a frame of remote changes as one unit (see :meth:`Replica.applying`):
         all of it and the cursor past it, or, if applying an item raises, none of it."""
-        with self.replica.applying():
-            for item in frame.items:
-                if item.object not in self.replica.schema.objects:
-                    continue
-                if item.revoked:
-                    self.replica.apply_revoked(item.record_id, item.object, item.version)
-                else:
-                    self.replica.apply_remote(
-                        item.record_id,
-                        item.object,
-                        item.version,
-                        item.update,
-                        deleted=item.deleted,
-                        by=item.by,
-                    )
-                # A backlog is ordered by record, not by version: the cursor moves only
-                # at caught_up. Live fan-out arrives in version order.
-                if self.state is SyncState.READY:
-                    self.replica.advance_cursor(item.version)
+        # A backlog is ordered by record, not by version: the cursor moves only at
+        # caught_up. Live fan-out arrives in version order.
+        self.replica.apply_changes(frame.items, advance_cursor=self.state is SyncState.READY)
 
     def _verdicts(self, frame: Verdicts) -> None:
         """Apply a frame of verdicts as one unit (see :meth:`Replica.applying`). If

@@ -490,6 +490,20 @@ class RecordChange:
     @classmethod
     def from_wire(cls, value: Any, where: str) -> RecordChange:
         data = _map(value, where)
+        # The common item (a fan-out's: no flag, every value of its exact type) needs no
+        # check more; anything else is checked key by key, with an error naming it.
+        record, obj, version = data.get("record"), data.get("object"), data.get("version")
+        update, by = data.get("update", b""), data.get("by")
+        if (
+            type(record) is str
+            and type(obj) is str
+            and type(version) is int
+            and type(update) is bytes
+            and (by is None or type(by) is str)
+            and "deleted" not in data
+            and "revoked" not in data
+        ):
+            return cls(record_id=record, object=obj, version=version, update=update, by=by)
         return cls(
             record_id=_get(data, "record", str, where),
             object=_get(data, "object", str, where),

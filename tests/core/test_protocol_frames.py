@@ -932,3 +932,22 @@ def test_a_push_with_one_odd_change_is_refused_where_it_is_odd() -> None:
     bad = dict(good, base=True)
     with pytest.raises(ProtocolError, match=r"push\.changes\[1\]\.base: expected an integer"):
         Push.from_wire({"type": "push", "changes": [good, bad]})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("version", True, "expected an integer, got a boolean"),
+        ("version", 1.5, "expected an integer, got float"),
+        ("update", "text", "expected bytes, got str"),
+        ("record", b"r", "expected a string, got bytes"),
+        ("by", 7, "expected a string, got int"),
+        ("deleted", "yes", "expected a boolean, got str"),
+    ],
+)
+def test_a_change_item_of_the_common_shape_with_a_value_of_another_type_is_refused_by_key(
+    key: str, value: object, message: str
+) -> None:
+    item = {"record": "r", "object": "Account", "version": 3, "update": b"u", "by": "bob"}
+    with pytest.raises(ProtocolError, match=rf"changes\.items\[0\]\.{key}: {message}"):
+        decode(pack({"type": "changes", "items": [{**item, key: value}]}))

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crdtsync.core.fieldtypes import INT64_MAX, INT64_MIN
-from crdtsync.core.record import FIELDS_ROOT, RecordDoc
+from crdtsync.core.record import FIELDS_ROOT, BadStoredState, RecordDoc, merged_state
 from tests.helpers.updates import SPEC, exchange, two_replicas
 
 IST = dt.timezone(dt.timedelta(hours=5, minutes=30))
@@ -368,3 +368,25 @@ def test_text_rewrite_reads_back_exactly(old: str, new: str) -> None:
     # An empty text reads as no value (every text field holds its Y.Text from creation).
     assert record.read().get("Notes", "") == new
     assert peer.read().get("Notes", "") == new
+
+
+def test_merged_state_is_what_loading_applying_and_encoding_give() -> None:
+    doc = RecordDoc(SPEC, client_id=3)
+    doc.write({"Name": "A", "Count": 1, "Notes": "hello"})
+    stored = doc.full_update()
+    updates = []
+    for n in range(5):
+        state = doc.state()
+        doc.write({"Count": n, "Notes": f"hello {n}", "Name": f"A{n}"})
+        updates.append(doc.delta(state))
+    loaded = RecordDoc.from_update(SPEC, stored)
+    for update in updates:
+        loaded.apply(update)
+    assert merged_state(stored, updates) == loaded.full_update() == doc.full_update()
+    assert merged_state(b"", [stored]) == RecordDoc.from_update(SPEC, stored).full_update()
+    assert merged_state(stored, []) == stored
+    with pytest.raises(BadStoredState):
+        merged_state(b"\x01\x02garbage", updates)
+    with pytest.raises(ValueError, match="decode"):
+        merged_state(stored, [b"\x01\x02garbage"])
+    assert pycrdt.get_state(merged_state(stored, updates)) == pycrdt.get_state(doc.full_update())
