@@ -52,15 +52,14 @@ from crdtsync.core.record import PLAIN_VALUES, UNREAD
 from crdtsync.core.schema import ObjectSpec, Schema
 from crdtsync.core.yupdate import StructInfo, parse_update
 
-from .anatomy import ENTRY, Anatomy
+from .anatomy import ENTRY
 from .merge import (
     MAX_UPDATE_STRUCTS,
     Accepted,
     MergeContext,
     RecordState,
-    _invalid_record_refused,
     _stored_fields,
-    _written_value_errors,
+    _unique_and_reference_errors,
     decode_state_vector,
 )
 from .policy import Action, Policy, Principal, RecordFacts
@@ -225,19 +224,8 @@ def _predicted(
         return None
     if _changed_by_others(change, state, touched, principal, context):
         return None
-    anatomy = Anatomy(written=raw)
-    if _written_value_errors(anatomy, spec):
-        return None
     values = {k: v for k, v in state.values.items() if k not in touched}
-    problems = {k: v for k, v in state.problems.items() if k not in touched}
-    for key in touched:
-        decoded = spec.fields[key].type.decode(raw[key])
-        if decoded is not None:
-            values[key] = decoded
-    refused = _invalid_record_refused(
-        change, state, spec, view, schema, values, problems, touched, context, parsed
-    )
-    if refused is not None:
+    if state.problems or not _record_passes(change, spec, schema, raw, values, context):
         return None
     accepted = Accepted(
         kind=ChangeKind.UPDATE,
@@ -246,12 +234,42 @@ def _predicted(
         update=change.delta,
         parsed=parsed,
         doc=state.doc,
-        problems=problems,
     )
     writes = [(client, start + i, key) for i, key in enumerate(keys)]
     return Predicted(
         accepted=accepted, client=client, end=end, writes=writes, replaced=origins, raw=raw
     )
+
+
+def _record_passes(
+    change: ChangeFrame,
+    spec: ObjectSpec,
+    schema: Schema,
+    raw: Mapping[str, Any],
+    values: dict[str, Any],
+    context: MergeContext,
+) -> bool:
+    """Every written value is in its stored form, decodes and passes its field's checks
+    (a required field is not cleared), and the record with them (``values`` gets them,
+    decoded) passes the record's rules, ``unique`` and ``reference``: exactly when
+    :func:`.merge.decide` finds no field error (its ``_written_value_errors`` and
+    ``_invalid_record_refused``), checked once per value."""
+    for name, stored in raw.items():
+        field = spec.fields[name]
+        if field.type.stored_form_problem(stored) is not None:
+            return False
+        try:
+            value = field.type.decode(stored)
+        except (ValueError, TypeError):
+            return False
+        _canonical, problems = field.check(value)
+        if problems or (value is None and field.required):
+            return False
+        if value is not None:
+            values[name] = value
+    if spec.check_record(values):
+        return False
+    return not _unique_and_reference_errors(change, spec, schema, values, set(raw), context)
 
 
 def _plain_entry(struct: StructInfo) -> bool:

@@ -416,3 +416,44 @@ def test_a_prediction_yrs_does_not_keep_sends_the_frame_back_to_the_general_path
     assert values["Employees"] == 6 and "Website" not in values
     cached = whole._cache.get(rid)
     assert cached is None or "Website" not in cached.doc.read()
+
+
+def test_an_edit_that_breaks_a_record_rule_is_a_conflict_in_a_frame_too() -> None:
+    """The common edit of one field is still judged with the whole record: clearing the
+    phone of a contact without an email breaks ``email_or_phone``, and clearing a
+    required name breaks ``required``, whether the frame is predicted or not."""
+    whole, single = new_relay(), new_relay(predicting=False)
+    users = Script()
+    alice = users.actors["alice"]
+    setup = [
+        users._create(alice, "Contact", {"LastName": "Doe", "Phone": "555"}),
+        users._create(alice, "Account", {"Name": "Acme", "Employees": 1}),
+    ]
+    for relay in (whole, single):
+        relay.push(FakeSession(alice.principal), setup)  # type: ignore[arg-type]
+    users.sync(alice, whole, rebuild=True)
+    contact, account = (c.record_id for c in setup)
+    changes = [
+        users._frame(alice, contact, "Contact", ChangeKind.UPDATE,
+                     alice.docs[contact].write({"Phone": None}), alice.known[contact],
+                     {"Phone": alice.known[contact]}),
+        users._frame(alice, account, "Account", ChangeKind.UPDATE,
+                     alice.docs[account].write({"Name": None}), alice.known[account],
+                     {"Name": alice.known[account]}),
+        users._frame(alice, account, "Account", ChangeKind.UPDATE,
+                     RecordDoc.from_update(CONFIG.schema.objects["Account"],
+                                           whole.storage.get_record(account).state,  # type: ignore[union-attr]
+                                           client_id=next(alice.client_ids))
+                     .write({"Employees": 9}), alice.known[account],
+                     {"Employees": alice.known[account]}),
+    ]  # fmt: skip
+    session = FakeSession(alice.principal)
+    as_frame = list(whole.push(session, changes).items)  # type: ignore[arg-type]
+    one_by_one = [v for c in changes for v in single.push(session, [c]).items]  # type: ignore[arg-type]
+    assert as_frame == one_by_one
+    assert stored_rows(whole) == stored_rows(single)
+    rule, required, fine = as_frame
+    assert isinstance(rule, Conflict) and rule.errors
+    assert isinstance(required, Conflict)
+    assert [e.message for e in required.errors] == ["is required"]
+    assert isinstance(fine, Ack)
