@@ -28,8 +28,10 @@ class RecordCache(OrderedDict[str, RecordState]):
         self.client_id = client_id
         self.capacity = capacity
 
-    def state(self, record_id: str, stored: StoredRecord) -> RecordState:
-        """The live record ``stored`` is a row of, loaded (and cached) if need be."""
+    def state(self, record_id: str, stored: StoredRecord, *, latest: bool = False) -> RecordState:
+        """The live record ``stored`` is a row of, loaded (and cached) if need be
+        (``latest``: the caller read ``stored`` just now, nothing has written the record
+        since, so it is not read again)."""
         state = self.get(record_id)
         # Every write goes through this relay: a cached record is never older than a
         # stored row (it may be newer than a row read earlier in the same push).
@@ -38,9 +40,9 @@ class RecordCache(OrderedDict[str, RecordState]):
             return state
         # Load the record as it is now, not as ``stored`` was when it was read: the cache
         # must only ever hold the latest version.
-        latest = self.storage.get_record(record_id)
-        if latest is not None and latest.version >= stored.version:
-            stored = latest
+        now = None if latest else self.storage.get_record(record_id)
+        if now is not None and now.version >= stored.version:
+            stored = now
         state = RecordState.load(stored, self.schema.objects[stored.object], self.client_id)
         self.remember(record_id, state)
         return state

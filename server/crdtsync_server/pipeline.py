@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 
@@ -258,10 +258,16 @@ class PushPipeline:
         clock = time.perf_counter
         load_s = decide_s = store_s = 0.0
         mark = clock()
-        # One query for the whole frame: which ids were seen before (retransmits).
+        # One query for the whole frame: which ids were seen before (retransmits); one
+        # for the records the cache does not hold.
         seen = self.storage.known_change_ids([c.change_id for c in changes])
+        cache = self.cache
+        missing = [c.record_id for c in changes if c.record_id not in cache]
+        prefetched = self.storage.get_records(missing) if missing else {}
         for change in changes:
-            verdict, stored, state, facts = self._load(principal, change, seen, followups)
+            verdict, stored, state, facts = self._load(
+                principal, change, seen, followups, deferred, prefetched
+            )
             now = clock()
             load_s += now - mark
             mark = now
@@ -330,11 +336,19 @@ class PushPipeline:
         self.storage.put_record(stored)
 
     def _load(
-        self, principal: Principal, change: ChangeFrame, seen: set[str], followups: list[Frame]
+        self,
+        principal: Principal,
+        change: ChangeFrame,
+        seen: set[str],
+        followups: list[Frame],
+        deferred: Mapping[str, Deferred],
+        prefetched: dict[str, StoredRecord],
     ) -> tuple[Verdict | None, StoredRecord | None, RecordState | None, RecordFacts | None]:
         """The answer to a change id seen before (a retransmission, or a reused id), or
         what deciding the change needs: its record as stored, its state and access facts
-        (``None`` each for a record that does not exist)."""
+        (``None`` each for a record that does not exist). ``prefetched``: rows of records
+        the cache did not hold, read at the start of the frame (each used once, by the
+        frame's first change of the record)."""
         known = self.storage.find_change(change.change_id) if change.change_id in seen else None
         if known is not None:
             if known.record_id != change.record_id or known.replica != principal.replica_id:
@@ -347,12 +361,27 @@ class PushPipeline:
                 )
                 return reused, None, None, None
             return self._retransmitted(principal, change, known, followups), None, None, None
-        cached = self.cache.get(change.record_id)
-        # Every write goes through this relay, so a cached record is the stored one.
-        stored = cached.stored if cached is not None else self.storage.get_record(change.record_id)
-        state = self.cache.state(change.record_id, stored) if stored is not None else None
-        facts = self.access.facts(stored, state) if stored is not None else None
-        return None, stored, state, facts
+        record_id = change.record_id
+        fresh = prefetched.pop(record_id, None)  # good for the record's first change only
+        pending = deferred.get(record_id)
+        if pending is not None:
+            # It has predicted changes not applied yet: its live state is that one, even
+            # if the cache let it go meanwhile.
+            state = pending.state
+            self.cache.remember(record_id, state)
+            return None, state.stored, state, self.access.facts(state.stored, state)
+        cached = self.cache.get(record_id)
+        # Every write goes through this relay, so a cached record is the stored one; one
+        # read just now, before the frame wrote it, is the latest.
+        stored: StoredRecord | None
+        if cached is not None:
+            stored = cached.stored
+        else:
+            stored = fresh if fresh is not None else self.storage.get_record(record_id)
+        if stored is None:
+            return None, None, None, None
+        state = self.cache.state(record_id, stored, latest=cached is None)
+        return None, stored, state, self.access.facts(stored, state)
 
     def _decide(
         self,
