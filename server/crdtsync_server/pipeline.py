@@ -204,12 +204,18 @@ class PushPipeline:
                 self.metrics.count_verdict(verdict)
             self.metrics.changes_predicted += frame.predicted
         for frame in group:
-            if deliver:
-                frame.origin.deliver_verdicts(Verdicts(tuple(frame.verdicts)), frame.followups)
-            if frame.accepted:
-                fanning = clock()
-                self.fan_out.changes(frame.origin, frame.accepted)
-                self.metrics.observe_stage("fanout", clock() - fanning)
+            # One frame's trouble (a listener that fails) must not keep the others of the
+            # group from their answers: it is logged, and its replica retries.
+            try:
+                if deliver:
+                    verdicts = Verdicts(tuple(frame.verdicts))
+                    frame.origin.deliver_verdicts(verdicts, frame.followups)
+                if frame.accepted:
+                    fanning = clock()
+                    self.fan_out.changes(frame.origin, frame.accepted)
+                    self.metrics.observe_stage("fanout", clock() - fanning)
+            except Exception:
+                log.exception("answering a push of %d changes failed", len(frame.changes))
 
     def _decided(self, origin: Listener, changes: list[ChangeFrame]) -> _Decided:
         """The frame decided and stored inside the open transaction, in a savepoint of its

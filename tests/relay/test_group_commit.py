@@ -216,3 +216,25 @@ def test_reading_the_store_outside_a_push_settles_the_group_first(world: World) 
     another = world.create(alice, "flushed")
     relay.push(alice, [another])
     assert relay.seq == 2 and len(world.durable()) == 2 and len(alice.verdicts) == 2
+
+
+def test_a_listener_that_fails_does_not_keep_the_rest_of_the_group_from_its_answers(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = world.relay
+
+    @attrs.define(eq=False)
+    class Broken(Listener):
+        def deliver_verdicts(self, verdicts: Verdicts, followups: Sequence[Frame]) -> None:
+            raise RuntimeError("alice's connection is in a bad way")
+
+    alice = Broken(Principal("alice", "replica-alice"))
+    relay.attach(alice)
+    bob = listener(relay, "bob")
+    relay.push(alice, [world.create(alice, "one")])
+    relay.push(bob, [world.create(bob, "two")])
+    world.turn()
+    (answer,) = bob.verdicts[0].items
+    assert isinstance(answer, Ack)
+    assert len(world.durable()) == 2  # alice's change is stored: her retry is acked
+    assert "answering a push of 1 changes failed" in caplog.text
