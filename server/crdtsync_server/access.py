@@ -7,7 +7,7 @@ record cache.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from crdtsync.core.schema import Schema
 
@@ -28,11 +28,17 @@ class RecordAccess:
         self.storage = storage
         self.cache = cache
 
-    def facts(self, stored: StoredRecord, state: RecordState | None = None) -> RecordFacts:
+    def facts(
+        self,
+        stored: StoredRecord,
+        state: RecordState | None = None,
+        shares: Mapping[str, int] | None = None,
+    ) -> RecordFacts:
         """What access to ``stored`` depends on: its owner and its manual shares.
 
         Without ``state``, a cached record is used if there is one; otherwise the stored
-        row is enough and no document is loaded, unless a policy hook needs the values.
+        row is enough and no document is loaded, unless a policy hook needs the values
+        (``shares``: the record's shares, if the caller read them already).
         """
         if state is None:
             state = self.cache.get(stored.id)
@@ -40,7 +46,8 @@ class RecordAccess:
                 state = self.cache.state(stored.id, stored)
         if state is None:
             owner, values = stored.owner, {}
-            shares = self.storage.shares_of(stored.id)
+            if shares is None:
+                shares = self.storage.shares_of(stored.id)
         else:
             if state.facts is not None:
                 return state.facts

@@ -21,8 +21,8 @@ from crdtsync.core.protocol import (
 
 from .access import RecordAccess
 from .cache import RecordCache
-from .policy import Policy, Principal
-from .storage import RelayStorage, StoredRecord
+from .policy import Policy, Principal, RecordFacts
+from .storage import ChangeRow, RelayStorage, StoredRecord
 
 log = logging.getLogger("crdtsync.relay")
 
@@ -72,44 +72,63 @@ class Backlog:
         events: dict[str, bool],
         caught_up: int,
     ) -> Iterator[Frame]:
-        """The frames of :meth:`frames`, each batch read when it is pulled."""
+        """The frames of :meth:`frames`, each batch read when it is pulled: the rows, the
+        shares and the missed changes of ``BACKLOG_BATCH`` records at a time, one query
+        each."""
         batch: list[RecordChange] = []
         size = 0
-        for record_id in ids:
-            stored = self.storage.get_record(record_id)
-            if stored is None:
-                continue
-            item = self._catch_up_item(principal, stored, cursor, events.get(record_id))
-            if item is None:
-                continue
-            item_size = len(item.update) + 128
-            if item_size > BACKLOG_MAX_FRAME_BYTES:
-                # Stored before [server] max_record_bytes bounded records: no replica can
-                # read it, and sending it would end the connection with the rest unsent.
-                log.warning(
-                    "record %s (%d bytes) is too large for a replica to receive: left out of "
-                    "the backlog",
-                    record_id,
-                    item_size,
-                )
-                continue
-            if batch and size + item_size > BACKLOG_MAX_FRAME_BYTES:
-                yield Changes(tuple(batch))
-                batch, size = [], 0
-            batch.append(item)
-            size += item_size
-            if len(batch) >= BACKLOG_BATCH or size >= BACKLOG_BATCH_BYTES:
-                yield Changes(tuple(batch))
-                batch, size = [], 0
+        for start in range(0, len(ids), BACKLOG_BATCH):
+            chunk = ids[start : start + BACKLOG_BATCH]
+            rows = self.storage.get_records(chunk)
+            uncached = [record_id for record_id in rows if record_id not in self.cache]
+            shares = self.storage.shares_of_records(uncached) if uncached else {}
+            missed = self.storage.changes_of_records(list(rows), after=cursor) if cursor else {}
+            for record_id in chunk:
+                stored = rows.get(record_id)
+                if stored is None:
+                    continue
+                facts = self.access.facts(stored, shares=shares.get(record_id))
+                item = self._catch_up_item(
+                    principal, stored, cursor, events.get(record_id), facts,
+                    missed.get(record_id, []),
+                )  # fmt: skip
+                if item is None:
+                    continue
+                item_size = len(item.update) + 128
+                if item_size > BACKLOG_MAX_FRAME_BYTES:
+                    # Stored before [server] max_record_bytes bounded records: no replica can
+                    # read it, and sending it would end the connection with the rest unsent.
+                    log.warning(
+                        "record %s (%d bytes) is too large for a replica to receive: left out of "
+                        "the backlog",
+                        record_id,
+                        item_size,
+                    )
+                    continue
+                if batch and size + item_size > BACKLOG_MAX_FRAME_BYTES:
+                    yield Changes(tuple(batch))
+                    batch, size = [], 0
+                batch.append(item)
+                size += item_size
+                if len(batch) >= BACKLOG_BATCH or size >= BACKLOG_BATCH_BYTES:
+                    yield Changes(tuple(batch))
+                    batch, size = [], 0
         if batch:
             yield Changes(tuple(batch))
         yield CaughtUp(caught_up)
 
     def _catch_up_item(
-        self, principal: Principal, stored: StoredRecord, cursor: int, gained: bool | None
+        self,
+        principal: Principal,
+        stored: StoredRecord,
+        cursor: int,
+        gained: bool | None,
+        facts: RecordFacts,
+        missed: list[ChangeRow],
     ) -> RecordChange | None:
-        """What the replica must learn of one record since ``cursor`` (None: nothing)."""
-        readable = self.access.can_read(principal, self.access.facts(stored))
+        """What the replica must learn of one record since ``cursor`` (None: nothing);
+        ``missed``: its changes since ``cursor``."""
+        readable = self.access.can_read(principal, facts)
         if cursor and not readable and gained is False:
             return RecordChange(
                 record_id=stored.id, object=stored.object, version=stored.version, revoked=True
@@ -122,7 +141,7 @@ class Backlog:
             )
         if not readable:
             return None
-        changes = [] if cursor == 0 or gained else self.storage.changes_of(stored.id, after=cursor)
+        changes = [] if cursor == 0 or gained else missed
         if cursor == 0 or gained or any(c.compacted for c in changes):
             update = stored.state  # a superset of the missed updates: same state after
         else:

@@ -481,6 +481,26 @@ class RelayStorage:
         )
         return [ChangeRow.from_row(row) for row in rows]
 
+    def changes_of_records(
+        self, record_ids: Sequence[str], after: int = 0
+    ) -> dict[str, list[ChangeRow]]:
+        """:meth:`changes_of` of several records at once (one query per 500): record id
+        -> its changes with ``seq > after``, in order (records without any left out)."""
+        self._flush()
+        out: dict[str, list[ChangeRow]] = {}
+        wanted = list(dict.fromkeys(record_ids))
+        for start in range(0, len(wanted), 500):  # within SQLite's parameter limit
+            chunk = wanted[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            rows = self._db.execute(
+                f"SELECT * FROM changes WHERE record_id IN ({marks}) AND seq > ? ORDER BY seq",
+                (*chunk, after),
+            )
+            for row in rows:
+                change = ChangeRow.from_row(row)
+                out.setdefault(change.record_id, []).append(change)
+        return out
+
     def change_fields(self, record_id: str, after: int = 0) -> list[ChangeRow]:
         """The record's changes with ``seq > after``, in order, without their updates
         (who changed which fields to what: what the conflict checks read)."""
@@ -617,6 +637,21 @@ class RelayStorage:
         """``{user: access}`` of the record's manual shares."""
         rows = self._db.execute("SELECT user, access FROM shares WHERE record_id = ?", (record_id,))
         return {str(row[0]): int(row[1]) for row in rows}
+
+    def shares_of_records(self, record_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """:meth:`shares_of` of several records at once: record id -> ``{user: access}``
+        (every record asked for is there, most with no shares)."""
+        out: dict[str, dict[str, int]] = {record_id: {} for record_id in record_ids}
+        wanted = list(out)
+        for start in range(0, len(wanted), 500):  # within SQLite's parameter limit
+            chunk = wanted[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            rows = self._db.execute(
+                f"SELECT record_id, user, access FROM shares WHERE record_id IN ({marks})", chunk
+            )
+            for record_id, user, access in rows:
+                out[str(record_id)][str(user)] = int(access)
+        return out
 
     def set_share(self, record_id: str, user: str, access: int | None) -> None:
         """Share the record with ``user`` (``None``: remove the share)."""
