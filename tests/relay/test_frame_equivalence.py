@@ -17,7 +17,7 @@ synced.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -340,10 +340,12 @@ def test_a_mixed_frame_gets_the_verdicts_of_its_changes_one_at_a_time() -> None:
     assert isinstance(got["zombie"], Rejected) and got["zombie"].code is ErrorCode.REFUSED_OPS
 
 
-@pytest.mark.parametrize("rebuild", [True, False])
-def test_a_frame_editing_one_record_many_times_stores_each_version_once(rebuild: bool) -> None:
-    """Ten edits of one record in one frame: ten log rows, the record row at the last
-    version, the same bytes as ten pushes."""
+def employees_edits(
+    values: Iterable[int], *, rebuild: bool
+) -> tuple[Relay, Relay, Actor, list[ChangeFrame]]:
+    """A relay that predicts and one that does not, both holding alice's new Account, and
+    alice's edits of its ``Employees`` to each of ``values`` in turn (each on the last),
+    all based on the version she synced (``rebuild``: her document rebuilt then)."""
     whole, single = new_relay(), new_relay(predicting=False)
     users = Script()
     alice = users.actors["alice"]
@@ -356,8 +358,16 @@ def test_a_frame_editing_one_record_many_times_stores_each_version_once(rebuild:
     changes = [
         users._frame(alice, rid, "Account", ChangeKind.UPDATE,
                      alice.docs[rid].write({"Employees": n}), base, {"Employees": base})
-        for n in range(2, 12)
+        for n in values
     ]  # fmt: skip
+    return whole, single, alice, changes
+
+
+@pytest.mark.parametrize("rebuild", [True, False])
+def test_a_frame_editing_one_record_many_times_stores_each_version_once(rebuild: bool) -> None:
+    """Ten edits of one record in one frame: ten log rows, the record row at the last
+    version, the same bytes as ten pushes."""
+    whole, single, alice, changes = employees_edits(range(2, 12), rebuild=rebuild)
     session = FakeSession(alice.principal)
     as_frame = list(whole.push(session, changes).items)  # type: ignore[arg-type]
     for change in changes:
@@ -382,20 +392,8 @@ def test_a_prediction_yrs_does_not_keep_sends_the_frame_back_to_the_general_path
     write one more field), nothing decided on the prediction is stored or cached: the
     frame is decided again change by change, with the verdicts and rows of the general
     path, and the stray write is nowhere."""
-    whole, single = new_relay(), new_relay(predicting=False)
-    users = Script()
-    alice = users.actors["alice"]
-    create = users._create(alice, "Account", {"Name": "Acme", "Employees": 1})
-    for relay in (whole, single):
-        relay.push(FakeSession(alice.principal), [create])  # type: ignore[arg-type]
-    users.sync(alice, whole, rebuild=True)
-    rid = create.record_id
-    base = alice.known[rid]
-    changes = [
-        users._frame(alice, rid, "Account", ChangeKind.UPDATE,
-                     alice.docs[rid].write({"Employees": n}), base, {"Employees": base})
-        for n in (5, 6)
-    ]  # fmt: skip
+    whole, single, alice, changes = employees_edits((5, 6), rebuild=True)
+    rid = changes[0].record_id
     applied = RecordDoc.apply_all_for_state
     strays: list[str] = []
 
