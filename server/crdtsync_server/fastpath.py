@@ -3,7 +3,7 @@
 Almost every change a replica pushes is the same shape: it overwrites a few plain
 fields of a record it can edit, each new value placed right after the value it
 replaces. For that shape the outcome of applying the update is known before pycrdt
-sees it, so :func:`predict` decides the change from the parsed update and the relay's
+sees it, so :meth:`Predictor.predict` decides the change from the parsed update and the relay's
 record state alone, and the pipeline applies the record's accepted updates of the whole
 push frame in one pycrdt transaction (:class:`Deferred`), checking afterwards that yrs
 did exactly what was predicted.
@@ -58,9 +58,9 @@ from .merge import (
     Accepted,
     MergeContext,
     RecordState,
-    _stored_fields,
-    _unique_and_reference_errors,
     decode_state_vector,
+    stored_fields,
+    unique_and_reference_errors,
 )
 from .policy import Action, Policy, Principal, RecordFacts
 
@@ -229,7 +229,7 @@ def _predicted(
         return None
     accepted = Accepted(
         kind=ChangeKind.UPDATE,
-        fields=_stored_fields(spec, values, touched),
+        fields=stored_fields(spec, values, touched),
         values=values,
         update=change.delta,
         parsed=parsed,
@@ -269,7 +269,7 @@ def _record_passes(
             values[name] = value
     if spec.check_record(values):
         return False
-    return not _unique_and_reference_errors(change, spec, schema, values, set(raw), context)
+    return not unique_and_reference_errors(change, spec, schema, values, set(raw), context)
 
 
 def _plain_entry(struct: StructInfo) -> bool:

@@ -493,7 +493,7 @@ def _merge(
     refused = _too_large_refused(change, state, whole, max_record_bytes, parsed)
     if refused is not None:
         return refused
-    fields = _stored_fields(spec, values, touched)
+    fields = stored_fields(spec, values, touched)
     update = pycrdt.merge_updates(delta, relay_update) if relay_update else delta
     return Accepted(
         kind=change.kind,
@@ -837,7 +837,7 @@ def _invalid_record_refused(
     errors += field_errors
     if not errors:
         errors += spec.check_record(values)
-        errors += _unique_and_reference_errors(change, spec, schema, values, touched, context)
+        errors += unique_and_reference_errors(change, spec, schema, values, touched, context)
     errors = _visible_errors(errors, view)
     if not errors:
         return None
@@ -863,9 +863,7 @@ def _too_large_refused(
     return _validation_conflict(change, state, (error,), parsed, dirty=True)
 
 
-def _stored_fields(
-    spec: ObjectSpec, values: Mapping[str, Any], touched: set[str]
-) -> dict[str, Any]:
+def stored_fields(spec: ObjectSpec, values: Mapping[str, Any], touched: set[str]) -> dict[str, Any]:
     """Step: each touched field's stored value afterwards (None for a text) for the log."""
     return {
         name: None
@@ -1047,7 +1045,7 @@ def _same_value(field_type: FieldType, mine: Any, theirs: Any) -> bool:
     return bool(a == b and type(a) is type(b))
 
 
-def _unique_and_reference_errors(
+def unique_and_reference_errors(
     change: ChangeFrame,
     spec: ObjectSpec,
     schema: Schema,
