@@ -302,7 +302,7 @@ class PushPipeline:
                     record.add(predicted)
                     frame.predicted += 1
                 else:
-                    verdict, outcome = self._settle(
+                    verdict, outcome = self._conclude(
                         principal, change, stored, state, decision, touched_cache
                     )
                 now = clock()
@@ -408,7 +408,7 @@ class PushPipeline:
             max_record_bytes=self.max_record_bytes,
         )
 
-    def _settle(
+    def _conclude(
         self,
         principal: Principal,
         change: ChangeFrame,
