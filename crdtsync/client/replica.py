@@ -461,24 +461,29 @@ class Replica:
         gives, per changed field, the relay version the user saw when first changing it.
         """
         out: list[ChangeFrame] = []
+        #: the entries to write, by record: marked ``syncing``, or with a new note
+        written: dict[str, PendingRow] = {}
         with self.store.transaction():
             for entry in self.store.iter_pending(Status.PENDING):
                 if limit is not None and len(out) >= limit:
                     break
-                waiting = self._waiting_for(entry)
-                if waiting != entry.note:
-                    entry = attrs.evolve(entry, note=waiting)
-                    self.store.put_pending(entry)
+                waiting = self._waiting_for(entry, written)
                 if waiting:
+                    if waiting != entry.note:
+                        written[entry.record_id] = attrs.evolve(entry, note=waiting)
                     continue
                 if entry.inflight is None:
                     entry = attrs.evolve(
                         entry,
+                        status=Status.SYNCING,
+                        note="",
                         inflight=entry.delta,
                         sent_kind=entry.kind,
                         changes={name: edit.marked_sent() for name, edit in entry.changes.items()},
                     )
-                self.store.put_pending(attrs.evolve(entry, status=Status.SYNCING))
+                else:
+                    entry = attrs.evolve(entry, status=Status.SYNCING, note="")
+                written[entry.record_id] = entry
                 out.append(
                     ChangeFrame(
                         change_id=entry.change_id,
@@ -490,6 +495,9 @@ class Replica:
                         delta=entry.inflight or b"",
                     )
                 )
+                if limit is not None and len(out) >= limit:
+                    break  # (not reading the next page for nothing)
+            self.store.put_pendings(written.values())
         for change in out:
             self._emit(PendingChanged(change.record_id, change.object, Status.SYNCING))
         return out
@@ -601,9 +609,12 @@ class Replica:
             with self.store.transaction():
                 self.store.set_meta("cursor", version)
 
-    def _waiting_for(self, entry: PendingRow) -> str:
+    def _waiting_for(
+        self, entry: PendingRow, written: Mapping[str, PendingRow] | None = None
+    ) -> str:
         """Why ``entry`` must wait (it references a record whose create has not been
-        accepted yet), or ``""``. A change is never sent before what it points to."""
+        accepted yet), or ``""``. A change is never sent before what it points to.
+        ``written``: outbox entries by record, as they are about to be stored."""
         if entry.kind == ChangeKind.DELETE:
             return ""
         spec = self.schema.objects.get(entry.object)
@@ -616,7 +627,7 @@ class Replica:
                 continue
             row = self.store.get_record(target)
             if row is not None and row.server is None:
-                blocking = self.store.get_pending(target)
+                blocking = (written or {}).get(target) or self.store.get_pending(target)
                 state = f" ({blocking.status})" if blocking is not None else ""
                 return f"waiting for {field.to} {target} to sync{state}"
         return ""
@@ -649,39 +660,74 @@ class Replica:
         version the change was first accepted as, which this replica may have passed
         already (it caught up on later changes before the ack came back).
         """
-        entry = self.store.find_pending(change_id)
-        if entry is None or entry.status != Status.SYNCING:
-            return False
-        row = self._row(entry.record_id)
-        status: Status | None = None
-        with self.store.transaction():
-            if entry.sent_kind == ChangeKind.DELETE:
-                self.store.remove_pending(row.id)
-                self.store.remove_record(row.id)
-            else:
-                spec = self.schema.object(row.object)
-                added = [update] if update else []
-                row = attrs.evolve(
-                    row,
-                    server=self._merged(spec, row.server or b"", [entry.inflight or b"", *added]),
-                    version=max(version, row.version),
-                    local=self._merged(spec, row.local, added) if added else row.local,
-                )
-                remaining = (
-                    self._remaining(row, entry, spec, acked=version) if entry.dirty else None
-                )
-                if remaining is None:
-                    self.store.remove_pending(row.id)
-                    if entry.dirty:  # what was left of it was undone meanwhile
-                        row = attrs.evolve(row, local=row.server or b"")
+        return self.apply_acks([(change_id, version, update)])[0]
+
+    def apply_acks(self, acks: Sequence[tuple[str, int, bytes | None]]) -> list[bool]:
+        """:meth:`apply_ack` of each ``(change_id, version, update)``, in order, as one
+        unit (see :meth:`applying`): the entries and their records are read in one
+        query, and written (or removed) with one statement of each kind. Returns, per
+        ack, whether it was applied (False for an unknown or duplicate one)."""
+        targets = self.store.ack_targets(change_id for change_id, _, _ in acks)
+        applied: list[bool] = []
+        removed: list[str] = []  # outbox entries done with
+        gone: list[str] = []  # records deleted for good
+        left: list[PendingRow] = []  # what is left of dirty entries, pending again
+        rows: list[RecordRow] = []
+        events: list[PendingChanged] = []
+        with self.applying():
+            for change_id, version, update in acks:
+                # An entry is acknowledged once: a repeat in the frame finds nothing.
+                target = targets.pop(change_id, None)
+                if target is None or target.status != Status.SYNCING:
+                    applied.append(False)
+                    continue
+                row = target.record
+                if row is None:
+                    raise RecordNotFound(f"no record {target.record_id!r} in this replica")
+                applied.append(True)
+                status: Status | None = None
+                if target.sent_kind == ChangeKind.DELETE:
+                    removed.append(row.id)
+                    gone.append(row.id)
                 else:
-                    status = Status.PENDING
-                    left, local_doc = remaining
-                    self.store.put_pending(left)
-                    row = attrs.evolve(row, local=local_doc.full_update())
-                self.store.put_record(row)
-        self._emit(PendingChanged(row.id, row.object, status))
-        return True
+                    spec = self.schema.object(row.object)
+                    added = [update] if update else []
+                    row = RecordRow(
+                        id=row.id,
+                        object=row.object,
+                        local=self._merged(spec, row.local, added) if added else row.local,
+                        server=self._merged(
+                            spec, row.server or b"", [target.inflight or b"", *added]
+                        ),
+                        version=max(version, row.version),
+                        deleted=row.deleted,
+                    )
+                    entry = target.entry
+                    remaining = (
+                        self._remaining(row, entry, spec, acked=version)
+                        if entry is not None
+                        else None
+                    )
+                    if remaining is None:
+                        removed.append(row.id)
+                        if target.dirty:  # what was left of it was undone meanwhile
+                            row = attrs.evolve(row, local=row.server or b"")
+                    else:
+                        status = Status.PENDING
+                        entry_left, local_doc = remaining
+                        left.append(entry_left)
+                        row = attrs.evolve(row, local=local_doc.full_update())
+                    rows.append(row)
+                events.append(PendingChanged(row.id, row.object, status))
+            # Each record has one outbox entry, acknowledged at most once here: the
+            # statements touch distinct rows, so their order does not matter.
+            self.store.remove_pendings(removed)
+            self.store.remove_records(gone)
+            self.store.put_pendings(left)
+            self.store.put_records(rows)
+            for event in events:
+                self._emit(event)
+        return applied
 
     def apply_conflict(
         self, change_id: str, problem: Problem, *, version: int, update: bytes | None = None

@@ -209,6 +209,56 @@ class RemoteTarget(NamedTuple):
     pending: bool
 
 
+class AckTarget(NamedTuple):
+    """An outbox entry as the acknowledgement of its change finds it, with its record
+    (:meth:`LocalStore.ack_targets`). The entry is decoded whole only when ``dirty``
+    (what is left of it after the ack is worked out from it); ``None`` otherwise."""
+
+    record_id: str
+    object: str
+    status: str
+    sent_kind: str | None
+    inflight: bytes | None
+    dirty: bool
+    #: the whole entry, if ``dirty``
+    entry: PendingRow | None
+    #: its record (``None`` if the store has no row for it)
+    record: RecordRow | None
+
+
+_PUT_PENDING = (
+    "INSERT INTO pending (record_id, seq, object, kind, base_version, changes, delta, "
+    "status, problem, change_id, inflight, sent_kind, dirty, note) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (record_id) DO UPDATE SET "
+    "seq = excluded.seq, object = excluded.object, kind = excluded.kind, "
+    "base_version = excluded.base_version, changes = excluded.changes, "
+    "delta = excluded.delta, status = excluded.status, problem = excluded.problem, "
+    "change_id = excluded.change_id, inflight = excluded.inflight, "
+    "sent_kind = excluded.sent_kind, "
+    "dirty = excluded.dirty, note = excluded.note"
+)
+
+
+def _pending_params(entry: PendingRow) -> tuple[Any, ...]:
+    return (
+        entry.record_id,
+        entry.seq,
+        entry.object,
+        entry.kind.value,
+        entry.base_version,
+        pack({name: edit.to_stored() for name, edit in entry.changes.items()}),
+        entry.delta,
+        entry.status.value,
+        None if entry.problem is None else pack(entry.problem),
+        entry.change_id,
+        entry.inflight,
+        entry.sent_kind.value if entry.sent_kind is not None else None,
+        int(entry.dirty),
+        entry.note,
+    )
+
+
 def new_change_id() -> str:
     """A new change id (random): one per content the relay is asked to apply."""
     return uuid.uuid4().hex
@@ -445,6 +495,47 @@ class LocalStore:
         row = self._db.execute("SELECT * FROM pending WHERE change_id = ?", (change_id,)).fetchone()
         return None if row is None else PendingRow.from_row(row)
 
+    def ack_targets(self, change_ids: Iterable[str]) -> dict[str, AckTarget]:
+        """The outbox entries of ``change_ids`` with their records, read in as few
+        queries as possible (one per :data:`_IN_CHUNK` ids): ids no entry has are left
+        out."""
+        ids = list(dict.fromkeys(change_ids))
+        found: dict[str, AckTarget] = {}
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            rows = self._db.execute(
+                "SELECT p.*, r.id AS r_id, r.local AS r_local, r.server AS r_server, "
+                "r.version AS r_version, r.deleted AS r_deleted "
+                "FROM pending p LEFT JOIN records r ON r.id = p.record_id "
+                f"WHERE p.change_id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            for row in rows:
+                dirty = bool(row["dirty"])
+                record = None
+                if row["r_id"] is not None:
+                    server = row["r_server"]
+                    record = RecordRow(
+                        id=row["r_id"],
+                        object=row["object"],
+                        local=bytes(row["r_local"]),
+                        server=None if server is None else bytes(server),
+                        version=row["r_version"],
+                        deleted=bool(row["r_deleted"]),
+                    )
+                inflight = row["inflight"]
+                found[row["change_id"]] = AckTarget(
+                    record_id=row["record_id"],
+                    object=row["object"],
+                    status=row["status"],
+                    sent_kind=row["sent_kind"],
+                    inflight=None if inflight is None else bytes(inflight),
+                    dirty=dirty,
+                    entry=PendingRow.from_row(row) if dirty else None,
+                    record=record,
+                )
+        return found
+
     def list_pending(
         self, status: str | None = None, *, after_seq: int = 0, limit: int = -1
     ) -> list[PendingRow]:
@@ -477,33 +568,22 @@ class LocalStore:
         return int(row.fetchone()[0])
 
     def put_pending(self, entry: PendingRow) -> None:
-        self._db.execute(
-            "INSERT INTO pending (record_id, seq, object, kind, base_version, changes, delta, "
-            "status, problem, change_id, inflight, sent_kind, dirty, note) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (record_id) DO UPDATE SET "
-            "seq = excluded.seq, object = excluded.object, kind = excluded.kind, "
-            "base_version = excluded.base_version, changes = excluded.changes, "
-            "delta = excluded.delta, status = excluded.status, problem = excluded.problem, "
-            "change_id = excluded.change_id, inflight = excluded.inflight, "
-            "sent_kind = excluded.sent_kind, "
-            "dirty = excluded.dirty, note = excluded.note",
-            (
-                entry.record_id,
-                entry.seq,
-                entry.object,
-                entry.kind.value,
-                entry.base_version,
-                pack({name: edit.to_stored() for name, edit in entry.changes.items()}),
-                entry.delta,
-                entry.status.value,
-                None if entry.problem is None else pack(entry.problem),
-                entry.change_id,
-                entry.inflight,
-                entry.sent_kind.value if entry.sent_kind is not None else None,
-                int(entry.dirty),
-                entry.note,
-            ),
+        self._db.execute(_PUT_PENDING, _pending_params(entry))
+
+    def put_pendings(self, entries: Iterable[PendingRow]) -> None:
+        """:meth:`put_pending` of each, in one statement (``executemany``)."""
+        self._db.executemany(_PUT_PENDING, map(_pending_params, entries))
+
+    def remove_pendings(self, record_ids: Iterable[str]) -> None:
+        """:meth:`remove_pending` of each, in one statement (``executemany``)."""
+        self._db.executemany(
+            "DELETE FROM pending WHERE record_id = ?", [(record_id,) for record_id in record_ids]
+        )
+
+    def remove_records(self, record_ids: Iterable[str]) -> None:
+        """:meth:`remove_record` of each, in one statement (``executemany``)."""
+        self._db.executemany(
+            "DELETE FROM records WHERE id = ?", [(record_id,) for record_id in record_ids]
         )
 
     def remove_pending(self, record_id: str) -> None:

@@ -258,15 +258,27 @@ class SyncSession:
         in flight go back to pending and are resent with the same ids."""
         answered = dict(self._pushes[0]) if self._pushes else {}
         done = SyncTally()
+        acks: list[Ack] = []  # a run of acks, applied together (Replica.apply_acks)
+
+        def apply_acks() -> None:
+            applied = self.replica.apply_acks(
+                [(ack.change_id, ack.version, ack.update) for ack in acks]
+            )
+            done.accepted += sum(applied)
+            for ack in acks:
+                self.replica.advance_cursor(ack.version)
+            acks.clear()
+
         with self.replica.applying():
             for verdict in frame.items:
                 answered.pop(verdict.change_id, None)
                 done.done += 1
                 if isinstance(verdict, Ack):
-                    if self.replica.apply_ack(verdict.change_id, verdict.version, verdict.update):
-                        done.accepted += 1
-                    self.replica.advance_cursor(verdict.version)
-                elif isinstance(verdict, Conflict):
+                    acks.append(verdict)
+                    continue
+                if acks:  # the acks before this verdict are applied before it
+                    apply_acks()
+                if isinstance(verdict, Conflict):
                     problem = self.replica.conflict_problem(verdict)
                     self.replica.apply_conflict(
                         verdict.change_id, problem, version=verdict.version, update=verdict.update
@@ -285,6 +297,8 @@ class SyncSession:
                 elif isinstance(verdict, Rejected):
                     self.replica.apply_rejected(verdict.change_id, verdict.code, verdict.message)
                     done.errors += 1
+            if acks:
+                apply_acks()
             # Whatever the relay did not answer is sent again later, with the same id.
             if answered:
                 self.replica.requeue_inflight(set(answered))

@@ -163,7 +163,8 @@ def test_a_verdicts_frame_that_fails_midway_leaves_nothing_of_it(
     before_versions = {r.id: r.version for r in receiver.replica.records()}
     receiver.events.clear()
 
-    fail_at(receiver.replica, "apply_ack", FAIL_AT, monkeypatch)
+    # The frame's acks are applied together: the third one's merge fails.
+    fail_at(receiver.replica, "_merged", FAIL_AT, monkeypatch)
     with pytest.raises(Fault):
         pair.pump()
     frame = pair.to_client[-1]

@@ -161,11 +161,12 @@ class TrackedReplica(Replica):
             self.on_outgoing(self, change)
         return out
 
-    def apply_ack(self, change_id: str, version: int, update: bytes | None = None) -> bool:
-        entry = self.store.find_pending(change_id)
-        applied = super().apply_ack(change_id, version, update)
-        if applied and entry is not None:
-            self.on_settled(self, entry.record_id, version)  # what is left of it may be less
+    def apply_acks(self, acks: Sequence[tuple[str, int, bytes | None]]) -> list[bool]:
+        entries = [self.store.find_pending(change_id) for change_id, _, _ in acks]
+        applied = super().apply_acks(acks)
+        for (_, version, _), entry, done in zip(acks, entries, applied, strict=True):
+            if done and entry is not None:
+                self.on_settled(self, entry.record_id, version)  # what is left may be less
         return applied
 
 
