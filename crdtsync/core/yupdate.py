@@ -417,6 +417,20 @@ def _varuint_value(raw: bytes) -> int:
     return value
 
 
+def _overwrite(
+    client: int,
+    clock: int,
+    origin: tuple[int, int],
+    span: tuple[int, int],
+    byte_span: tuple[int, int],
+) -> StructInfo:
+    """The struct of a map overwrite as the fast path reads it: one ``any`` value placed
+    after ``origin``, no right origin, no parent of its own."""
+    return StructInfo(
+        client, clock, 1, "item", None, None, None, origin, None, "any", None, span, byte_span
+    )
+
+
 def _parse_common(buf: bytes, max_structs: int) -> ParsedUpdate | None:
     """The relay's common delta read cheaply, or ``None`` to leave it to :func:`_parse`.
 
@@ -449,20 +463,8 @@ def _parse_common(buf: bytes, max_structs: int) -> ParsedUpdate | None:
         ):
             return None
         content_at, ds_at = match.span(5)
-        item = StructInfo(
-            client,
-            clock,
-            1,
-            "item",
-            None,
-            None,
-            None,
-            (origin_client, origin_clock),
-            None,
-            "any",
-            None,
-            (content_at, ds_at),
-            (match.end(2), ds_at),
+        item = _overwrite(
+            client, clock, (origin_client, origin_clock), (content_at, ds_at), (match.end(2), ds_at)
         )
         delete_set = MappingProxyType({ds_client: ((ds_clock, ds_length),)})
         return ParsedUpdate((item,), delete_set, buf, ds_at)
@@ -473,7 +475,6 @@ def _parse_common(buf: bytes, max_structs: int) -> ParsedUpdate | None:
     pos = 1
     structs: list[StructInfo] = []
     append = structs.append
-    new_struct = StructInfo
     seen: set[int] = set()
     total = 0
     for _ in range(buf[0]):
@@ -511,20 +512,8 @@ def _parse_common(buf: bytes, max_structs: int) -> ParsedUpdate | None:
             if origin_client > MAX_CLIENT_ID or origin_clock > MAX_CLOCK or clock >= MAX_CLOCK:
                 return None
             append(
-                new_struct(
-                    client,
-                    clock,
-                    1,
-                    "item",
-                    None,
-                    None,
-                    None,
-                    (origin_client, origin_clock),
-                    None,
-                    "any",
-                    None,
-                    (match.end(2), end),
-                    (pos, end),
+                _overwrite(
+                    client, clock, (origin_client, origin_clock), (match.end(2), end), (pos, end)
                 )
             )
             clock += 1
