@@ -8,10 +8,6 @@ by one would, and a frame killed anywhere leaves nothing of itself.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 from crdtsync.client.events import Event, PendingChanged
@@ -32,7 +28,8 @@ from crdtsync.core.protocol import (
 )
 from crdtsync.core.record import RecordDoc
 from crdtsync.core.schema import Schema
-from tests.helpers.harness import EXAMPLE_CONFIG, ROOT
+from tests.helpers.faults import run_until_killed
+from tests.helpers.harness import EXAMPLE_CONFIG
 
 SCHEMA = Schema.from_toml(EXAMPLE_CONFIG)
 SPEC = SCHEMA.object("Account")
@@ -204,20 +201,7 @@ def test_a_kill_9_mid_frame_of_acks_leaves_every_change_to_resend_and_no_version
         )
     )
 
-    process = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(KILLED_MID_ACKS),
-            str(EXAMPLE_CONFIG),
-            str(path),
-            str(frame),
-        ],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "server")])},
-        capture_output=True,
-        check=False,
-    )
-    assert process.returncode == -9, process.stderr.decode()
+    run_until_killed(KILLED_MID_ACKS, EXAMPLE_CONFIG, path, frame)
 
     reopened = Replica(LocalStore(str(path)), SCHEMA)
     try:

@@ -9,11 +9,7 @@ would, and a frame that fails or is killed anywhere leaves nothing of itself.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +26,8 @@ from crdtsync.client.sync import SyncSession, SyncState
 from crdtsync.core.protocol import Changes, RecordChange, encode
 from crdtsync.core.record import RecordDoc
 from crdtsync.core.schema import Schema
-from tests.helpers.harness import EXAMPLE_CONFIG, ROOT
+from tests.helpers.faults import run_until_killed
+from tests.helpers.harness import EXAMPLE_CONFIG
 from tests.helpers.pair import World
 
 SCHEMA = Schema.from_toml(EXAMPLE_CONFIG)
@@ -314,20 +311,7 @@ def test_a_kill_9_mid_frame_leaves_the_cursor_before_the_frame_and_no_record_hal
     frame = tmp_path / "frame.bin"
     frame.write_bytes(encode(Changes(tuple(_edits(docs, 11)))))
 
-    process = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(KILLED_MID_FRAME),
-            str(EXAMPLE_CONFIG),
-            str(path),
-            str(frame),
-        ],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "server")])},
-        capture_output=True,
-        check=False,
-    )
-    assert process.returncode == -9, process.stderr.decode()
+    run_until_killed(KILLED_MID_FRAME, EXAMPLE_CONFIG, path, frame)
 
     reopened = Replica(LocalStore(str(path)), SCHEMA)
     try:

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 from typing import Any
 
 FAULT_SCALE = max(1, int(os.environ.get("CRDTSYNC_FAULT_SCALE", "1")))
@@ -31,3 +35,17 @@ def report(suite: str, **figures: Any) -> None:
     line = {"suite": suite, "scale": FAULT_SCALE, "at": time.time(), **figures}
     with open(path, "a", encoding="utf-8") as out:
         out.write(json.dumps(line, sort_keys=True) + "\n")
+
+
+def run_until_killed(script: str, *args: object) -> None:
+    """Run ``script`` (Python source, dedented) in a fresh interpreter with ``args`` as
+    ``sys.argv[1:]`` and this checkout on its path; it must end by ``kill -9`` of itself
+    (the test's chosen moment), and does."""
+    root = Path(__file__).resolve().parents[2]
+    process = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "server")])},
+        capture_output=True,
+        check=False,
+    )
+    assert process.returncode == -9, process.stderr.decode()
