@@ -38,6 +38,7 @@ from crdtsync.core.sqlite_meta import (
     get_meta,
     open_format,
     pack,
+    rows_in,
     set_meta,
     unpack,
 )
@@ -181,8 +182,6 @@ _PUT_RECORD = (
     "object = excluded.object, local = excluded.local, server = excluded.server, "
     "version = excluded.version, deleted = excluded.deleted"
 )
-#: record ids per ``IN (...)`` query (well under SQLite's limit of bound parameters)
-_IN_CHUNK = 500
 
 
 def _record_params(record: RecordRow) -> tuple[Any, ...]:
@@ -460,26 +459,23 @@ class LocalStore:
     def remote_targets(self, record_ids: Iterable[str]) -> dict[str, RemoteTarget]:
         """What a remote change of each of ``record_ids`` finds in the store, read in
         as few queries as possible: records that do not exist are left out."""
-        ids = list(dict.fromkeys(record_ids))
         found: dict[str, RemoteTarget] = {}
-        for start in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[start : start + _IN_CHUNK]
-            rows = self._db.execute(
-                "SELECT r.id, r.object, r.server, r.version, r.deleted, "
-                "r.server IS NOT NULL AND r.local = r.server, p.record_id IS NOT NULL "
-                "FROM records r LEFT JOIN pending p ON p.record_id = r.id "
-                f"WHERE r.id IN ({', '.join('?' * len(chunk))})",
-                chunk,
+        rows = rows_in(
+            self._db,
+            "SELECT r.id, r.object, r.server, r.version, r.deleted, "
+            "r.server IS NOT NULL AND r.local = r.server, p.record_id IS NOT NULL "
+            "FROM records r LEFT JOIN pending p ON p.record_id = r.id WHERE r.id IN ({marks})",
+            list(dict.fromkeys(record_ids)),
+        )
+        for record_id, obj, server, version, deleted, clean, pending in rows:
+            found[record_id] = RemoteTarget(
+                obj,
+                None if server is None else bytes(server),
+                version,
+                bool(deleted),
+                bool(clean),
+                bool(pending),
             )
-            for record_id, obj, server, version, deleted, clean, pending in rows:
-                found[record_id] = RemoteTarget(
-                    obj,
-                    None if server is None else bytes(server),
-                    version,
-                    bool(deleted),
-                    bool(clean),
-                    bool(pending),
-                )
         return found
 
     def remove_record(self, record_id: str) -> None:
@@ -497,43 +493,41 @@ class LocalStore:
 
     def ack_targets(self, change_ids: Iterable[str]) -> dict[str, AckTarget]:
         """The outbox entries of ``change_ids`` with their records, read in as few
-        queries as possible (one per :data:`_IN_CHUNK` ids): ids no entry has are left
-        out."""
-        ids = list(dict.fromkeys(change_ids))
+        queries as possible (:func:`~crdtsync.core.sqlite_meta.rows_in`): ids no entry has
+        are left out."""
         found: dict[str, AckTarget] = {}
-        for start in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[start : start + _IN_CHUNK]
-            rows = self._db.execute(
-                "SELECT p.*, r.id AS r_id, r.local AS r_local, r.server AS r_server, "
-                "r.version AS r_version, r.deleted AS r_deleted "
-                "FROM pending p LEFT JOIN records r ON r.id = p.record_id "
-                f"WHERE p.change_id IN ({', '.join('?' * len(chunk))})",
-                chunk,
-            )
-            for row in rows:
-                dirty = bool(row["dirty"])
-                record = None
-                if row["r_id"] is not None:
-                    server = row["r_server"]
-                    record = RecordRow(
-                        id=row["r_id"],
-                        object=row["object"],
-                        local=bytes(row["r_local"]),
-                        server=None if server is None else bytes(server),
-                        version=row["r_version"],
-                        deleted=bool(row["r_deleted"]),
-                    )
-                inflight = row["inflight"]
-                found[row["change_id"]] = AckTarget(
-                    record_id=row["record_id"],
+        rows = rows_in(
+            self._db,
+            "SELECT p.*, r.id AS r_id, r.local AS r_local, r.server AS r_server, "
+            "r.version AS r_version, r.deleted AS r_deleted "
+            "FROM pending p LEFT JOIN records r ON r.id = p.record_id "
+            "WHERE p.change_id IN ({marks})",
+            list(dict.fromkeys(change_ids)),
+        )
+        for row in rows:
+            dirty = bool(row["dirty"])
+            record = None
+            if row["r_id"] is not None:
+                server = row["r_server"]
+                record = RecordRow(
+                    id=row["r_id"],
                     object=row["object"],
-                    status=row["status"],
-                    sent_kind=row["sent_kind"],
-                    inflight=None if inflight is None else bytes(inflight),
-                    dirty=dirty,
-                    entry=PendingRow.from_row(row) if dirty else None,
-                    record=record,
+                    local=bytes(row["r_local"]),
+                    server=None if server is None else bytes(server),
+                    version=row["r_version"],
+                    deleted=bool(row["r_deleted"]),
                 )
+            inflight = row["inflight"]
+            found[row["change_id"]] = AckTarget(
+                record_id=row["record_id"],
+                object=row["object"],
+                status=row["status"],
+                sent_kind=row["sent_kind"],
+                inflight=None if inflight is None else bytes(inflight),
+                dirty=dirty,
+                entry=PendingRow.from_row(row) if dirty else None,
+                record=record,
+            )
         return found
 
     def list_pending(

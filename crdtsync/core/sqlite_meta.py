@@ -7,7 +7,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import msgpack
@@ -25,6 +25,21 @@ def pack(value: Any) -> bytes:
 def unpack(blob: bytes | None) -> Any:
     """The value of a msgpack blob (``None`` for SQL NULL)."""
     return None if blob is None else msgpack.unpackb(blob, raw=False, strict_map_key=False)
+
+
+#: Values bound in one ``IN (...)`` list: well within SQLite's parameter limit.
+IN_CHUNK = 500
+
+
+def rows_in(
+    db: sqlite3.Connection, sql: str, values: Sequence[Any], *rest: Any
+) -> Iterator[sqlite3.Row]:
+    """The rows of ``sql`` for every one of ``values``: ``sql`` holds ``{marks}`` where
+    its ``IN (...)`` list goes (then ``rest`` as the remaining parameters), and runs once
+    per :data:`IN_CHUNK` values."""
+    for start in range(0, len(values), IN_CHUNK):
+        chunk = values[start : start + IN_CHUNK]
+        yield from db.execute(sql.format(marks=", ".join("?" * len(chunk))), (*chunk, *rest))
 
 
 def get_meta(db: sqlite3.Connection, key: str, default: Any = None) -> Any:

@@ -46,6 +46,7 @@ from crdtsync.core.sqlite_meta import (
     get_meta,
     open_format,
     pack,
+    rows_in,
     set_meta,
     unpack,
 )
@@ -393,13 +394,9 @@ class RelayStorage:
             rid: self._staged_records[rid] for rid in record_ids if rid in self._staged_records
         }
         wanted = [rid for rid in dict.fromkeys(record_ids) if rid not in found]
-        for start in range(0, len(wanted), 500):  # within SQLite's parameter limit
-            chunk = wanted[start : start + 500]
-            marks = ", ".join("?" for _ in chunk)
-            rows = self._db.execute(f"SELECT * FROM records WHERE id IN ({marks})", chunk)
-            for row in rows:
-                record = StoredRecord.from_row(row)
-                found[record.id] = record
+        for row in rows_in(self._db, "SELECT * FROM records WHERE id IN ({marks})", wanted):
+            record = StoredRecord.from_row(row)
+            found[record.id] = record
         return found
 
     def put_record(self, record: StoredRecord) -> None:
@@ -457,15 +454,8 @@ class RelayStorage:
     def known_change_ids(self, change_ids: Sequence[str]) -> set[str]:
         """Which of ``change_ids`` were accepted before."""
         self._flush()
-        known: set[str] = set()
-        for start in range(0, len(change_ids), 500):  # within SQLite's parameter limit
-            chunk = tuple(change_ids[start : start + 500])
-            marks = ", ".join("?" for _ in chunk)
-            rows = self._db.execute(
-                f"SELECT change_id FROM changes WHERE change_id IN ({marks})", chunk
-            )
-            known.update(str(row[0]) for row in rows)
-        return known
+        sql = "SELECT change_id FROM changes WHERE change_id IN ({marks})"
+        return {str(row[0]) for row in rows_in(self._db, sql, change_ids)}
 
     def find_change(self, change_id: str) -> ChangeRow | None:
         self._flush()
@@ -488,17 +478,10 @@ class RelayStorage:
         -> its changes with ``seq > after``, in order (records without any left out)."""
         self._flush()
         out: dict[str, list[ChangeRow]] = {}
-        wanted = list(dict.fromkeys(record_ids))
-        for start in range(0, len(wanted), 500):  # within SQLite's parameter limit
-            chunk = wanted[start : start + 500]
-            marks = ", ".join("?" for _ in chunk)
-            rows = self._db.execute(
-                f"SELECT * FROM changes WHERE record_id IN ({marks}) AND seq > ? ORDER BY seq",
-                (*chunk, after),
-            )
-            for row in rows:
-                change = ChangeRow.from_row(row)
-                out.setdefault(change.record_id, []).append(change)
+        sql = "SELECT * FROM changes WHERE record_id IN ({marks}) AND seq > ? ORDER BY seq"
+        for row in rows_in(self._db, sql, list(dict.fromkeys(record_ids)), after):
+            change = ChangeRow.from_row(row)
+            out.setdefault(change.record_id, []).append(change)
         return out
 
     def change_fields(self, record_id: str, after: int = 0) -> list[ChangeRow]:
@@ -642,15 +625,9 @@ class RelayStorage:
         """:meth:`shares_of` of several records at once: record id -> ``{user: access}``
         (every record asked for is there, most with no shares)."""
         out: dict[str, dict[str, int]] = {record_id: {} for record_id in record_ids}
-        wanted = list(out)
-        for start in range(0, len(wanted), 500):  # within SQLite's parameter limit
-            chunk = wanted[start : start + 500]
-            marks = ", ".join("?" for _ in chunk)
-            rows = self._db.execute(
-                f"SELECT record_id, user, access FROM shares WHERE record_id IN ({marks})", chunk
-            )
-            for record_id, user, access in rows:
-                out[str(record_id)][str(user)] = int(access)
+        sql = "SELECT record_id, user, access FROM shares WHERE record_id IN ({marks})"
+        for record_id, user, access in rows_in(self._db, sql, list(out)):
+            out[str(record_id)][str(user)] = int(access)
         return out
 
     def set_share(self, record_id: str, user: str, access: int | None) -> None:
