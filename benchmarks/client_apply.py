@@ -42,7 +42,7 @@ from crdtsync.core.protocol import (
 from crdtsync.core.record import RecordDoc
 
 from .common import Figures, Size, rate
-from .loads import CONFIG, FIELD, OBJECT
+from .loads import CONFIG, FIELD, OBJECT, account_values
 
 NAME = "client_apply"
 SIZES = (
@@ -54,14 +54,8 @@ OTHER_CLIENT_ID = 11  #: and another user edits them as
 
 
 def _values(index: int) -> dict[str, Any]:
-    return {
-        "Name": f"Account {index:06d}",
-        "Industry": ("Energy", "Retail", "Technology")[index % 3],
-        FIELD: index % 5000,
-        "Website": f"https://account-{index:06d}.example.com",
-        "Active": index % 2 == 0,
-        "Description": "",
-    }
+    """An account as the relay created it: its five fields and an empty ``Description``."""
+    return {**account_values(index), "Description": ""}
 
 
 def run(options: Any) -> Figures:

@@ -240,3 +240,15 @@ def _rival(client: ClientLoad, count: int, fresh: Iterator[int]) -> ClientLoad:
         timed=tuple(timed),
         gate=client.replica,
     )
+
+
+def account_values(index: int) -> dict[str, Any]:
+    """A plausible CRM account: five fields of the example app's ``Account`` (the stores
+    and the first syncs of the sync-cost workloads are made of these)."""
+    return {
+        "Name": f"Account {index:06d}",
+        "Industry": ("Energy", "Retail", "Technology")[index % 3],
+        FIELD: index % 5000,
+        "Website": f"https://account-{index:06d}.example.com",
+        "Active": index % 2 == 0,
+    }

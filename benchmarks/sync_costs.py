@@ -86,7 +86,7 @@ from .common import (
     relay_metrics,
     stage_figures,
 )
-from .loads import CONFIG, FIELD, OBJECT, Change, account
+from .loads import CONFIG, FIELD, OBJECT, Change, account, account_values
 from .throughput import _merge_seconds
 
 SIZES = (
@@ -211,17 +211,6 @@ def record_id(index: int) -> str:
     return f"rec-{index:06d}"
 
 
-def _values(index: int) -> dict[str, Any]:
-    """A plausible CRM account: five fields of the example app's ``Account``."""
-    return {
-        "Name": f"Account {index:06d}",
-        "Industry": ("Energy", "Retail", "Technology")[index % 3],
-        FIELD: index % 5000,
-        "Website": f"https://account-{index:06d}.example.com",
-        "Active": index % 2 == 0,
-    }
-
-
 def _connection_of(index: int) -> int:
     """Which filling connection creates (and later edits) record ``index``."""
     return index % FILL_CONNECTIONS
@@ -237,7 +226,9 @@ def creates(records: int, *, keep_docs: bool) -> tuple[list[list[Change]], dict[
         rid = record_id(index)
         c = _connection_of(index)
         doc = RecordDoc(account(), client_id=FILL_CLIENT_ID + c)
-        per_connection[c].append(Change(f"{rid}-c", rid, "create", None, doc.write(_values(index))))
+        per_connection[c].append(
+            Change(f"{rid}-c", rid, "create", None, doc.write(account_values(index)))
+        )
         if keep_docs:
             docs[rid] = doc
     return per_connection, docs
@@ -495,7 +486,7 @@ async def _drain(target: RunningRelay, options: Any) -> Figures:
     store = target.directory / "client.sqlite3"
     client = crdtsync.Client(target.url, token=target.token("alice"), store=store, schema=CONFIG)
     async with client:
-        ids = [client.create(OBJECT, _values(i)) for i in range(records)]
+        ids = [client.create(OBJECT, account_values(i)) for i in range(records)]
         await client.sync(timeout=TIMEOUT)
         client.go_offline()
         started = time.perf_counter()
@@ -559,7 +550,7 @@ async def _storm(target: RunningRelay, options: Any) -> Figures:
         for client in clients:
             await stack.enter_async_context(client)
         own = [
-            [client.create(OBJECT, _values(c * edits + i)) for i in range(edits)]
+            [client.create(OBJECT, account_values(c * edits + i)) for i in range(edits)]
             for c, client in enumerate(clients)
         ]
         for _round in range(2):  # the second round: what others pushed after one's sync
@@ -772,7 +763,7 @@ async def _fanout(target: RunningRelay, options: Any) -> Figures:
             for i in range(FANOUT_RECORDS)
         }
         setup = [
-            Change(f"{rid}-c", rid, "create", None, doc.write(_values(i)))
+            Change(f"{rid}-c", rid, "create", None, doc.write(account_values(i)))
             for i, (rid, doc) in enumerate(docs.items())
         ]
         await writer.push_all(setup, batch=len(setup), window=1)
@@ -927,7 +918,9 @@ async def _raw_initial_sync(
         doc = RecordDoc(account(), client_id=FILL_CLIENT_ID + FILL_CONNECTIONS)
         rid = "writer-record"
         await writer.push_all(
-            [Change(f"{rid}-c", rid, "create", None, doc.write(_values(0)))], batch=1, window=1
+            [Change(f"{rid}-c", rid, "create", None, doc.write(account_values(0)))],
+            batch=1,
+            window=1,
         )
         replica = await RawReplica.open(target, "newcomer", "newcomer")
         stack.push_async_callback(replica.close)
