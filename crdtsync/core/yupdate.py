@@ -288,20 +288,9 @@ def _varuint_tail(buf: bytes, pos: int, first: int) -> tuple[int, int]:
         if len(buf) - start >= 10:
             raise UpdateDecodeError("varuint longer than 10 bytes", start)
         raise UpdateDecodeError("unexpected end of input in varuint", start)
-    raw = match.group()
-    # Multi-byte varuints are mostly client ids, which repeat: memoise them.
-    value = _VARUINT_CACHE.get(raw)
-    if value is None:
-        value = 0
-        shift = 0
-        for b in raw:
-            value |= (b & 0x7F) << shift
-            shift += 7
-        if value > _U64_MAX:
-            raise UpdateDecodeError("varuint exceeds 64 bits", start)
-        if len(_VARUINT_CACHE) >= _VARUINT_CACHE_SIZE:
-            _VARUINT_CACHE.clear()
-        _VARUINT_CACHE[raw] = value
+    value = _varuint_value(match.group())
+    if value > _U64_MAX:
+        raise UpdateDecodeError("varuint exceeds 64 bits", start)
     return value, match.end()
 
 
@@ -401,8 +390,8 @@ def _skip_any(buf: bytes, pos: int, depth: int) -> int:
 
 def _varuint_value(raw: bytes) -> int:
     """The value of a whole varuint ``raw`` (matched by ``_VARUINT``), possibly above
-    64 bits (the caller range-checks it; only values within 64 bits are memoised, as
-    :func:`_varuint_tail` memoises them)."""
+    64 bits (the caller range-checks it). Multi-byte varuints are mostly client ids,
+    which repeat: values within 64 bits are memoised."""
     value = _VARUINT_CACHE.get(raw)
     if value is None:
         value = 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import attrs
 from crdtsync_server.config import RelayConfig
 from crdtsync_server.policy import Principal
 from crdtsync_server.relay import Relay
@@ -18,17 +17,12 @@ from crdtsync_server.storage import RelayStorage
 
 from crdtsync.core.protocol import CaughtUp, ChangeFrame, ChangeKind, Changes
 from crdtsync.core.record import RecordDoc
+from tests.helpers.sessions import FakeSession
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "server/example/app.toml"
 CONFIG = RelayConfig.from_toml(EXAMPLE_CONFIG)
 SPEC = CONFIG.schema.objects["Account"]
 RECORDS = 300
-
-
-@attrs.define
-class FakeSession:
-    principal: Principal
-    subscriptions: frozenset[str] = frozenset()
 
 
 def test_a_backlog_of_300_records_is_read_with_a_few_queries_and_brings_each_up_to_date() -> None:

@@ -40,16 +40,11 @@ from crdtsync.core.protocol import (
     Unresolvable,
 )
 from crdtsync.core.record import RecordDoc
+from tests.helpers.sessions import FakeSession
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "server/example/app.toml"
 CONFIG = RelayConfig.from_toml(EXAMPLE_CONFIG)
 RELAY_CLIENT_ID = 777
-
-
-@attrs.define
-class FakeSession:
-    principal: Principal
-    subscriptions: frozenset[str] = frozenset()
 
 
 @attrs.define

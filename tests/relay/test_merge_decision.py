@@ -43,6 +43,7 @@ from crdtsync.core.protocol import (
 )
 from crdtsync.core.record import RecordDoc
 from crdtsync.core.yupdate import parse_update
+from tests.helpers.sessions import FakeSession
 from tests.helpers.updates import vu
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "server/example/app.toml"
@@ -56,14 +57,6 @@ B_CLIENT = 2002
 
 ACCOUNT_ID = "acc-1"
 CONTACT_ID = "con-1"
-
-
-@attrs.define
-class FakeSession:
-    """What :meth:`Relay.push` needs of a session."""
-
-    principal: Principal
-    subscriptions: frozenset[str] = frozenset()
 
 
 class Harness:
