@@ -80,7 +80,7 @@ class RecordAccess:
 
     def project(self, principal: Principal, state: RecordState, update: bytes) -> bytes:
         """``update`` without the fields ``principal`` may not read."""
-        hidden = self.policy.hidden_fields(principal, state.stored.object)
+        hidden = self.policy.hidden_fields(principal, state.row.object)
         if not hidden or not update:
             return update
         return state.index.project(update, hidden)

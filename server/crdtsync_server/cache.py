@@ -35,7 +35,7 @@ class RecordCache(OrderedDict[str, RecordState]):
         state = self.get(record_id)
         # Every write goes through this relay: a cached record is never older than a
         # stored row (it may be newer than a row read earlier in the same push).
-        if state is not None and state.stored.version >= stored.version:
+        if state is not None and state.row.version >= stored.version:
             self.move_to_end(record_id)
             return state
         # Load the record as it is now, not as ``stored`` was when it was read: the cache

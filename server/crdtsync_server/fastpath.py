@@ -135,8 +135,8 @@ class Predictor:
             or not change.delta
             or state is None
             or facts is None
-            or state.stored.deleted
-            or state.stored.object != change.object
+            or state.row.deleted
+            or state.row.object != change.object
         ):
             return None
         name = change.object
@@ -296,7 +296,7 @@ def _changed_by_others(
     """Someone else wrote one of the fields since the change's base (then the general
     path decides whether it is a conflict)."""
     bases = {name: change.field_bases.get(name, change.base_version) for name in touched}
-    if min(bases.values()) >= state.stored.version:
+    if min(bases.values()) >= state.row.version:
         return False
     writes = state.field_writes(context)
     return any(
@@ -320,10 +320,11 @@ class Deferred:
         self.raw.update(predicted.raw)
         self.ends[predicted.client] = predicted.end
 
-    def apply(self, max_record_bytes: int) -> bytes:
-        """Apply the updates in one transaction, check that yrs did what was predicted,
-        and return the record's whole state; :class:`Mispredicted` if it did not (or the
-        record outgrew ``max_record_bytes``: the general path says which change did)."""
+    def apply(self, max_record_bytes: int) -> None:
+        """Apply the updates in one transaction and check that yrs did what was
+        predicted; :class:`Mispredicted` if it did not (or the record outgrew
+        ``max_record_bytes``: the general path says which change did). The record's
+        whole state is encoded only if its size bound passes the limit."""
         doc, changes = self.state.doc, self.state.changes
         assert changes is not None
         changes.take()  # forget earlier transactions (the relay's own)
@@ -343,7 +344,7 @@ class Deferred:
         for client, end in self.ends.items():
             if after.get(client, 0) != end:
                 raise Mispredicted(f"client {client} at {after.get(client, 0)}, predicted {end}")
-        whole = doc.full_update()
-        if len(whole) > max_record_bytes:
+        self.state.predicted_applied(self.updates)
+        state = self.state
+        if state.size_bound > max_record_bytes and len(state.stored.state) > max_record_bytes:
             raise Mispredicted("the record outgrew its limit")
-        return whole

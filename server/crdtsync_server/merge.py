@@ -82,11 +82,13 @@ class RecordState:
     """The relay's live view of one stored record: its document and item index.
 
     Its fields change only through its methods: :meth:`commit` after an accepted
-    change, :meth:`write_owner`, :meth:`forget_shares` and :meth:`now_stored` for an
-    admin action, :meth:`carry_over` when a dirty document is rebuilt.
+    change, :meth:`commit_predicted` and :meth:`predicted_applied` for the common edit,
+    :meth:`write_owner`, :meth:`forget_shares` and :meth:`now_stored` for an admin
+    action, :meth:`snapshot` when its row is written, :meth:`carry_over` when a dirty
+    document is rebuilt.
     """
 
-    stored: StoredRecord
+    _stored: StoredRecord  #: see :attr:`stored` and :attr:`row`
     doc: RecordDoc
     index: ItemIndex
     #: the document's decoded values and undecodable fields, kept in step with it
@@ -108,12 +110,34 @@ class RecordState:
     #: field -> recent (version, stored value) pairs, oldest first (lazy, bounded)
     history: dict[str, list[tuple[int, Any]]] = attrs.field(factory=dict)
     history_from: int = 0  #: versions before this are not in ``history``
+    #: changes logged since the record's row was written (the row is a snapshot)
+    behind: int = 0
+    #: the length of ``row.state``, plus that of each update applied since: at least
+    #: the length of the document's whole state (see :meth:`predicted_applied`)
+    size_bound: int = 0
+    _state_lags: bool = False  #: ``row.state`` lacks predicted changes applied since
+
+    @property
+    def stored(self) -> StoredRecord:
+        """The record as it stands, ``state`` the whole document (encoded here if
+        predicted changes were applied since it last was)."""
+        if self._state_lags:
+            state = self.doc.full_update()
+            self._stored = self._stored.at(self._stored.version, state)
+            self._state_lags, self.size_bound = False, len(state)
+        return self._stored
+
+    @property
+    def row(self) -> StoredRecord:
+        """:attr:`stored` without encoding anything: everything is current except
+        ``state``, which may lack predicted changes (the push path reads this)."""
+        return self._stored
 
     def value_at(self, context: MergeContext, name: str, version: int) -> Any:
         """The stored value ``name`` had at ``version`` (from memory when recent)."""
         self.field_writes(context)
         if version < self.history_from:
-            return context.field_value_at(self.stored.id, name, version)
+            return context.field_value_at(self.row.id, name, version)
         value = None
         for seq, stored in self.history.get(name, ()):
             if seq > version:
@@ -127,7 +151,7 @@ class RecordState:
         """Who last wrote each field, per replica (loaded from the log once)."""
         if self.writes is None:
             self.writes = {}
-            for row in context.change_fields(self.stored.id):
+            for row in context.change_fields(self.row.id):
                 self.note_write(row.fields, row.seq, row.replica, row.user)
         return self.writes
 
@@ -149,7 +173,9 @@ class RecordState:
         """The record as stored, its document rebuilt from its whole state."""
         doc = RecordDoc.from_update(spec, stored.state, client_id=relay_client_id)
         values, problems = doc.read_checked()
-        return cls(stored, doc, ItemIndex.from_state(stored.state), values, problems)
+        state = cls(stored, doc, ItemIndex.from_state(stored.state), values, problems)
+        state.behind, state.size_bound = stored.behind, len(stored.state)
+        return state
 
     @classmethod
     def created(cls, stored: StoredRecord, accepted: Accepted) -> RecordState:
@@ -161,14 +187,17 @@ class RecordState:
         if accepted.relay_update:
             index.commit_bytes(accepted.relay_update)
         index.sync_deleted(parse_update(accepted.doc.deletions()).delete_set)
-        return cls(stored, accepted.doc, index, dict(accepted.values), dict(accepted.problems))
+        state = cls(stored, accepted.doc, index, dict(accepted.values), dict(accepted.problems))
+        state.size_bound = len(stored.state)
+        return state
 
     def commit(
         self, stored: StoredRecord, accepted: Accepted, replica: str | None, user: str | None
     ) -> None:
         """Keep in step with an accepted change (already applied to ``doc``), stored as
-        ``stored``: who wrote what, the values, and the item index."""
-        self.stored = stored
+        ``stored`` (its row is written): who wrote what, the values, and the item
+        index."""
+        self.now_stored(stored)
         self.note_write(accepted.fields, stored.version, replica, user)
         self.values = dict(accepted.values)
         self.problems = dict(accepted.problems)
@@ -183,21 +212,37 @@ class RecordState:
 
     def commit_predicted(
         self,
-        stored: StoredRecord,
+        version: int,
         accepted: Accepted,
         writes: list[tuple[int, int, str]],
         replaced: set[tuple[int, int]],
         replica: str | None,
         user: str | None,
     ) -> None:
-        """Keep in step with a predicted change (:mod:`.fastpath`; applied later): its
-        items ``writes`` (client, clock, field) now stand, the items ``replaced`` are
-        deleted (exactly the deletions yrs makes: the index stays exact)."""
-        self.stored = stored
-        self.note_write(accepted.fields, stored.version, replica, user)
+        """Keep in step with a predicted change (:mod:`.fastpath`; applied later by
+        :meth:`predicted_applied`), logged as version ``version`` and not written to the
+        record's row: its items ``writes`` (client, clock, field) now stand, the items
+        ``replaced`` are deleted (exactly the deletions yrs makes: the index stays
+        exact)."""
+        self._stored = self._stored.at(version)
+        self.behind += 1
+        self.note_write(accepted.fields, version, replica, user)
         self.values = dict(accepted.values)
         self.problems = dict(accepted.problems)
         self.index.commit_entries(writes, replaced)
+
+    def predicted_applied(self, updates: list[bytes]) -> None:
+        """The predicted changes of ``updates`` were applied to ``doc``: ``row.state``
+        lags behind it now. A predicted update adds to the document's whole state at most
+        its own length (the same items and values; delete sets only merge), which
+        keeps :attr:`size_bound` a bound without encoding the document."""
+        self._state_lags = True
+        self.size_bound += sum(map(len, updates))
+
+    def snapshot(self) -> StoredRecord:
+        """The record as it stands, for its row to be written now (:attr:`behind` 0)."""
+        self.behind = 0
+        return self.stored
 
     def write_owner(self, owner_field: str, user: str | None) -> bytes:
         """Write the owner field (an admin's ``set_owner``); returns the update."""
@@ -211,7 +256,7 @@ class RecordState:
     def load_shares(self, storage: RelayStorage) -> dict[str, int]:
         """The record's manual shares (read from ``storage`` on first use)."""
         if self.shares is None:
-            self.shares = storage.shares_of(self.stored.id)
+            self.shares = storage.shares_of(self.row.id)
         return self.shares
 
     def forget_shares(self) -> None:
@@ -220,9 +265,10 @@ class RecordState:
         self.facts = None
 
     def now_stored(self, stored: StoredRecord) -> None:
-        """The record's row is now ``stored`` (an admin action stored it, or its
-        predicted changes were applied)."""
-        self.stored = stored
+        """The record's row is now ``stored``, written as it is (by an accepted change
+        or an admin action)."""
+        self._stored, self._state_lags = stored, False
+        self.behind, self.size_bound = 0, len(stored.state)
         self.facts = None
 
     def carry_over(self, old: RecordState) -> None:
@@ -291,16 +337,14 @@ def decide(
     view = policy.schema_for(principal).objects.get(change.object)
     if spec is None or view is None:
         return _rejected(change, ErrorCode.UNKNOWN_OBJECT, f"no object type {change.object!r}")
-    if state is not None and state.stored.object != change.object:
-        real = facts or RecordFacts(
-            object=state.stored.object, record_id=change.record_id, owner=None
-        )
-        if state.stored.deleted or not policy.allows(principal, Action.READ, real.object, real):
+    if state is not None and state.row.object != change.object:
+        real = facts or RecordFacts(object=state.row.object, record_id=change.record_id, owner=None)
+        if state.row.deleted or not policy.allows(principal, Action.READ, real.object, real):
             return _forbidden(change, "you may not access this record")
         return _rejected(
             change,
             ErrorCode.UNKNOWN_RECORD,
-            f"record {change.record_id} is a {state.stored.object}, not a {change.object}",
+            f"record {change.record_id} is a {state.row.object}, not a {change.object}",
         )
     if change.kind is ChangeKind.CREATE:
         if state is not None:
@@ -323,9 +367,9 @@ def decide(
         )
     if state is None:
         return _rejected(change, ErrorCode.UNKNOWN_RECORD, f"no record {change.record_id}")
-    if state.stored.deleted:
+    if state.row.deleted:
         if change.kind is ChangeKind.DELETE:
-            return AlreadyDone(state.stored.version)
+            return AlreadyDone(state.row.version)
         return Refused(
             Unresolvable(
                 change_id=change.change_id,
@@ -996,7 +1040,7 @@ def _concurrent_edits(
     if not plain:
         return ()
     bases = {name: change.field_bases.get(name, change.base_version) for name in plain}
-    if min(bases.values()) >= state.stored.version:
+    if min(bases.values()) >= state.row.version:
         return ()  # nothing happened to the record since this change's base
     writes = state.field_writes(context)
     conflicts = []

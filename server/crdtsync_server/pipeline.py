@@ -47,7 +47,7 @@ from .fastpath import Deferred, Mispredicted, Predicted, Predictor
 from .merge import Accepted, AlreadyDone, Decision, RecordState, Refused, decide
 from .metrics import Metrics
 from .policy import Policy, Principal, RecordFacts
-from .storage import ChangeRow, RelayStorage, StoredRecord
+from .storage import SNAPSHOT_EVERY, ChangeRow, RelayStorage, StoredRecord
 
 log = logging.getLogger("crdtsync.relay")
 
@@ -279,9 +279,10 @@ class PushPipeline:
             mark = now
             if verdict is None:
                 predicted = self._predict(principal, change, state, facts) if predicting else None
-                if predicted is None and state is not None and change.record_id in deferred:
+                if predicted is None and state is not None:
                     # decided the general way: on the document as it is by now
-                    self._apply_deferred(deferred.pop(change.record_id))
+                    if change.record_id in deferred:
+                        self._apply_deferred(deferred.pop(change.record_id))
                     stored = state.stored
                 decision = (
                     predicted.accepted
@@ -335,11 +336,11 @@ class PushPipeline:
         )
 
     def _apply_deferred(self, record: Deferred) -> None:
-        """Apply a record's predicted changes (checked by effect) and store its row."""
-        whole = record.apply(self.max_record_bytes)
-        stored = record.state.stored.at(record.state.stored.version, whole)
-        record.state.now_stored(stored)
-        self.storage.put_record(stored)
+        """Apply a record's predicted changes (checked by effect). They are logged; the
+        record's row is written again once it lags ``SNAPSHOT_EVERY`` changes behind."""
+        record.apply(self.max_record_bytes)
+        if record.state.behind >= SNAPSHOT_EVERY:
+            self.storage.put_record(record.state.snapshot())
 
     def _load(
         self,
@@ -375,13 +376,13 @@ class PushPipeline:
             # if the cache let it go meanwhile.
             state = pending.state
             self.cache.remember(record_id, state)
-            return None, state.stored, state, self.access.facts(state.stored, state)
+            return None, state.row, state, self.access.facts(state.row, state)
         cached = self.cache.get(record_id)
         # Every write goes through this relay, so a cached record is the stored one; one
         # read just now, before the frame wrote it, is the latest.
         stored: StoredRecord | None
         if cached is not None:
-            stored = cached.stored
+            stored = cached.row
         else:
             stored = fresh if fresh is not None else self.storage.get_record(record_id)
         if stored is None:
@@ -523,11 +524,11 @@ class PushPipeline:
         the frame are applied (:meth:`_apply_deferred`)."""
         seq = self.storage.next_seq()
         accepted = predicted.accepted
-        new = state.stored.at(seq)  # its state: when applied
         self._store_uniques(change, accepted, created=False)
         self._bind(principal, (predicted.client,))
         replica, user = principal.replica_id, principal.user
-        state.commit_predicted(new, accepted, predicted.writes, predicted.replaced, replica, user)
+        state.commit_predicted(seq, accepted, predicted.writes, predicted.replaced, replica, user)
+        new = state.row  # its state: when applied, and in the log (a snapshot row, later)
         self.cache.remember(change.record_id, state)
         row = self._log(principal, change, seq, accepted)
         verdict = Ack(change_id=change.change_id, record_id=change.record_id, version=seq)

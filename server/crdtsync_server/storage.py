@@ -4,9 +4,11 @@ An acknowledgement is sent only after the transaction holding the change has
 committed, so an acknowledged change survives ``kill -9`` of the relay (and power
 loss). Tables:
 
-``records``   the current full state of every record, its version and tombstone flag
-``changes``   every accepted change, in sequence order: the resume log and the history
-              the conflict check reads (who changed which field, to what, when)
+``records``   a snapshot of every record: its full state as of ``version``, tombstone
+              flag, creator and owner (the changes logged after ``version`` complete it)
+``changes``   every accepted change, in sequence order: the resume log, the history
+              the conflict check reads (who changed which field, to what, when), and
+              the truth of a record past its snapshot
 ``uniques``   the values of ``unique`` fields, one row per (object, field, value)
 ``client_ids`` which replica first used each CRDT client id (forged ids are refused)
 ``refused_ops`` the CRDT operations of refused changes (they may never come back)
@@ -24,6 +26,13 @@ rows go in with one ``executemany``, when the transaction commits. Reads see the
 writes: :meth:`RelayStorage.get_record` and :meth:`RelayStorage.live_record_exists`
 answer from the staged rows, and every other read of ``records`` or ``changes`` writes
 the staged rows first.
+
+A record's row is a snapshot and the log is the truth after it. The common edit
+(:mod:`.fastpath`) only logs its change; the relay writes the record's row again after
+at most ``SNAPSHOT_EVERY`` such changes, or with any other change. A record read back
+(:meth:`RelayStorage.get_record`, :meth:`RelayStorage.get_records`) is its row with the
+updates logged since merged in, and :meth:`RelayStorage.compact` writes a snapshot of a
+record before it drops an update the record's row does not hold yet.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ import attrs
 import pycrdt
 
 from crdtsync.core.exceptions import FormatError
+from crdtsync.core.record import merged_state
 from crdtsync.core.sqlite_meta import (
     META_TABLE,
     Migration,
@@ -54,7 +64,11 @@ from crdtsync.core.sqlite_meta import (
 from .errors import StorageError
 
 #: 1: the first released format. 2: ``changes.update_`` may be NULL (compacted).
-FORMAT_VERSION = 2
+#: 3: a record's row is a snapshot, which the changes logged after it complete.
+FORMAT_VERSION = 3
+
+#: the most changes the relay logs after a record's snapshot before it writes a new one
+SNAPSHOT_EVERY = 64
 
 _CHANGES_TABLE = """CREATE TABLE IF NOT EXISTS changes (
     seq       INTEGER PRIMARY KEY,
@@ -137,7 +151,16 @@ def _changes_update_nullable(db: sqlite3.Connection) -> None:
     db.execute("DROP TABLE changes_format1")
 
 
-_MIGRATIONS: dict[int, Migration] = {1: _changes_update_nullable}
+def _rows_are_snapshots(db: sqlite3.Connection) -> None:
+    """Format 2 → 3: every row of a format-2 database is whole, a snapshot with nothing
+    logged after it, so only the format number changes (a relay that predates snapshots
+    then refuses the file instead of reading rows as whole that are not)."""
+
+
+_MIGRATIONS: dict[int, Migration] = {1: _changes_update_nullable, 2: _rows_are_snapshots}
+
+
+_RECORD_COLUMNS = "id, object, state, version, deleted, created_by, owner"
 
 
 @attrs.frozen(kw_only=True)
@@ -149,6 +172,8 @@ class StoredRecord:
     deleted: bool = False
     created_by: str | None = None
     owner: str | None = None  #: the owner field's value (owners change only via admins)
+    #: as read back: how many logged changes its row lacked (merged into ``state``)
+    behind: int = attrs.field(default=0, eq=False)
 
     def at(self, version: int, state: bytes | None = None) -> StoredRecord:
         """This record at ``version`` (with ``state``, if given): ``attrs.evolve``
@@ -164,15 +189,18 @@ class StoredRecord:
         )
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> StoredRecord:
+    def from_tuple(cls, row: Sequence[Any]) -> StoredRecord:
+        """The record of a row of ``records``, its columns as ``_RECORD_COLUMNS`` lists
+        them."""
+        record_id, object_name, state, version, deleted, created_by, owner = row
         return cls(
-            id=row["id"],
-            object=row["object"],
-            state=bytes(row["state"]),
-            version=row["version"],
-            deleted=bool(row["deleted"]),
-            created_by=row["created_by"],
-            owner=row["owner"],
+            id=str(record_id),
+            object=str(object_name),
+            state=bytes(state),
+            version=int(version),
+            deleted=bool(deleted),
+            created_by=created_by,
+            owner=owner,
         )
 
 
@@ -211,6 +239,58 @@ class ChangeRow:
             at=row["at"],
             compacted=update is None,
         )
+
+
+def read_records(
+    db: sqlite3.Connection, record_ids: Sequence[str] | None = None
+) -> dict[str, StoredRecord]:
+    """The records of the relay database ``db`` (all, or those of ``record_ids`` that
+    exist) as they stand: each row with the changes logged after it merged in. Reading
+    needs nothing but a connection (read-only is enough): this is how anything besides
+    the relay reads its records."""
+    tail = (
+        "SELECT c.record_id, c.seq, c.update_ FROM changes c JOIN records r "
+        "ON r.id = c.record_id WHERE c.seq > r.version{among} ORDER BY c.record_id, c.seq"
+    )
+    rows: Iterable[Any]
+    if record_ids is None:
+        rows = db.execute(f"SELECT {_RECORD_COLUMNS} FROM records")
+        found = {record.id: record for record in map(StoredRecord.from_tuple, rows)}
+        tail_rows: Iterable[Any] = db.execute(tail.format(among=""))
+    else:
+        sql = f"SELECT {_RECORD_COLUMNS} FROM records WHERE id IN ({{marks}})"
+        rows = rows_in(db, sql, record_ids)
+        found = {record.id: record for record in map(StoredRecord.from_tuple, rows)}
+        tail_rows = rows_in(db, tail.format(among=" AND c.record_id IN ({marks})"), list(found))
+    tails: dict[str, list[tuple[int, bytes | None]]] = {}
+    for record_id, seq, update in tail_rows:
+        tails.setdefault(str(record_id), []).append((int(seq), update))
+    for record_id, logged in tails.items():
+        found[record_id] = _caught_up(found[record_id], logged)
+    return found
+
+
+def _caught_up(row: StoredRecord, tail: list[tuple[int, bytes | None]]) -> StoredRecord:
+    """The record whose row is ``row``, with ``tail`` (the ``(seq, update)`` of each change
+    logged after the row, in order) merged in."""
+    if any(update is None for _seq, update in tail):
+        # compact() writes a snapshot before it drops an update a row lacks: this is a
+        # database something else has changed.
+        raise StorageError(
+            f"record {row.id}: a change logged after its snapshot lost its update; "
+            "the database was changed by something other than crdtsync"
+        )
+    state = merged_state(row.state, [bytes(update) for _seq, update in tail if update])
+    return StoredRecord(
+        id=row.id,
+        object=row.object,
+        state=state,
+        version=tail[-1][0],
+        deleted=row.deleted,
+        created_by=row.created_by,
+        owner=row.owner,
+        behind=len(tail),
+    )
 
 
 def new_private_file(path: str) -> int:
@@ -381,22 +461,22 @@ class RelayStorage:
     # -- records ----------------------------------------------------------------------
 
     def get_record(self, record_id: str) -> StoredRecord | None:
+        """The record as it stands: its row with the changes logged since merged in."""
         staged = self._staged_records.get(record_id)
         if staged is not None:
             return staged
-        row = self._db.execute("SELECT * FROM records WHERE id = ?", (record_id,)).fetchone()
-        return None if row is None else StoredRecord.from_row(row)
+        return self.get_records((record_id,)).get(record_id)
 
     def get_records(self, record_ids: Sequence[str]) -> dict[str, StoredRecord]:
-        """The stored rows of ``record_ids`` that exist, read at once (a push frame's
-        records not in the cache: one query, however many)."""
+        """:meth:`get_record` of those of ``record_ids`` that exist, read at once (a push
+        frame's records not in the cache: two queries per 500, however many)."""
         found = {
             rid: self._staged_records[rid] for rid in record_ids if rid in self._staged_records
         }
         wanted = [rid for rid in dict.fromkeys(record_ids) if rid not in found]
-        for row in rows_in(self._db, "SELECT * FROM records WHERE id IN ({marks})", wanted):
-            record = StoredRecord.from_row(row)
-            found[record.id] = record
+        if wanted:
+            self._flush()  # the frame's own log rows are part of its records
+            found.update(read_records(self._db, wanted))
         return found
 
     def put_record(self, record: StoredRecord) -> None:
@@ -418,15 +498,20 @@ class RelayStorage:
 
     def record_ids_since(self, objects: Iterable[str], version: int) -> list[str]:
         """Ids of the records of ``objects`` changed after ``version``, oldest change
-        first (a snapshot: the records are read one by one afterwards)."""
+        first (a snapshot: the records are read one by one afterwards). A record's last
+        change is its row's version or a change logged after it, whichever is later:
+        the rows and the log after ``version`` are read (a range of each)."""
         names = list(objects)
         if not names:
             return []
         self._flush()
         marks = ", ".join("?" for _ in names)
         rows = self._db.execute(
-            f"SELECT id FROM records WHERE object IN ({marks}) AND version > ? ORDER BY version",
-            (*names, version),
+            f"SELECT id, MAX(latest) AS latest FROM ("
+            f"SELECT id, version AS latest FROM records WHERE object IN ({marks}) AND version > ? "
+            f"UNION ALL SELECT record_id, seq FROM changes WHERE object IN ({marks}) AND seq > ?"
+            f") GROUP BY id ORDER BY latest",
+            (*names, version, *names, version),
         )
         return [str(row[0]) for row in rows]
 
@@ -696,10 +781,12 @@ class RelayStorage:
         details still read them). Return how many updates were dropped.
 
         Nothing a replica can receive changes: a resume or retransmitted ack that would
-        need a dropped update gets the record's full state (``records.state``, which
-        already holds every update). Each chunk of ``chunk`` changes commits on its own
-        and every row is either whole or compacted, so a crash at any point leaves a
-        consistent database; run it again to finish.
+        need a dropped update gets the record's full state instead. A record whose row
+        does not hold an update to be dropped yet (it was logged after the row's
+        snapshot) gets a new snapshot first, in the same transaction. Each chunk of
+        ``chunk`` changes commits on its own and every row is either whole or
+        compacted, so a crash at any point leaves a consistent database; run it again
+        to finish.
         """
         dropped = 0
         start = self._db.execute(
@@ -710,6 +797,7 @@ class RelayStorage:
         for low in range(start, through + 1, chunk):
             high = min(low + chunk - 1, through)
             with self.transaction():
+                self._snapshot_behind(low, high)
                 cursor = self._db.execute(
                     "UPDATE changes SET update_ = NULL "
                     "WHERE seq BETWEEN ? AND ? AND update_ IS NOT NULL",
@@ -718,6 +806,20 @@ class RelayStorage:
                 dropped += cursor.rowcount
                 self.set_meta("compacted_through", high)
         return dropped
+
+    def _snapshot_behind(self, low: int, high: int) -> None:
+        """Write a snapshot of each record whose row lacks a change logged between
+        ``low`` and ``high`` (its state as it stands: row and log merged)."""
+        lagging = [
+            str(row[0])
+            for row in self._db.execute(
+                "SELECT DISTINCT c.record_id FROM changes c JOIN records r ON r.id = c.record_id "
+                "WHERE c.seq BETWEEN ? AND ? AND c.seq > r.version AND c.update_ IS NOT NULL",
+                (low, high),
+            )
+        ]
+        for record in self.get_records(lagging).values():
+            self.put_record(record)
 
     def compacted_through(self) -> int:
         """The highest sequence number a compaction has reached (0: never compacted)."""

@@ -23,12 +23,14 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
 
 import pycrdt
 import pytest
 from crdtsync_server.merge import decode_state_vector
+from crdtsync_server.storage import read_records
 
 from crdtsync import Client, Schema
 from crdtsync.client.replica import Replica
@@ -98,10 +100,8 @@ def state_vector(update: bytes | None) -> dict[int, int]:
 def assert_acknowledged_versions_are_stored(clients: list[Client], database: Path) -> int:
     """Every record version a client holds as the relay's is in the relay's database,
     with every CRDT operation of it. Returns how many were checked."""
-    stored = {
-        str(rid): (int(version), bytes(state))  # type: ignore[call-overload]
-        for rid, version, state in relay_rows(database, "SELECT id, version, state FROM records")
-    }
+    with closing(sqlite3.connect(database)) as db:
+        stored = {rid: (r.version, r.state) for rid, r in read_records(db).items()}
     logged = {
         (str(rid), int(seq))  # type: ignore[call-overload]
         for rid, seq in relay_rows(database, "SELECT record_id, seq FROM changes")

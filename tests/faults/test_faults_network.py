@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 import pytest
 from crdtsync_server.session import RelaySession
+from crdtsync_server.storage import read_records
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -71,14 +72,12 @@ class RelayContents:
         live: dict[str, Mapping[str, Any]] = {}
         deleted: set[str] = set()
         with closing(read_only(path)) as db:
-            for record_id, object_name, state, is_deleted in db.execute(
-                "SELECT id, object, state, deleted FROM records"
-            ):
-                if is_deleted:
+            for record_id, record in read_records(db).items():
+                if record.deleted:
                     deleted.add(record_id)
                 else:
-                    spec = schema.object(object_name)
-                    live[record_id] = RecordDoc.from_update(spec, bytes(state)).read()
+                    spec = schema.object(record.object)
+                    live[record_id] = RecordDoc.from_update(spec, record.state).read()
             [changes] = db.execute("SELECT COUNT(*) FROM changes").fetchone()
             change_id_rows = dict(
                 db.execute(
@@ -316,8 +315,8 @@ def value_of(client: Client, record_id: str, field: str) -> Any:
 
 def stored_version(relay: RelayHarness, record_id: str) -> int:
     with closing(read_only(relay.config.database)) as db:
-        row = db.execute("SELECT version FROM records WHERE id = ?", (record_id,)).fetchone()
-    return int(row[0]) if row else 0
+        record = read_records(db, [record_id]).get(record_id)
+    return record.version if record is not None else 0
 
 
 async def test_push_whose_verdict_was_lost_is_applied_once_after_reconnect(

@@ -18,6 +18,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from crdtsync_server.storage import read_records
 
 from crdtsync import Client, Status, StoreError, UnresolvableReason
 from tests.helpers.harness import ROOT, eventually
@@ -197,7 +198,7 @@ def logged(notes: ServeProcess, change_id: str) -> bool:
 
 def relay_version(notes: ServeProcess, rid: str) -> int:
     with closing(sqlite3.connect(f"file:{notes.database}?mode=ro", uri=True)) as db:
-        return int(db.execute("SELECT version FROM records WHERE id = ?", (rid,)).fetchone()[0])
+        return read_records(db, [rid])[rid].version
 
 
 async def lose_the_reply(
