@@ -350,6 +350,15 @@ class ItemIndex:
     ) -> set[tuple[int, int]] | None:
         """The clocks ``delete_set`` deletes that the record has not deleted yet, as
         ``(client, clock)`` items; ``None`` if there are more than ``limit``."""
+        if len(delete_set) == 1:
+            # The common edit's delta: one client, one range, one of whose clocks the
+            # record has not deleted yet (the value it replaces), the rest deleted.
+            [(client, ranges)] = delete_set.items()
+            if len(ranges) == 1:
+                [(clock, length)] = ranges
+                fresh = self._deleted.subtract(client, clock, clock + length)
+                if len(fresh) == 1 and fresh[0][1] - fresh[0][0] == 1 <= limit:
+                    return {(client, fresh[0][0])}
         out: set[tuple[int, int]] = set()
         for client, ranges in delete_set.items():
             for clock, length in ranges:

@@ -334,3 +334,40 @@ def test_ranges_add_keeps_the_same_sorted_ranges_as_insertion(
             expected.ends,
             expected.owners,
         )
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.tuples(st.integers(0, 1), st.integers(0, 30), st.integers(1, 4)), max_size=12),
+    st.dictionaries(
+        st.integers(0, 2),
+        st.lists(st.tuples(st.integers(0, 34), st.integers(1, 4)), min_size=1, max_size=3),
+        max_size=2,
+    ),
+    st.integers(0, 6),
+)
+def test_newly_deleted_names_exactly_the_clocks_not_deleted_yet_or_none_past_the_limit(
+    deleted: list[tuple[int, int, int]], delete_set: dict[int, list[tuple[int, int]]], limit: int
+) -> None:
+    index = ItemIndex()
+    already: set[tuple[int, int]] = set()
+    for client, clock, length in deleted:
+        index._deleted.add(client, clock, clock + length)
+        already.update((client, c) for c in range(clock, clock + length))
+    named = {
+        (client, c)
+        for client, ranges in delete_set.items()
+        for clock, length in ranges
+        for c in range(clock, clock + length)
+    }
+    expected = named - already
+    found = index.newly_deleted(
+        {client: tuple(ranges) for client, ranges in delete_set.items()}, limit=limit
+    )
+    if found is not None:
+        assert found == expected and len(found) <= limit
+    # A delete set on the wire has disjoint ranges: then None means only "over the
+    # limit" (overlapping ones may be refused sooner: the general path decides them).
+    disjoint = sum(length for ranges in delete_set.values() for _c, length in ranges) == len(named)
+    if disjoint:
+        assert found == (expected if len(expected) <= limit else None)
