@@ -55,7 +55,6 @@ from crdtsync.core.yupdate import StructInfo, parse_update
 from .anatomy import ENTRY
 from .merge import (
     MAX_UPDATE_STRUCTS,
-    Accepted,
     MergeContext,
     RecordState,
     decode_state_vector,
@@ -73,7 +72,9 @@ class Mispredicted(Exception):
 class Predicted:
     """An accepted change of the common shape, not applied yet."""
 
-    accepted: Accepted
+    update: bytes
+    fields: dict[str, Any]  #: field -> its stored value after the change (what it wrote)
+    values: dict[str, Any]  #: the record's values after the change (decoded)
     client: int
     end: int  #: the clock after the change's last item
     writes: list[tuple[int, int, str]]  #: (client, clock, field) of each item
@@ -227,17 +228,15 @@ def _predicted(
     values = {k: v for k, v in state.values.items() if k not in touched}
     if state.problems or not _record_passes(change, spec, schema, raw, values, context):
         return None
-    accepted = Accepted(
-        kind=ChangeKind.UPDATE,
+    return Predicted(
+        update=change.delta,
         fields=stored_fields(spec, values, touched),
         values=values,
-        update=change.delta,
-        parsed=parsed,
-        doc=state.doc,
-    )
-    writes = [(client, start + i, key) for i, key in enumerate(keys)]
-    return Predicted(
-        accepted=accepted, client=client, end=end, writes=writes, replaced=origins, raw=raw
+        client=client,
+        end=end,
+        writes=[(client, start + i, key) for i, key in enumerate(keys)],
+        replaced=origins,
+        raw=raw,
     )
 
 
@@ -316,7 +315,7 @@ class Deferred:
     ends: dict[int, int] = attrs.field(factory=dict)  #: client -> predicted end clock
 
     def add(self, predicted: Predicted) -> None:
-        self.updates.append(predicted.accepted.update)
+        self.updates.append(predicted.update)
         self.raw.update(predicted.raw)
         self.ends[predicted.client] = predicted.end
 

@@ -213,7 +213,9 @@ class RecordState:
     def commit_predicted(
         self,
         version: int,
-        accepted: Accepted,
+        *,
+        fields: Mapping[str, Any],
+        values: dict[str, Any],
         writes: list[tuple[int, int, str]],
         replaced: set[tuple[int, int]],
         replica: str | None,
@@ -221,14 +223,14 @@ class RecordState:
     ) -> None:
         """Keep in step with a predicted change (:mod:`.fastpath`; applied later by
         :meth:`predicted_applied`), logged as version ``version`` and not written to the
-        record's row: its items ``writes`` (client, clock, field) now stand, the items
-        ``replaced`` are deleted (exactly the deletions yrs makes: the index stays
-        exact)."""
+        record's row: it wrote ``fields`` (stored values), the record's values are now
+        ``values`` (taken, not copied); its items ``writes`` (client, clock, field) now
+        stand, the items ``replaced`` are deleted (exactly the deletions yrs makes: the
+        index stays exact)."""
         self._stored = self._stored.at(version)
         self.behind += 1
-        self.note_write(accepted.fields, version, replica, user)
-        self.values = dict(accepted.values)
-        self.problems = dict(accepted.problems)
+        self.note_write(fields, version, replica, user)
+        self.values = values
         self.index.commit_entries(writes, replaced)
 
     def predicted_applied(self, updates: list[bytes]) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -279,16 +280,14 @@ class PushPipeline:
             mark = now
             if verdict is None:
                 predicted = self._predict(principal, change, state, facts) if predicting else None
-                if predicted is None and state is not None:
-                    # decided the general way: on the document as it is by now
-                    if change.record_id in deferred:
-                        self._apply_deferred(deferred.pop(change.record_id))
-                    stored = state.stored
-                decision = (
-                    predicted.accepted
-                    if predicted is not None
-                    else self._decide(principal, change, state, facts)
-                )
+                decision: Decision | None = None
+                if predicted is None:
+                    if state is not None:
+                        # decided the general way: on the document as it is by now
+                        if change.record_id in deferred:
+                            self._apply_deferred(deferred.pop(change.record_id))
+                        stored = state.stored
+                    decision = self._decide(principal, change, state, facts)
                 now = clock()
                 decide_s += now - mark
                 mark = now
@@ -303,6 +302,7 @@ class PushPipeline:
                     record.add(predicted)
                     frame.predicted += 1
                 else:
+                    assert decision is not None
                     verdict, outcome = self._conclude(
                         principal, change, stored, state, decision, touched_cache
                     )
@@ -499,7 +499,7 @@ class PushPipeline:
                     else (decision.values.get(owner_name) if owner_name else None)
                 ),
             )
-            self._store_uniques(change, decision, created=state is None)
+            self._store_uniques(change, decision.fields, decision.values, created=state is None)
             if decision.parsed is not None:
                 self._bind(principal, decision.parsed.clients())
             if state is None:  # the document was just built: index it, don't reload it
@@ -508,7 +508,7 @@ class PushPipeline:
                 state.commit(new, decision, principal.replica_id, principal.user)
             self.cache.remember(change.record_id, state)
         self.storage.put_record(new)
-        row = self._log(principal, change, seq, decision)
+        row = self._log(principal, change, seq, decision.kind, decision.fields, decision.update)
         relay_update = decision.relay_update
         if relay_update and state is not None:  # e.g. texts of fields hidden from the creator
             relay_update = self.access.project(principal, state, relay_update)
@@ -523,29 +523,42 @@ class PushPipeline:
         """Store a predicted change: its log row now, the record's row once its changes of
         the frame are applied (:meth:`_apply_deferred`)."""
         seq = self.storage.next_seq()
-        accepted = predicted.accepted
-        self._store_uniques(change, accepted, created=False)
+        fields = predicted.fields
+        self._store_uniques(change, fields, predicted.values, created=False)
         self._bind(principal, (predicted.client,))
-        replica, user = principal.replica_id, principal.user
-        state.commit_predicted(seq, accepted, predicted.writes, predicted.replaced, replica, user)
+        state.commit_predicted(
+            seq,
+            fields=fields,
+            values=predicted.values,
+            writes=predicted.writes,
+            replaced=predicted.replaced,
+            replica=principal.replica_id,
+            user=principal.user,
+        )
         new = state.row  # its state: when applied, and in the log (a snapshot row, later)
         self.cache.remember(change.record_id, state)
-        row = self._log(principal, change, seq, accepted)
+        row = self._log(principal, change, seq, ChangeKind.UPDATE, fields, change.delta)
         verdict = Ack(change_id=change.change_id, record_id=change.record_id, version=seq)
         return verdict, (new, row)
 
-    def _store_uniques(self, change: ChangeFrame, decision: Accepted, *, created: bool) -> None:
-        """The record's ``unique`` values, if the change touched one (or created it)."""
+    def _store_uniques(
+        self,
+        change: ChangeFrame,
+        fields: Mapping[str, Any],
+        values: Mapping[str, Any],
+        *,
+        created: bool,
+    ) -> None:
+        """The record's ``unique`` values (``values``: the record's, decoded), if the
+        change touched one (it wrote ``fields``) or created the record."""
         names = self._unique_fields.get(change.object)
         spec = self.schema.objects[change.object]
         if names is None:
             names = self._unique_fields[change.object] = tuple(
                 name for name, field in spec.fields.items() if field.unique
             )
-        if names and (created or not decision.fields.keys().isdisjoint(names)):
-            unique = {
-                name: spec.fields[name].type.encode(decision.values.get(name)) for name in names
-            }
+        if names and (created or not fields.keys().isdisjoint(names)):
+            unique = {name: spec.fields[name].type.encode(values.get(name)) for name in names}
             self.storage.set_uniques(change.object, change.record_id, unique)
 
     def _bind(self, principal: Principal, clients: Iterable[int]) -> None:
@@ -556,8 +569,16 @@ class PushPipeline:
                 self._bound[client] = principal.replica_id
 
     def _log(
-        self, principal: Principal, change: ChangeFrame, seq: int, decision: Accepted
+        self,
+        principal: Principal,
+        change: ChangeFrame,
+        seq: int,
+        kind: ChangeKind,
+        fields: Mapping[str, Any],
+        update: bytes,
     ) -> ChangeRow:
+        """Log an accepted change: its version ``seq``, the ``fields`` it wrote (their
+        stored values) and the ``update`` to log and fan out."""
         row = ChangeRow(
             seq=seq,
             record_id=change.record_id,
@@ -565,9 +586,9 @@ class PushPipeline:
             change_id=change.change_id,
             replica=principal.replica_id,
             user=principal.user,
-            kind=decision.kind,
-            fields=dict(decision.fields),
-            update=decision.update,
+            kind=kind,
+            fields=fields,
+            update=update,
             at=time.time(),
         )
         self.storage.add_change(row)
