@@ -61,7 +61,7 @@ from .merge import (
     stored_fields,
     unique_and_reference_errors,
 )
-from .policy import Action, Policy, Principal, RecordFacts
+from .policy import Policy, Principal, RecordFacts
 
 
 class Mispredicted(Exception):
@@ -145,10 +145,7 @@ class Predictor:
         if editable is None or principal.once_hidden.get(name):
             return None
         spec, view, predictable = editable
-        policy = self.policy
-        if not policy.allows(principal, Action.READ, name, facts) or not policy.allows(
-            principal, Action.UPDATE, name, facts
-        ):
+        if not state.may_edit(self.policy, principal, facts):
             return None
         return _predicted(
             change, state, spec, view, predictable, principal, self.schema, context,

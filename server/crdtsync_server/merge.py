@@ -105,6 +105,9 @@ class RecordState:
     #: the record's access facts, for a policy without a hook (they depend on the owner
     #: and the shares alone, not on the other values): kept until either changes
     facts: RecordFacts | None = None
+    #: who may read and edit the record ((user, roles, admin) -> bool), as decided on
+    #: the facts it holds (see :meth:`may_edit`)
+    editors: tuple[RecordFacts, dict[tuple[str, frozenset[str], bool], bool]] | None = None
     #: field -> replica -> (version, user) of that replica's last write to it (lazy)
     writes: dict[str, dict[str | None, tuple[int, str | None]]] | None = None
     #: field -> recent (version, stored value) pairs, oldest first (lazy, bounded)
@@ -116,6 +119,22 @@ class RecordState:
     #: the length of the document's whole state (see :meth:`predicted_applied`)
     size_bound: int = 0
     _state_lags: bool = False  #: ``row.state`` lacks predicted changes applied since
+
+    def may_edit(self, policy: Policy, principal: Principal, facts: RecordFacts) -> bool:
+        """The principal may read and update the record whose access facts are
+        ``facts``; remembered while the record's facts are these very ones (they are
+        replaced whenever the owner or the shares change)."""
+        memo = self.editors
+        if memo is None or memo[0] is not facts:
+            memo = self.editors = (facts, {})
+        key = (principal.user, principal.role_set, principal.admin)
+        allowed = memo[1].get(key)
+        if allowed is None:
+            name = facts.object
+            allowed = memo[1][key] = policy.allows(
+                principal, Action.READ, name, facts
+            ) and policy.allows(principal, Action.UPDATE, name, facts)
+        return allowed
 
     @property
     def stored(self) -> StoredRecord:

@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 
 from crdtsync.core.protocol import (
     Ack,
+    Admin,
     ChangeFrame,
     ChangeKind,
     Conflict,
@@ -523,3 +524,51 @@ def test_a_record_the_cache_lets_go_in_the_middle_of_a_frame_keeps_its_predicted
     assert all(isinstance(v, Ack) for v in as_frame)
     assert as_frame == one_by_one
     assert stored_rows(whole) == stored_rows(single)
+
+
+def test_an_edit_right_after_the_editor_lost_access_is_refused_not_predicted() -> None:
+    """The prediction remembers who may edit a record for the access facts it decided
+    on: an unshare between two of bob's edits must reach the second one, and a share
+    again the third."""
+    relay = new_relay()
+    users = Script()
+    alice, bob = users.actors["alice"], users.actors["bob"]
+    admin = FakeSession(Principal("root", "replica-root", admin=True))
+    contact = users._create(alice, "Contact", {"LastName": "Doe", "Phone": "555"})
+    relay.push(FakeSession(alice.principal), [contact])  # type: ignore[arg-type]
+    users.sync(bob, relay, rebuild=True)
+    rid = contact.record_id
+
+    def sharing(action: str) -> None:
+        request = Admin(
+            request_id=f"{action}-{next(users.ids)}", action=action, record_id=rid,
+            user="bob", access="edit" if action == "share" else None,
+        )  # fmt: skip
+        result = relay.admin(admin.principal, request)
+        assert result.ok, result
+
+    def bob_edits(phone: str) -> Any:
+        base = bob.known[rid]
+        delta = bob.docs[rid].write({"Phone": phone})
+        change = users._frame(bob, rid, "Contact", ChangeKind.UPDATE, delta, base, {"Phone": base})
+        [verdict] = relay.push(FakeSession(bob.principal), [change]).items  # type: ignore[arg-type]
+        if isinstance(verdict, Ack):
+            bob.known[rid] = verdict.version
+        return verdict
+
+    sharing("share")
+    assert isinstance(bob_edits("556"), Ack)
+    assert relay.metrics.changes_predicted == 1
+    sharing("unshare")
+    refused = bob_edits("557")
+    assert isinstance(refused, Unresolvable)
+    assert relay.metrics.changes_predicted == 1
+    users.sync(bob, relay, rebuild=True)
+    sharing("share")
+    assert isinstance(bob_edits("558"), Ack)
+    stored = relay.storage.get_record(rid)
+    assert stored is not None
+    assert (
+        RecordDoc.from_update(CONFIG.schema.objects["Contact"], stored.state).read()["Phone"]
+        == "558"
+    )
