@@ -88,7 +88,10 @@ class RecordState:
     document is rebuilt.
     """
 
-    _stored: StoredRecord  #: see :attr:`stored` and :attr:`row`
+    #: the record as stored, everything current except ``state``, which may lack
+    #: predicted changes applied since (the push path reads this; :attr:`stored` is the
+    #: record with its whole state)
+    row: StoredRecord
     doc: RecordDoc
     index: ItemIndex
     #: the document's decoded values and undecodable fields, kept in step with it
@@ -142,15 +145,9 @@ class RecordState:
         predicted changes were applied since it last was)."""
         if self._state_lags:
             state = self.doc.full_update()
-            self._stored = self._stored.at(self._stored.version, state)
+            self.row = self.row.at(self.row.version, state)
             self._state_lags, self.size_bound = False, len(state)
-        return self._stored
-
-    @property
-    def row(self) -> StoredRecord:
-        """:attr:`stored` without encoding anything: everything is current except
-        ``state``, which may lack predicted changes (the push path reads this)."""
-        return self._stored
+        return self.row
 
     def value_at(self, context: MergeContext, name: str, version: int) -> Any:
         """The stored value ``name`` had at ``version`` (from memory when recent)."""
@@ -246,7 +243,7 @@ class RecordState:
         ``values`` (taken, not copied); its items ``writes`` (client, clock, field) now
         stand, the items ``replaced`` are deleted (exactly the deletions yrs makes: the
         index stays exact)."""
-        self._stored = self._stored.at(version)
+        self.row = self.row.at(version)
         self.behind += 1
         self.note_write(fields, version, replica, user)
         self.values = values
@@ -288,7 +285,7 @@ class RecordState:
     def now_stored(self, stored: StoredRecord) -> None:
         """The record's row is now ``stored``, written as it is (by an accepted change
         or an admin action)."""
-        self._stored, self._state_lags = stored, False
+        self.row, self._state_lags = stored, False
         self.behind, self.size_bound = 0, len(stored.state)
         self.facts = None
 
