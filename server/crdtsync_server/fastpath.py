@@ -340,7 +340,7 @@ class Deferred:
         for client, end in self.ends.items():
             if after.get(client, 0) != end:
                 raise Mispredicted(f"client {client} at {after.get(client, 0)}, predicted {end}")
-        self.state.predicted_applied(self.updates)
         state = self.state
+        state.predicted_applied(self.updates)
         if state.size_bound > max_record_bytes and len(state.stored.state) > max_record_bytes:
             raise Mispredicted("the record outgrew its limit")
