@@ -22,7 +22,7 @@ from crdtsync.core.protocol import (
 from .access import RecordAccess
 from .cache import RecordCache
 from .policy import Policy, Principal, RecordFacts
-from .storage import ChangeRow, RelayStorage, StoredRecord
+from .storage import RelayStorage, StoredRecord
 
 log = logging.getLogger("crdtsync.relay")
 
@@ -74,24 +74,32 @@ class Backlog:
     ) -> Iterator[Frame]:
         """The frames of :meth:`frames`, each batch read when it is pulled: the rows, the
         shares and the missed changes of ``BACKLOG_BATCH`` records at a time, one query
-        each."""
+        each. From a cursor, a record's row is read as written (a snapshot) and the
+        changes logged after the cursor complete it: its version is the later of the two,
+        and the missed updates are what is sent (the whole state, read as it stands, only
+        where the replica needs it)."""
         batch: list[RecordChange] = []
         size = 0
         for start in range(0, len(ids), BACKLOG_BATCH):
             chunk = ids[start : start + BACKLOG_BATCH]
-            rows = self.storage.get_records(chunk)
+            if cursor:
+                rows = self.storage.record_rows(chunk)
+                missed = self.storage.updates_since(list(rows), cursor)
+            else:
+                rows, missed = self.storage.get_records(chunk), {}
             uncached = [record_id for record_id in rows if record_id not in self.cache]
             shares = self.storage.shares_of_records(uncached) if uncached else {}
-            missed = self.storage.changes_of_records(list(rows), after=cursor) if cursor else {}
             for record_id in chunk:
                 stored = rows.get(record_id)
                 if stored is None:
                     continue
+                logged = missed.get(record_id, [])
+                if logged and logged[-1][0] > stored.version:
+                    stored = stored.at(logged[-1][0])  # its state: never read (see above)
                 facts = self.access.facts(stored, shares=shares.get(record_id))
                 item = self._catch_up_item(
-                    principal, stored, cursor, events.get(record_id), facts,
-                    missed.get(record_id, []),
-                )  # fmt: skip
+                    principal, stored, cursor, events.get(record_id), facts, logged
+                )
                 if item is None:
                     continue
                 item_size = len(item.update) + 128
@@ -124,10 +132,12 @@ class Backlog:
         cursor: int,
         gained: bool | None,
         facts: RecordFacts,
-        missed: list[ChangeRow],
+        missed: list[tuple[int, bytes | None]],
     ) -> RecordChange | None:
         """What the replica must learn of one record since ``cursor`` (None: nothing);
-        ``missed``: its changes since ``cursor``."""
+        ``missed``: the ``(seq, update)`` of its changes since ``cursor`` (``None``: a
+        compacted update). From a cursor, ``stored`` is its row at its latest version,
+        its ``state`` not read: the whole state is read as it stands where needed."""
         readable = self.access.can_read(principal, facts)
         if cursor and not readable and gained is False:
             return RecordChange(
@@ -141,11 +151,14 @@ class Backlog:
             )
         if not readable:
             return None
-        changes = [] if cursor == 0 or gained else missed
-        if cursor == 0 or gained or any(c.compacted for c in changes):
-            update = stored.state  # a superset of the missed updates: same state after
+        if cursor == 0:
+            update = stored.state
+        elif gained or any(update is None for _seq, update in missed):
+            # A superset of the missed updates (same state after): the record as it stands.
+            whole = self.storage.get_record(stored.id)
+            update = whole.state if whole is not None else b""
         else:
-            updates = [c.update for c in changes if c.update]
+            updates = [update for _seq, update in missed if update]
             update = (
                 bytes(pycrdt.merge_updates(*updates))
                 if len(updates) > 1

@@ -479,6 +479,16 @@ class RelayStorage:
             found.update(read_records(self._db, wanted))
         return found
 
+    def record_rows(self, record_ids: Sequence[str]) -> dict[str, StoredRecord]:
+        """The rows of those of ``record_ids`` that exist, as written: snapshots, whose
+        ``version`` and ``state`` may lag behind the changes logged since (everything
+        else is current). For a reader that reads the log after a position anyway (the
+        backlog); :meth:`get_records` gives the records as they stand."""
+        self._flush()
+        sql = f"SELECT {_RECORD_COLUMNS} FROM records WHERE id IN ({{marks}})"
+        rows = rows_in(self._db, sql, list(dict.fromkeys(record_ids)))
+        return {record.id: record for record in map(StoredRecord.from_tuple, rows)}
+
     def put_record(self, record: StoredRecord) -> None:
         """Store ``record`` as the record's row (its ``created_by`` is kept from the first
         row). Staged until the transaction commits (see the module docstring)."""
@@ -556,17 +566,22 @@ class RelayStorage:
         )
         return [ChangeRow.from_row(row) for row in rows]
 
-    def changes_of_records(
-        self, record_ids: Sequence[str], after: int = 0
-    ) -> dict[str, list[ChangeRow]]:
-        """:meth:`changes_of` of several records at once (one query per 500): record id
-        -> its changes with ``seq > after``, in order (records without any left out)."""
+    def updates_since(
+        self, record_ids: Sequence[str], after: int
+    ) -> dict[str, list[tuple[int, bytes | None]]]:
+        """The ``(seq, update)`` of each change to ``record_ids`` with ``seq > after``, in
+        order, per record (one query per 500; records without any left out). ``update``
+        is ``None`` for a change compaction dropped the update of."""
         self._flush()
-        out: dict[str, list[ChangeRow]] = {}
-        sql = "SELECT * FROM changes WHERE record_id IN ({marks}) AND seq > ? ORDER BY seq"
-        for row in rows_in(self._db, sql, list(dict.fromkeys(record_ids)), after):
-            change = ChangeRow.from_row(row)
-            out.setdefault(change.record_id, []).append(change)
+        out: dict[str, list[tuple[int, bytes | None]]] = {}
+        sql = (
+            "SELECT record_id, seq, update_ FROM changes "
+            "WHERE record_id IN ({marks}) AND seq > ? ORDER BY seq"
+        )
+        for record_id, seq, update in rows_in(
+            self._db, sql, list(dict.fromkeys(record_ids)), after
+        ):
+            out.setdefault(str(record_id), []).append((int(seq), update))
         return out
 
     def change_fields(self, record_id: str, after: int = 0) -> list[ChangeRow]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import sqlite3
 from contextlib import closing
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -207,3 +208,32 @@ def test_the_common_edit_past_the_record_size_limit_is_refused_as_any_edit_is(
         stored = relay.storage.get_record("acme")
         assert stored is not None and len(stored.state) <= limit
     assert read_records(relays[True].storage._db) == read_records(relays[False].storage._db)
+
+
+def test_a_replica_resuming_after_a_restart_gets_the_logged_edits_without_hidden_fields(
+    database: Path,
+) -> None:
+    """An intern may not read ``Revenue``: the edits logged after a record's row reach
+    them projected, from a relay that holds nothing in memory (started again)."""
+    intern = Principal("ivan", "ivan-replica", ("default", "intern"))
+    relay = open_relay(database)
+    alice = Editor(ALICE, client_id=1001)
+    created = alice.create(relay, "acme", {"Name": "Acme", "Employees": 1, "Revenue": "100"})
+    assert isinstance(created, Ack)
+    [(_rid, _version, first)] = caught_up(relay, intern, 0)
+    seen = RecordDoc.from_update(ACCOUNT, first)
+    assert "Revenue" not in seen.read()
+    for employees in (2, 3, 4):
+        alice.push(relay, [alice.edits("acme", {"Employees": employees, "Revenue": "200"})])
+    assert relay.metrics.changes_predicted == 3
+    relay.storage.close()
+
+    again = open_relay(database)
+    [(record_id, version, update)] = caught_up(again, intern, created.version)
+    assert (record_id, version) == ("acme", alice.known["acme"])
+    seen.apply(update)
+    assert seen.read() == {"Name": "Acme", "Employees": 4, "Owner": "alice"}
+    [(_rid, _version, everything)] = caught_up(again, BOB, created.version)
+    bobs = RecordDoc.from_update(ACCOUNT, again.storage.state_at("acme", created.version) or b"")
+    bobs.apply(everything)
+    assert bobs.read()["Revenue"] == Decimal("200") and bobs.read()["Employees"] == 4
