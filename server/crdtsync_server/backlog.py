@@ -74,16 +74,16 @@ class Backlog:
     ) -> Iterator[Frame]:
         """The frames of :meth:`frames`, each batch read when it is pulled: the rows, the
         shares and the missed changes of ``BACKLOG_BATCH`` records at a time, one query
-        each. From a cursor, a record's row is read as written (a snapshot) and the
-        changes logged after the cursor complete it: its version is the later of the two,
-        and the missed updates are what is sent (the whole state, read as it stands, only
-        where the replica needs it)."""
+        each. From a cursor, a record's row is read without its state (a snapshot's
+        version may lag) and the changes logged after the cursor complete it: its version
+        is the later of the two, and the missed updates are what is sent (the whole
+        state, read as it stands, only where the replica needs it)."""
         batch: list[RecordChange] = []
         size = 0
         for start in range(0, len(ids), BACKLOG_BATCH):
             chunk = ids[start : start + BACKLOG_BATCH]
             if cursor:
-                rows = self.storage.record_rows(chunk)
+                rows = self.storage.record_heads(chunk)
                 missed = self.storage.updates_since(list(rows), cursor)
             else:
                 rows, missed = self.storage.get_records(chunk), {}
@@ -95,7 +95,7 @@ class Backlog:
                     continue
                 logged = missed.get(record_id, [])
                 if logged and logged[-1][0] > stored.version:
-                    stored = stored.at(logged[-1][0])  # its state: never read (see above)
+                    stored = stored.at(logged[-1][0])
                 facts = self.access.facts(stored, shares=shares.get(record_id))
                 item = self._catch_up_item(
                     principal, stored, cursor, events.get(record_id), facts, logged
@@ -136,8 +136,8 @@ class Backlog:
     ) -> RecordChange | None:
         """What the replica must learn of one record since ``cursor`` (None: nothing);
         ``missed``: the ``(seq, update)`` of its changes since ``cursor`` (``None``: a
-        compacted update). From a cursor, ``stored`` is its row at its latest version,
-        its ``state`` not read: the whole state is read as it stands where needed."""
+        compacted update). From a cursor, ``stored`` is its row at its latest version
+        without its state: the whole state is read as it stands where it is needed."""
         readable = self.access.can_read(principal, facts)
         if cursor and not readable and gained is False:
             return RecordChange(

@@ -479,13 +479,16 @@ class RelayStorage:
             found.update(read_records(self._db, wanted))
         return found
 
-    def record_rows(self, record_ids: Sequence[str]) -> dict[str, StoredRecord]:
-        """The rows of those of ``record_ids`` that exist, as written: snapshots, whose
-        ``version`` and ``state`` may lag behind the changes logged since (everything
-        else is current). For a reader that reads the log after a position anyway (the
-        backlog); :meth:`get_records` gives the records as they stand."""
+    def record_heads(self, record_ids: Sequence[str]) -> dict[str, StoredRecord]:
+        """The rows of those of ``record_ids`` that exist, as written and without their
+        state (``state`` is ``b""``): their ``version`` may lag behind the changes logged
+        since (everything else is current). For a reader that reads the log after a
+        position anyway (the backlog); :meth:`get_records` gives records as they stand."""
         self._flush()
-        sql = f"SELECT {_RECORD_COLUMNS} FROM records WHERE id IN ({{marks}})"
+        sql = (
+            "SELECT id, object, X'', version, deleted, created_by, owner FROM records "
+            "WHERE id IN ({marks})"
+        )
         rows = rows_in(self._db, sql, list(dict.fromkeys(record_ids)))
         return {record.id: record for record in map(StoredRecord.from_tuple, rows)}
 
