@@ -81,8 +81,11 @@ class RecordDoc:
         fields = self.spec.fields
         wanted = fields.items() if names is None else ((n, fields[n]) for n in names if n in fields)
         known = known or {}
+        # A whole read takes the map's entries at once (one call into yrs, where a get
+        # per field costs a transaction each).
+        lookup = dict(self._fields.items()).get if names is None else self._fields.get
         for name, spec in wanted:
-            stored = known[name] if name in known else self._fields.get(name)
+            stored = known[name] if name in known else lookup(name)
             if isinstance(stored, pycrdt.Text):
                 stored = str(stored) if spec.type is FieldType.TEXT else stored
             elif spec.type is FieldType.TEXT and stored is not None:
