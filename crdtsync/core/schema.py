@@ -260,6 +260,19 @@ class ObjectSpec:
         """The first ``owner`` field, if the object has one."""
         return next((n for n, f in self.fields.items() if f.type is FieldType.OWNER), None)
 
+    @functools.cached_property
+    def required_fields(self) -> tuple[str, ...]:
+        """The ``required`` fields, in order."""
+        return tuple(n for n, f in self.fields.items() if f.required)
+
+    @functools.cached_property
+    def cross_checked_fields(self) -> frozenset[str]:
+        """The fields whose values are checked against other records (``unique`` and
+        ``reference`` fields)."""
+        return frozenset(
+            n for n, f in self.fields.items() if f.unique or f.type is FieldType.REFERENCE
+        )
+
     @property
     def text_fields(self) -> frozenset[str]:
         return frozenset(n for n, f in self.fields.items() if f.type is FieldType.TEXT)
@@ -301,8 +314,8 @@ class ObjectSpec:
         """Check a whole record (canonical values): required fields, then custom rules."""
         errors = [
             FieldError(name, "is required")
-            for name, spec in self.fields.items()
-            if spec.required and values.get(name) is None
+            for name in self.required_fields
+            if values.get(name) is None
         ]
         if run_rules:
             for rule in self.rules:

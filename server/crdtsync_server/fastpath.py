@@ -265,6 +265,8 @@ def _record_passes(
             values[name] = value
     if spec.check_record(values):
         return False
+    if spec.cross_checked_fields.isdisjoint(raw):
+        return True
     return not unique_and_reference_errors(change, spec, schema, values, set(raw), context)
 
 
