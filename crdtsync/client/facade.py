@@ -108,6 +108,7 @@ class Client:
         self._runner: asyncio.Task[None] | None = None
         self.last_error: str = ""
         self._auth_failed = False
+        self._token_given = 0
         #: why the last connection was refused for good (cleared by a connection that
         #: gets through, or by a new token); ``sync()`` raises it at once
         self._failure: SyncError | None = None
@@ -248,6 +249,7 @@ class Client:
     def set_token(self, token: str) -> None:
         """Use a new token (e.g. after :class:`AuthenticationFailed`) and reconnect now."""
         self.token = token
+        self._token_given += 1  # a connection still closing with the old token is not heard
         self._auth_failed = False
         self._failure = None
         self._failed.clear()
@@ -367,6 +369,7 @@ class Client:
     async def _connection(self) -> None:
         """One connection: handshake, catch up, then push and receive until it ends."""
         assert self.url is not None
+        token_given = self._token_given
         session = SyncSession(
             self._replica,
             self.token or "",
@@ -406,7 +409,7 @@ class Client:
                 reason = f"sync failed: {type(error).__name__}: {error}"
                 log.exception("sync connection failed")
         finally:
-            if session.error is not None:
+            if session.error is not None and token_given == self._token_given:
                 reason = f"{session.error.code}: {session.error.message}"
                 if session.error.code is ErrorCode.AUTH_FAILED:
                     self._auth_failed = True

@@ -177,10 +177,10 @@ class TokenAuthority:
             raise ValueError("roles must be a sequence of non-empty names")
         if ttl is not None and not math.isfinite(ttl):
             raise ValueError("a token's ttl must be a finite number of seconds")
-        now = int(time.time())
-        claims: dict[str, object] = {"sub": user, "roles": list(roles), "iat": now}
-        if ttl is not None:
-            claims["exp"] = now + math.ceil(ttl)
+        now = time.time()
+        claims: dict[str, object] = {"sub": user, "roles": list(roles), "iat": int(now)}
+        if ttl is not None:  # rounded up: a token never lives shorter than asked
+            claims["exp"] = math.ceil(now + ttl)
         if admin:
             claims["admin"] = True
         with warnings.catch_warnings():

@@ -3,6 +3,7 @@ that fail fast and say why, no traceback for bad input, every bad field named.""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -150,6 +151,30 @@ async def test_a_new_token_clears_the_failure(relay: RelayHarness) -> None:
     async with client:
         with pytest.raises(SyncError):
             await client.sync(timeout=10)
+        client.set_token(relay.token("alice"))
+        await client.sync(timeout=10)
+        assert client.online
+
+
+async def test_a_new_token_given_while_the_refused_connection_closes_is_used(
+    relay: RelayHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal of the old token must not outlive set_token(): the connection it ended
+    may still be closing (a slow close handshake) when the new token arrives."""
+    from crdtsync.client import facade
+
+    closing = asyncio.Event()
+    real_close = facade._close
+
+    async def slow_close(websocket: object) -> None:
+        closing.set()
+        await asyncio.sleep(0.3)
+        await real_close(websocket)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(facade, "_close", slow_close)
+    client = Client(relay.url, token="not-a-jwt", schema=EXAMPLE_CONFIG, backoff_max=0.2)
+    async with client:
+        await asyncio.wait_for(closing.wait(), 10)
         client.set_token(relay.token("alice"))
         await client.sync(timeout=10)
         assert client.online

@@ -278,6 +278,15 @@ def test_expired_token_is_refused_after_the_leeway() -> None:
         authority.verify(hs256(exp=int(time.time()) - 3600))
 
 
+def test_a_short_lived_token_lives_at_least_as_long_as_asked() -> None:
+    authority = TokenAuthority(SECRET, leeway=0)
+    for _ in range(20):  # whatever the fraction of the second it is issued at
+        before = time.time()
+        identity = authority.verify(authority.issue("alice", ttl=1))
+        assert identity.expires_at is not None and identity.expires_at >= before + 1
+        time.sleep(0.05)
+
+
 def test_token_just_past_expiry_is_accepted_within_the_leeway() -> None:
     token = TokenAuthority(SECRET).issue("alice", ttl=-2)
     assert TokenAuthority(SECRET).verify(token).user == "alice"
