@@ -175,10 +175,7 @@ class RecordDoc:
 
         Callers contain pycrdt faults at their boundary.
         """
-        with self._doc.transaction():
-            if update:
-                self._doc.apply_update(update)
-            return bytes(self._doc.get_state())
+        return self.apply_all_for_state([update])
 
     def deletions(self) -> bytes:
         """An update holding the document's whole delete set and nothing else."""
@@ -186,8 +183,26 @@ class RecordDoc:
             return bytes(self._doc.get_update(self._doc.get_state()))
 
     def apply_all_for_state(self, updates: list[bytes]) -> bytes:
-        """:meth:`apply_for_state` of several updates, in order, in one transaction."""
-        with self._doc.transaction():
+        """:meth:`apply_for_state` of several updates, in order, in one transaction.
+
+        The document is this object's own and nothing observes it through pycrdt's
+        wrapper (a :class:`ChangeTracker` subscribes to yrs's events directly), so, when
+        no transaction is open, it runs on the extension document the wrapper drives
+        (:data:`_RawDoc`): one yrs transaction, none of the wrapper's bookkeeping. yrs
+        calls the observers when it commits, as through the wrapper."""
+        doc = self._doc
+        if _RawDoc is not None and doc._txn is None and not doc._allow_multithreading:
+            raw = doc._doc
+            txn = raw.create_transaction()
+            try:
+                for update in updates:
+                    if update:
+                        raw.apply_update(txn, update)
+                return bytes(raw.get_state(txn))
+            finally:
+                txn.commit()
+                txn.drop()
+        with doc.transaction():
             for update in updates:
                 if update:
                     self._doc.apply_update(update)

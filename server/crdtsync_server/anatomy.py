@@ -374,8 +374,12 @@ class ItemIndex:
         """Record an update whose items are known: each ``(client, clock, field)`` of
         ``writes`` a one-clock map entry of that field, and the items ``replaced`` deleted
         (see :mod:`.fastpath`)."""
+        clients = self._clients
         for client, clock, field in writes:
-            self._clients.setdefault(client, _Ranges()).add(clock, clock + 1, (field, ENTRY))
+            ranges = clients.get(client)
+            if ranges is None:
+                ranges = clients[client] = _Ranges()
+            ranges.add(clock, clock + 1, (field, ENTRY))
         for client, clock in replaced:
             self._deleted.add_one(client, clock)
 

@@ -133,10 +133,7 @@ class RecordState:
         key = (principal.user, principal.role_set, principal.admin)
         allowed = memo[1].get(key)
         if allowed is None:
-            name = facts.object
-            allowed = memo[1][key] = policy.allows(
-                principal, Action.READ, name, facts
-            ) and policy.allows(principal, Action.UPDATE, name, facts)
+            allowed = memo[1][key] = policy.may_edit(principal, facts)
         return allowed
 
     @property
@@ -205,6 +202,7 @@ class RecordState:
         index.sync_deleted(parse_update(accepted.doc.deletions()).delete_set)
         state = cls(stored, accepted.doc, index, dict(accepted.values), dict(accepted.problems))
         state.size_bound = len(stored.state)
+        state.shares = {}  # shares are given to records that exist: a new one has none
         return state
 
     def commit(

@@ -119,6 +119,10 @@ class Policy(Protocol):
 
     def access(self, principal: Principal, record: RecordFacts) -> Access: ...
 
+    def may_edit(self, principal: Principal, record: RecordFacts) -> bool:
+        """``allows`` both ``read`` and ``update`` of ``record``."""
+        ...
+
     def record_access(self, user: str, record: RecordFacts) -> Access: ...
 
     def schema_for(self, principal: Principal) -> Schema: ...
@@ -251,6 +255,22 @@ class AccessPolicy:
             if verdict is not None:
                 return bool(verdict)
         return declared
+
+    def may_edit(self, principal: Principal, record: RecordFacts) -> bool:
+        """:meth:`allows` both ``read`` and ``update`` of ``record``: without a hook, one
+        look at the principal's actions and one at what the record grants them (edit
+        access implies read access)."""
+        name = record.object
+        if self.hook is not None:
+            return self.allows(principal, Action.READ, name, record) and self.allows(
+                principal, Action.UPDATE, name, record
+            )
+        actions = self.object_actions(principal, name)
+        return (
+            Action.READ in actions
+            and Action.UPDATE in actions
+            and self.record_access(principal.user, record) >= Access.EDIT
+        )
 
     def read_depends_only_on_roles(self, object_name: str) -> bool:
         """True when the object's sharing default already lets every user whose roles

@@ -25,13 +25,14 @@ from crdtsync_server.merge import (
     Refused,
     decide,
 )
-from crdtsync_server.policy import Access, AccessPolicy, Policy, Principal
+from crdtsync_server.policy import AccessPolicy, Policy, Principal
 from crdtsync_server.relay import Relay
 from crdtsync_server.storage import RelayStorage
 
 from crdtsync import Schema
 from crdtsync.core.protocol import (
     Ack,
+    Admin,
     ChangeFrame,
     Conflict,
     ErrorCode,
@@ -273,8 +274,12 @@ def contact(h: Harness, alice: Replica, bob: Replica) -> str:
         {"LastName": "Ng", "Email": "ann@example.com", "Phone": "555-0100"},
     )
     assert isinstance(alice.push(change), Ack)
-    with h.storage.transaction():
-        h.storage.set_share(CONTACT_ID, "bob", int(Access.EDIT))
+    admin = Principal("root", "console", admin=True)
+    shared = h.relay.admin(
+        admin,
+        Admin(request_id="s1", action="share", record_id=CONTACT_ID, user="bob", access="edit"),
+    )
+    assert shared.ok, shared
     bob.open(CONTACT_ID)
     return CONTACT_ID
 

@@ -61,6 +61,33 @@ def test_editing_needs_both_the_role_action_and_edit_access(policy: AccessPolicy
     assert not policy.allows(CLOSER, Action.UPDATE, "Opportunity", read_only)
 
 
+@pytest.mark.parametrize("hook", [None, "tests.helpers.policy_hooks:LockedAccountsAndAuditors"])
+def test_may_edit_is_exactly_may_read_and_may_update(hook: str | None) -> None:
+    """The push path asks ``may_edit`` once; it must answer what the two questions do."""
+    policies = [
+        AccessPolicy.from_config(ROLES, SCHEMA, hook=hook),
+        AccessPolicy.from_config({"default": {"Account": ["update"]}, "intern": {}}, SCHEMA),
+    ]
+    principals = [ALICE, BOB, CLOSER, Principal("audrey", "pc", roles=("auditor",))]
+    records = [
+        RecordFacts(object=name, record_id="r", owner=owner, shares=shares, values=values)
+        for name in ("Account", "Opportunity")
+        for owner in ("alice", "bob", None)
+        for shares in ({}, {"bob": Access.READ}, {"bob": Access.EDIT, "carol": Access.EDIT})
+        for values in ({"Name": "Locked Inc"}, {"Name": "Open"})
+    ]
+    answers = set()
+    for policy in policies:
+        for principal in principals:
+            for record in records:
+                both = policy.allows(
+                    principal, Action.READ, record.object, record
+                ) and policy.allows(principal, Action.UPDATE, record.object, record)
+                assert policy.may_edit(principal, record) == both, (principal, record)
+                answers.add(both)
+    assert answers == {True, False}
+
+
 def test_no_read_action_means_no_access_even_for_the_owner() -> None:
     policy = AccessPolicy.from_config({"default": {"Account": ["create"]}, "intern": {}}, SCHEMA)
     assert policy.access(ALICE, facts("Account", "alice")) is Access.NONE
