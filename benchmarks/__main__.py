@@ -32,6 +32,7 @@ MODULES = (
     "benchmarks.sync_costs",
     "benchmarks.client_apply",
     "benchmarks.text_edit",
+    "benchmarks.instructions",
 )
 REPEAT, QUICK_REPEAT = 3, 1
 
