@@ -268,7 +268,7 @@ class PushPipeline:
         # One query for the whole frame: which ids were seen before (retransmits); one
         # for the records the cache does not hold.
         seen = self.storage.known_change_ids([c.change_id for c in changes])
-        cache = self.cache
+        cache, storage, predict = self.cache, self.storage, self._predictor.predict
         missing = [c.record_id for c in changes if c.record_id not in cache]
         prefetched = self.storage.get_records(missing) if missing else {}
         for change in changes:
@@ -279,7 +279,11 @@ class PushPipeline:
             load_s += now - mark
             mark = now
             if verdict is None:
-                predicted = self._predict(principal, change, state, facts) if predicting else None
+                predicted = (
+                    predict(change, state, facts, principal=principal, context=storage)
+                    if predicting
+                    else None
+                )
                 decision: Decision | None = None
                 if predicted is None:
                     if state is not None:
@@ -323,17 +327,6 @@ class PushPipeline:
         for record_id in record_ids:
             self.cache.pop(record_id, None)
         self._bound.clear()
-
-    def _predict(
-        self,
-        principal: Principal,
-        change: ChangeFrame,
-        state: RecordState | None,
-        facts: RecordFacts | None,
-    ) -> Predicted | None:
-        return self._predictor.predict(
-            change, state, facts, principal=principal, context=self.storage
-        )
 
     def _apply_deferred(self, record: Deferred) -> None:
         """Apply a record's predicted changes (checked by effect). They are logged; the
