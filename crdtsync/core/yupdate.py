@@ -55,7 +55,7 @@ import re
 import struct as _struct
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import attrs
 
@@ -420,6 +420,54 @@ def _overwrite(
     )
 
 
+class Overwrite(NamedTuple):
+    """The commonest delta of all, as :func:`common_overwrite` reads it: ``client``
+    writes one map entry at ``clock``, right after the item ``origin`` (the key's value it
+    replaces), holding ``value`` (a plain value, not a string), and the update's delete
+    set is one range of one client."""
+
+    client: int
+    clock: int
+    origin: tuple[int, int]
+    value: Any
+    delete_set: Mapping[int, tuple[tuple[int, int], ...]]
+
+
+def common_overwrite(data: bytes) -> Overwrite | None:
+    """The commonest delta read at the least cost (no struct or parsed-update objects),
+    or ``None`` for anything else (:func:`parse_update` reads that). For an input it
+    accepts, :func:`parse_update` gives one struct with these very fields and value, and
+    this delete set (property-tested)."""
+    match = _COMMON_DELTA(data)
+    if match is None:
+        return None
+    values = _common_delta_values(match)
+    if values is None:
+        return None
+    client, clock, origin_client, origin_clock, _, ds_client, ds_clock, ds_length = values
+    value = _decode_any(data, match.start(5) + 1, 0)[0]  # after the count (1)
+    deleted = {ds_client: ((ds_clock, ds_length),)}
+    return Overwrite(client, clock, (origin_client, origin_clock), value, deleted)
+
+
+def _common_delta_values(match: re.Match[bytes]) -> list[int] | None:
+    """The numbers of a :data:`_COMMON_DELTA` match (the content group's first byte in
+    its place), or ``None`` if one is beyond the bounds :func:`_parse` enforces."""
+    varuint = _varuint_value
+    values = [r[0] if len(r) == 1 else varuint(r) for r in match.groups()]
+    client, clock, origin_client, origin_clock, _, ds_client, ds_clock, ds_length = values
+    if (
+        client > MAX_CLIENT_ID
+        or clock >= MAX_CLOCK
+        or origin_client > MAX_CLIENT_ID
+        or origin_clock > MAX_CLOCK
+        or ds_client > MAX_CLIENT_ID
+        or ds_clock + ds_length > MAX_CLOCK
+    ):
+        return None
+    return values
+
+
 def _parse_common(buf: bytes, max_structs: int) -> ParsedUpdate | None:
     """The relay's common delta read cheaply, or ``None`` to leave it to :func:`_parse`.
 
@@ -436,21 +484,10 @@ def _parse_common(buf: bytes, max_structs: int) -> ParsedUpdate | None:
     """
     match = _COMMON_DELTA(buf)
     if match is not None:
-        if max_structs < 1:
+        values = _common_delta_values(match)
+        if max_structs < 1 or values is None:
             return None
-        varuint = _varuint_value
-        raw = match.groups()
-        values = [r[0] if len(r) == 1 else varuint(r) for r in raw]
         client, clock, origin_client, origin_clock, _, ds_client, ds_clock, ds_length = values
-        if (
-            client > MAX_CLIENT_ID
-            or clock >= MAX_CLOCK
-            or origin_client > MAX_CLIENT_ID
-            or origin_clock > MAX_CLOCK
-            or ds_client > MAX_CLIENT_ID
-            or ds_clock + ds_length > MAX_CLOCK
-        ):
-            return None
         content_at, ds_at = match.span(5)
         item = _overwrite(
             client, clock, (origin_client, origin_clock), (content_at, ds_at), (match.end(2), ds_at)

@@ -50,7 +50,7 @@ from crdtsync.core.fieldtypes import FieldType
 from crdtsync.core.protocol import ChangeFrame, ChangeKind
 from crdtsync.core.record import PLAIN_VALUES, UNREAD
 from crdtsync.core.schema import ObjectSpec, Schema
-from crdtsync.core.yupdate import StructInfo, parse_update
+from crdtsync.core.yupdate import Overwrite, StructInfo, common_overwrite, parse_update
 
 from .anatomy import ENTRY
 from .merge import (
@@ -164,8 +164,101 @@ def _predicted(
     context: MergeContext,
     relay_client_id: int,
 ) -> Predicted | None:
-    """The update's structs and delete set, checked for the common shape, and the record
-    with it checked against every rule (see :meth:`Predictor.predict`)."""
+    """The update attributed to the record's fields (the commonest delta read directly,
+    anything else parsed), checked for the common shape, and the record with it checked
+    against every rule (see :meth:`Predictor.predict`)."""
+    one = common_overwrite(change.delta)
+    if one is not None:
+        found = _attribute_overwrite(one, change, state, principal, context, relay_client_id)
+    else:
+        found = _attribute(change, state, principal, context, relay_client_id)
+    if found is None:
+        return None
+    keys, raw, origins, client, start = found
+
+    touched = set(raw)
+    if not touched <= predictable:
+        return None
+    if _changed_by_others(change, state, touched, principal, context):
+        return None
+    values = {k: v for k, v in state.values.items() if k not in touched}
+    if state.problems or not _record_passes(change, spec, schema, raw, values, context):
+        return None
+    return Predicted(
+        update=change.delta,
+        fields=stored_fields(spec, values, touched),
+        values=values,
+        client=client,
+        end=start + len(keys),
+        writes=[(client, start + i, key) for i, key in enumerate(keys)],
+        replaced=origins,
+        raw=raw,
+    )
+
+
+#: What attributing an update to the record's fields finds: the key each item writes (in
+#: order), field -> the value yrs will read back, the items it deletes (the values it
+#: replaces), its one client and first clock.
+_Attributed = tuple[list[str], dict[str, Any], set[tuple[int, int]], int, int]
+
+
+def _takes_clocks(
+    change: ChangeFrame,
+    state: RecordState,
+    client: int,
+    start: int,
+    end: int,
+    principal: Principal,
+    context: MergeContext,
+    relay_client_id: int,
+) -> bool:
+    """``client``'s items ``[start, end)`` come next for the record: not the relay's
+    client, its clocks start exactly where the record's end, the client id is not bound
+    to another replica, and no refused operation is among them."""
+    if client == relay_client_id or start != state.index.end_clock(client):
+        return False
+    owner = context.client_id_owner(client)
+    if owner is not None and owner != principal.replica_id:
+        return False
+    return context.refused_by(change.record_id, client, start, end) is None
+
+
+def _attribute_overwrite(
+    one: Overwrite,
+    change: ChangeFrame,
+    state: RecordState,
+    principal: Principal,
+    context: MergeContext,
+    relay_client_id: int,
+) -> _Attributed | None:
+    """:func:`_attribute` of the commonest delta (one plain value written over the
+    standing one), read without struct objects."""
+    client, start, origin, value = one.client, one.clock, one.origin, one.value
+    if not _takes_clocks(
+        change, state, client, start, start + 1, principal, context, relay_client_id
+    ):
+        return None
+    index = state.index
+    found = index.owner(origin)
+    if found is None or found[1] != ENTRY or index.deleted(origin):
+        return None
+    if type(value) not in PLAIN_VALUES or index.newly_deleted(one.delete_set, limit=1) != {origin}:
+        return None
+    key = found[0]
+    return [key], {key: value}, {origin}, client, start
+
+
+def _attribute(
+    change: ChangeFrame,
+    state: RecordState,
+    principal: Principal,
+    context: MergeContext,
+    relay_client_id: int,
+) -> _Attributed | None:
+    """The update's items attributed to the record's fields, if it has the common shape
+    (module docstring): each item one plain value placed right after the standing entry
+    of a field (or after this update's own last write to it), and the delete set exactly
+    the values it replaces."""
     try:
         parsed = parse_update(change.delta, max_structs=MAX_UPDATE_STRUCTS)
     except UpdateDecodeError:
@@ -174,17 +267,11 @@ def _predicted(
     if not structs or not all(map(_plain_entry, structs)):
         return None
     client = structs[0].client
-    index = state.index
-    start = index.end_clock(client)
-    if client == relay_client_id or structs[0].clock != start:
-        return None
-    owner = context.client_id_owner(client)
-    if owner is not None and owner != principal.replica_id:
-        return None
+    start = structs[0].clock
     end = start + len(structs)
-    if context.refused_by(change.record_id, client, start, end) is not None:
+    if not _takes_clocks(change, state, client, start, end, principal, context, relay_client_id):
         return None
-
+    index = state.index
     keys: list[str] = []
     raw: dict[str, Any] = {}
     latest: dict[str, int] = {}  # field -> clock of its item in this update so far
@@ -216,25 +303,7 @@ def _predicted(
         clock += 1
     if index.newly_deleted(parsed.delete_set, limit=len(origins)) != origins:
         return None
-
-    touched = set(raw)
-    if not touched <= predictable:
-        return None
-    if _changed_by_others(change, state, touched, principal, context):
-        return None
-    values = {k: v for k, v in state.values.items() if k not in touched}
-    if state.problems or not _record_passes(change, spec, schema, raw, values, context):
-        return None
-    return Predicted(
-        update=change.delta,
-        fields=stored_fields(spec, values, touched),
-        values=values,
-        client=client,
-        end=end,
-        writes=[(client, start + i, key) for i, key in enumerate(keys)],
-        replaced=origins,
-        raw=raw,
-    )
+    return keys, raw, origins, client, start
 
 
 def _record_passes(

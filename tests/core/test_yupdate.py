@@ -19,6 +19,7 @@ from crdtsync.core.yupdate import (
     UpdateDecodeError,
     _parse_common,
     _parse_general,
+    common_overwrite,
     parse_update,
 )
 from tests.helpers.updates import one_client, root_item, vs, vu
@@ -744,7 +745,23 @@ def parse_outcome(parse: Any, data: bytes, max_structs: int = 1_000_000) -> tupl
 def assert_paths_agree(data: bytes, max_structs: int = 1_000_000) -> tuple[Any, ...]:
     outcome = parse_outcome(parse_update, data, max_structs)
     assert outcome == parse_outcome(_parse_general, data, max_structs), data.hex()
+    assert_overwrite_agrees(data)
     return outcome
+
+
+def assert_overwrite_agrees(data: bytes) -> None:
+    """What ``common_overwrite`` accepts, the parser reads as that one overwrite."""
+    one = common_overwrite(data)
+    if one is None:
+        return
+    parsed = parse_update(data)
+    assert [
+        (s.client, s.clock, s.length, s.kind, s.content, s.origin, s.right_origin)
+        for s in parsed.structs
+    ] == [(one.client, one.clock, 1, "item", "any", one.origin, None)], data.hex()
+    assert (parsed.structs[0].parent_root, parsed.structs[0].parent_sub) == (None, None)
+    assert repr(parsed.any_values(parsed.structs[0])) == repr([one.value]), data.hex()
+    assert dict(parsed.delete_set) == one.delete_set, data.hex()
 
 
 def takes_fast_path(data: bytes) -> bool:
@@ -785,6 +802,21 @@ def test_fast_path_reads_a_map_overwrite_as_the_general_parser_does(
         reader.apply_update(update)
     reader.apply_update(delta)
     assert outcome[4] == repr([[reader.get("fields", type=pycrdt.Map)["k"]]])
+
+
+@pytest.mark.parametrize("value", [v for v in SIMPLE_VALUES if not isinstance(v, str)], ids=repr)
+def test_common_overwrite_reads_one_plain_value_written_over_another(value: Any) -> None:
+    deltas = overwrite_deltas(2**32 + 5, [0, 1, value])
+    one = common_overwrite(deltas[-1])
+    assert one is not None
+    assert (one.client, one.clock, one.origin) == (2**32 + 5, 2, (2**32 + 5, 1))
+    reader = new_doc(1)
+    for delta in deltas:
+        reader.apply_update(delta)
+    assert repr(one.value) == repr(reader.get("fields", type=pycrdt.Map)["k"])  # as yrs reads
+    assert_overwrite_agrees(deltas[-1])
+    assert common_overwrite(overwrite_deltas(3, [1])[0]) is None  # a first write: not one
+    assert common_overwrite(overwrite_deltas(3, [0, "text"])[1]) is None  # a string: not one
 
 
 def test_fast_path_takes_several_overwrites_and_several_writers() -> None:
