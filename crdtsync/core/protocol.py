@@ -285,6 +285,12 @@ def _choice(kind: type[_E], value: str, where: str) -> _E:
         raise _malformed(where, f"must be {choices}, got {_shown(value)}") from None
 
 
+def _as_change_kind(kind: ChangeKind | str) -> ChangeKind:
+    """A change's kind, given as one or by its value (an enum call costs a microsecond:
+    not on the push path, whose decoder hands over members)."""
+    return kind if type(kind) is ChangeKind else ChangeKind(kind)
+
+
 @attrs.frozen(kw_only=True)
 class ChangeFrame:
     """One pending change inside a :class:`Push`. ``change_id`` makes it idempotent."""
@@ -292,7 +298,7 @@ class ChangeFrame:
     change_id: str
     record_id: str
     object: str
-    kind: ChangeKind = attrs.field(converter=ChangeKind)
+    kind: ChangeKind = attrs.field(converter=_as_change_kind)
     base_version: int
     field_bases: Mapping[str, int]
     delta: bytes

@@ -45,6 +45,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
+import msgpack
 import pycrdt
 
 from crdtsync.core.exceptions import FormatError
@@ -315,6 +316,9 @@ class RelayStorage:
         # docstring): the latest row of each record, and log rows as parameter tuples.
         self._staged_records: dict[str, StoredRecord] = {}
         self._staged_changes: list[tuple[Any, ...]] = []
+        # One packer for the log's field blobs (what sqlite_meta.pack makes per call):
+        # the storage is used by one thread at a time, as its connection is.
+        self._pack_fields = msgpack.Packer(use_bin_type=True).pack
         if not create and path != ":memory:" and not os.path.isfile(path):
             raise StorageError(f"{path}: no relay database there")
         try:
@@ -541,7 +545,9 @@ class RelayStorage:
                 change.replica,
                 change.user,
                 change.kind,
-                pack(dict(change.fields)),
+                self._pack_fields(
+                    change.fields if type(change.fields) is dict else dict(change.fields)
+                ),
                 change.update,
                 change.at or time.time(),
             )
