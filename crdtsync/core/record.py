@@ -191,7 +191,7 @@ class RecordDoc:
         (:data:`_RawDoc`): one yrs transaction, none of the wrapper's bookkeeping. yrs
         calls the observers when it commits, as through the wrapper."""
         doc = self._doc
-        if _RawDoc is not None and doc._txn is None and not doc._allow_multithreading:
+        if _RAW_APPLY and doc._txn is None and not doc._allow_multithreading:
             raw = doc._doc
             txn = raw.create_transaction()
             try:
@@ -302,6 +302,22 @@ def _raw_doc() -> Any:
 
 
 _RawDoc: Any = _raw_doc()
+
+
+def _wrapper_exposes_its_transaction() -> bool:
+    """The wrapper's ``Doc`` keeps what :meth:`RecordDoc.apply_all_for_state` checks
+    before it goes under it (its open transaction, its threading mode, its extension
+    document): private attributes, so checked once, on this pycrdt."""
+    sample: pycrdt.Doc[Any] = pycrdt.Doc()
+    return (
+        getattr(sample, "_txn", False) is None
+        and getattr(sample, "_allow_multithreading", None) is False
+        and _RawDoc is not None
+        and isinstance(getattr(sample, "_doc", None), _RawDoc)
+    )
+
+
+_RAW_APPLY: bool = _wrapper_exposes_its_transaction()
 
 
 #: The raw values a map entry can hold that read back as themselves (pycrdt wraps shared
