@@ -55,6 +55,13 @@ class RelayServer:
         self._lock: OwnerLock | None = None
         #: websockets admitted (upgrade accepted) and not yet finished
         self._admitted: set[ServerConnection] = set()
+        #: how long a send may take before its replica counts as no longer reading
+        self.send_timeout = SEND_TIMEOUT
+        #: websockets in the middle of a send, and when that send began (event-loop
+        #: time), for :meth:`_watch_sends`: one clock reading per send instead of a
+        #: timeout scheduled and cancelled around each
+        self._sending: dict[ServerConnection, float] = {}
+        self._watchdog: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -121,6 +128,7 @@ class RelayServer:
                 for suffix in ("", "-wal", "-shm", "-journal"):
                     Path(database + suffix).unlink(missing_ok=True)
             raise
+        self._watchdog = asyncio.create_task(self._watch_sends())
         log.info("relay listening on %s (database %s)", self.url, self.config.database)
         ungranted = self.config.policy.ungranted()
         if ungranted:
@@ -140,6 +148,9 @@ class RelayServer:
         was pushed is committed and answered first)."""
         if self.relay is not None and self.storage is not None:
             self.relay.settle()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
@@ -257,26 +268,46 @@ class RelayServer:
             while True:
                 await wake.wait()
                 wake.clear()
-                for data in session.data_to_send():
-                    async with asyncio.timeout(SEND_TIMEOUT):
-                        await websocket.send(data)
+                await self._send(websocket, session)
                 if session.has_more:  # a backlog: next batch after others had a turn
                     wake.set()
                     await asyncio.sleep(0)
                 if session.close_code is not None:
                     # What was queued while a send blocked (the fatal error among it) goes
                     # out before the close.
-                    for data in session.data_to_send():
-                        async with asyncio.timeout(SEND_TIMEOUT):
-                            await websocket.send(data)
+                    await self._send(websocket, session)
                     await websocket.close(session.close_code, _reason(session.close_reason))
                     return
         except ConnectionClosed:
             return
-        except TimeoutError:
-            log.warning("closing a replica that stopped reading for %.0f s", SEND_TIMEOUT)
-            with contextlib.suppress(Exception):
-                websocket.transport.abort()
+        finally:
+            self._sending.pop(websocket, None)
+
+    async def _send(self, websocket: ServerConnection, session: RelaySession) -> None:
+        """Send what the session has queued, each send watched by :meth:`_watch_sends`."""
+        sending, now = self._sending, asyncio.get_running_loop().time
+        for data in session.data_to_send():
+            sending[websocket] = now()
+            await websocket.send(data)
+        sending.pop(websocket, None)
+
+    async def _watch_sends(self) -> None:
+        """Close the connection of a replica that stopped reading: one whose send has
+        not finished within :attr:`send_timeout` seconds (checked a few times per
+        timeout, at most every second). The blocked send then fails and its writer
+        ends; the session ends as for any lost connection."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self.send_timeout / 4))
+            now = loop.time()
+            for websocket, since in list(self._sending.items()):
+                if now - since > self.send_timeout:
+                    del self._sending[websocket]
+                    log.warning(
+                        "closing a replica that stopped reading for %.0f s", self.send_timeout
+                    )
+                    with contextlib.suppress(Exception):  # already gone: nothing to close
+                        websocket.transport.abort()
 
 
 def _reason(text: str) -> str:

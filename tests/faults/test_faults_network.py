@@ -22,11 +22,11 @@ import attrs
 import pytest
 from crdtsync_server.session import RelaySession
 from crdtsync_server.storage import read_records
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from crdtsync import Client, Schema, Status
-from crdtsync.core.protocol import ChangeFrame, Changes, Error, ErrorCode, Push, Verdicts
+from crdtsync.core.protocol import Ack, ChangeFrame, Changes, Error, ErrorCode, Push, Verdicts
 from crdtsync.core.record import RecordDoc
 from tests.helpers.faults import report, scaled
 from tests.helpers.harness import EXAMPLE_CONFIG, RawConnection, RelayHarness, eventually
@@ -511,6 +511,65 @@ async def slow_reader_is_shed(relay: RelayHarness, bound: int) -> None:
     )
 
 
+async def test_a_replica_whose_send_stays_blocked_is_disconnected_after_the_send_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica that stops reading while what the relay queues for it stays under the
+    bound: once a send to it has been blocked for the send timeout, the relay drops the
+    connection (and forgets the session), and keeps serving the others."""
+    relay = RelayHarness(tmp_path)
+    await relay.start()
+    relay.server.send_timeout = 1.0
+    try:
+        async with asyncio.timeout(30), slowpoke_and_pusher(relay) as (unread, pusher, session):
+            assert relay.server.relay is not None
+            sessions = relay.server.relay.sessions
+            shrink_send_buffer(relay, unread.local_address[1])
+            for start in range(0, 40, 10):  # ~1 MB of fan-out: more than sockets take
+                batch = [big_account_create(relay, start + i, 25_000) for i in range(10)]
+                await pusher.send(Push(tuple(batch)))
+                await pusher.receive_until(Verdicts)
+            assert session in sessions and session.close_code is None  # not too slow
+            await eventually(lambda: session not in sessions, timeout=10)
+            await pusher.send(Push((big_account_create(relay, 80, 10),)))
+            *_, verdicts = await pusher.receive_until(Verdicts)  # the relay keeps serving
+            assert isinstance(verdicts, Verdicts)
+            assert [type(v) for v in verdicts.items] == [Ack]
+            unread.transport.abort()  # the relay reset it: no closing handshake to wait for
+    finally:
+        await relay.stop()
+    assert "closing a replica that stopped reading for 1 s" in caplog.text
+
+
+@asynccontextmanager
+async def slowpoke_and_pusher(
+    relay: RelayHarness,
+) -> AsyncIterator[tuple[ClientConnection, RawConnection, RelaySession]]:
+    """Two raw connections: ``slowpoke`` on a socket it will not read (its websocket and
+    its relay session are given too) and ``alice``'s, to push with."""
+    sock = await open_unread_socket(relay.port)
+    async with (
+        connect(relay.url, sock=sock, max_size=None, max_queue=1) as unread,
+        connect(relay.url, max_size=None) as writer,
+    ):
+        slow, pusher = RawConnection(unread), RawConnection(writer)
+        await slow.handshake(relay.token("slowpoke"))
+        await pusher.handshake(relay.token("alice"), replica="pusher")
+        yield unread, pusher, session_of(relay, "slowpoke")
+
+
+def shrink_send_buffer(relay: RelayHarness, client_port: int) -> None:
+    """The relay's socket to the client at ``client_port`` given a small send buffer (as
+    :func:`open_unread_socket` gives the client a small receive buffer), so a reader that
+    stops reading blocks the relay's sends after little data."""
+    [server_side] = [
+        connection.transport.get_extra_info("socket")
+        for connection in relay.server._admitted
+        if connection.remote_address[1] == client_port
+    ]
+    server_side.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+
 def big_account_create(relay: RelayHarness, n: int, text_bytes: int) -> ChangeFrame:
     doc = RecordDoc(relay.config.schema.object("Account"), client_id=777_000)
     doc.write({"Name": f"Big {n}", "Description": "x" * text_bytes})
@@ -534,24 +593,16 @@ async def test_a_reader_shed_while_a_send_blocks_still_gets_too_slow_before_1013
     relay = RelayHarness(tmp_path, max_queued_bytes=64 * 1024)
     await relay.start()
     try:
-        async with asyncio.timeout(20):
-            sock = await open_unread_socket(relay.port)
-            async with (
-                connect(relay.url, sock=sock, max_size=None, max_queue=1) as unread,
-                connect(relay.url, max_size=None) as writer,
-            ):
-                slow, pusher = RawConnection(unread), RawConnection(writer)
-                await slow.handshake(relay.token("slowpoke"))
-                await pusher.handshake(relay.token("alice"), replica="pusher")
-                session = session_of(relay, "slowpoke")
-                pushed = 0
-                while session.close_code is None:  # fan-out frames of about 60 kB each
-                    batch = [big_account_create(relay, pushed + i, 6_000) for i in range(10)]
-                    await pusher.send(Push(tuple(batch)))
-                    await pusher.receive_until(Verdicts)
-                    pushed += len(batch)
-                    assert pushed < 5_000, "the unread connection was never shed"
-                frames = await read_until_closed(slow)
+        async with asyncio.timeout(20), slowpoke_and_pusher(relay) as (unread, pusher, session):
+            slow = RawConnection(unread)
+            pushed = 0
+            while session.close_code is None:  # fan-out frames of about 60 kB each
+                batch = [big_account_create(relay, pushed + i, 6_000) for i in range(10)]
+                await pusher.send(Push(tuple(batch)))
+                await pusher.receive_until(Verdicts)
+                pushed += len(batch)
+                assert pushed < 5_000, "the unread connection was never shed"
+            frames = await read_until_closed(slow)
             assert unread.close_code == 1013
             assert isinstance(frames[-1], Error) and frames[-1].code is ErrorCode.TOO_SLOW
     finally:
