@@ -5,8 +5,9 @@ Workloads come from the modules in :data:`MODULES`. A module exposes either ``NA
 and ``run(options) -> dict[str, float | int | str]`` (one workload, described by its
 docstring) or ``WORKLOADS`` (a sequence of :class:`~benchmarks.common.Workload`); it
 may also expose ``SIZES`` (size flags with their defaults and ``--quick`` values),
-``add_arguments(parser)`` (more flags) and ``summarize(results) -> figures`` (figures
-derived from several workloads, e.g. ratios).
+``add_arguments(parser)`` (more flags), ``summarize(results) -> figures`` (figures
+derived from several workloads, e.g. ratios) and ``ONCE = True`` (figures that repeat
+exactly, such as counted instructions: run once whatever ``--repeat`` says).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def workloads_of(module: ModuleType) -> list[Workload]:
     if hasattr(module, "WORKLOADS"):
         return list(module.WORKLOADS)
     doc = (module.run.__doc__ or module.__doc__ or "").strip().splitlines()
-    return [Workload(module.NAME, module.run, doc[0] if doc else "")]
+    once = bool(getattr(module, "ONCE", False))
+    return [Workload(module.NAME, module.run, doc[0] if doc else "", once=once)]
 
 
 def sizes_of(modules: Sequence[ModuleType]) -> list[Size]:
@@ -118,10 +120,11 @@ def measure(workload: Workload, options: argparse.Namespace) -> tuple[Figures, f
     """The median figures of ``options.repeat`` runs, and the seconds they took."""
     started = time.perf_counter()
     runs = []
-    for repetition in range(options.repeat):
+    repeat = 1 if workload.once else options.repeat
+    for repetition in range(repeat):
         options.repetition = repetition
         gc.collect()  # no collection of earlier runs' garbage inside this one's clock
-        progress(f"  {workload.name}: repetition {repetition + 1} of {options.repeat}")
+        progress(f"  {workload.name}: repetition {repetition + 1} of {repeat}")
         runs.append(workload.run(options))
     return median_figures(runs), time.perf_counter() - started
 

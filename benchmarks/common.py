@@ -57,6 +57,8 @@ class Workload:
     name: str
     run: Run
     description: str
+    #: its figures repeat exactly (counted, not timed): one run whatever ``--repeat`` says
+    once: bool = False
 
 
 # -- statistics ---------------------------------------------------------------------------

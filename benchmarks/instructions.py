@@ -36,6 +36,7 @@ from typing import Any
 from .common import Figures, Size
 
 NAME = "instructions"
+ONCE = True  #: a count, not a timing: repeating it gives the same figures
 SIZES = (Size("instructions_edits", 10, 5, "`instructions`: edits per client record"),)
 SHAPES = ("distinct", "same")
 
