@@ -150,6 +150,7 @@ class RelayServer:
             self.relay.settle()
         if self._watchdog is not None:
             self._watchdog.cancel()
+            await asyncio.wait([self._watchdog])  # ended (its cancellation is not ours)
             self._watchdog = None
         if self._server is not None:
             self._server.close(close_connections=True)
