@@ -19,9 +19,12 @@ Setup (untimed): the records are created on the relay's side as a client creates
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +61,24 @@ def _values(index: int) -> dict[str, Any]:
     return {**account_values(index), "Description": ""}
 
 
-def run(options: Any) -> Figures:
-    """a client receives fan-out and acks in-process: µs per received change and per ack"""
-    frames, items = options.client_apply_frames, options.client_apply_items
+@dataclass
+class Receiving:
+    """A client's sync session, ready, its store holding records as the relay created them
+    (``relay``: the relay's documents, at ``version``), and ``frames``: the encoded
+    ``changes`` frames of another user's edit of each record, not received yet."""
+
+    client: crdtsync.Client
+    session: SyncSession
+    relay: dict[str, RecordDoc]
+    ids: list[str]
+    version: int
+    frames: list[bytes]
+
+
+@contextlib.contextmanager
+def receiving(frames: int, items: int) -> Iterator[Receiving]:
+    """:class:`Receiving` for ``frames`` frames of ``items`` records each (a temporary
+    store, closed and removed afterwards)."""
     records = frames * items
     schema = crdtsync.Schema.from_toml(CONFIG)
     spec = schema.object(OBJECT)
@@ -115,52 +133,62 @@ def run(options: Any) -> Figures:
                         )
                     )
                 encoded.append(encode(Changes(tuple(batch))))
-            per_frame = []
-            for data in encoded:
-                started = time.perf_counter()
-                session.receive(data)
-                per_frame.append(time.perf_counter() - started)
-            received = sum(per_frame)
-            # The client's own edits, pushed and acknowledged.
-            for i, record_id in enumerate(ids):
-                client.update(record_id, {FIELD: 30_000 + i})
-            acked, acks = 0.0, 0
-            while True:
-                session.push()
-                pushes = [decode(data) for data in session.data_to_send()]
-                if not pushes:
-                    break
-                for push in pushes:
-                    assert isinstance(push, Push)
-                    verdicts = []
-                    for change in push.changes:
-                        version += 1
-                        relay[change.record_id].apply(change.delta)
-                        verdicts.append(
-                            Ack(
-                                change_id=change.change_id,
-                                record_id=change.record_id,
-                                version=version,
-                            )
-                        )
-                    data = encode(Verdicts(tuple(verdicts)))
-                    started = time.perf_counter()
-                    session.receive(data)
-                    acked += time.perf_counter() - started
-                    acks += len(verdicts)
-            if client.pending():
-                raise RuntimeError(f"client_apply: {len(client.pending())} changes left pending")
-            wrong = sum(
-                client.get(record_id).fields != relay[record_id].read()  # type: ignore[union-attr]
-                for record_id in ids
-            )
-            if wrong or client.replica.cursor != version:
-                raise RuntimeError(
-                    f"client_apply: {wrong} records differ from the relay's, cursor "
-                    f"{client.replica.cursor} (expected {version})"
-                )
+            yield Receiving(client, session, relay, ids, version, encoded)
         finally:
             client.close()
+
+
+def run(options: Any) -> Figures:
+    """a client receives fan-out and acks in-process: µs per received change and per ack"""
+    frames, items = options.client_apply_frames, options.client_apply_items
+    records = frames * items
+    with receiving(frames, items) as bench:
+        client, session, relay, ids = bench.client, bench.session, bench.relay, bench.ids
+        version = bench.version
+        per_frame = []
+        for data in bench.frames:
+            started = time.perf_counter()
+            session.receive(data)
+            per_frame.append(time.perf_counter() - started)
+        received = sum(per_frame)
+        # The client's own edits, pushed and acknowledged.
+        for i, record_id in enumerate(ids):
+            client.update(record_id, {FIELD: 30_000 + i})
+        acked, acks = 0.0, 0
+        while True:
+            session.push()
+            pushes = [decode(data) for data in session.data_to_send()]
+            if not pushes:
+                break
+            for push in pushes:
+                assert isinstance(push, Push)
+                verdicts = []
+                for change in push.changes:
+                    version += 1
+                    relay[change.record_id].apply(change.delta)
+                    verdicts.append(
+                        Ack(
+                            change_id=change.change_id,
+                            record_id=change.record_id,
+                            version=version,
+                        )
+                    )
+                data = encode(Verdicts(tuple(verdicts)))
+                started = time.perf_counter()
+                session.receive(data)
+                acked += time.perf_counter() - started
+                acks += len(verdicts)
+        if client.pending():
+            raise RuntimeError(f"client_apply: {len(client.pending())} changes left pending")
+        wrong = sum(
+            client.get(record_id).fields != relay[record_id].read()  # type: ignore[union-attr]
+            for record_id in ids
+        )
+        if wrong or client.replica.cursor != version:
+            raise RuntimeError(
+                f"client_apply: {wrong} records differ from the relay's, cursor "
+                f"{client.replica.cursor} (expected {version})"
+            )
     return {
         "received": records,
         "received_per_s": rate(records, received),

@@ -12,10 +12,14 @@ the pushes (instrumentation is switched on and off around them with
 
 ``distinct``  every frame edits ``batch`` distinct records once each (``relay_distinct``'s
               load with ``--instructions-edits`` edits per client record);
-``same``      every frame edits a client's own few records over and over (``relay``'s).
+``same``      every frame edits a client's own few records over and over (``relay``'s);
+``receive``   a client receiving: ``--instructions-edits`` fan-out frames of
+              ``--client-apply-items`` edits of distinct records it holds, each by another
+              user (``client_apply``'s), applied by its sync session and store.
 
-Figures: ``<shape>_instructions_per_change``. No network, no msgpack decoding of frames
-and no fan-out are counted (the networked workloads time those); an instruction is not a
+Figures: ``<shape>_instructions_per_change``. For the relay's shapes no network, no
+msgpack decoding of frames and no fan-out are counted (the networked workloads time
+those); an instruction is not a
 fixed time, so compare counts of two commits, not a count with a µs figure. Needs
 valgrind (Debian: ``apt-get install valgrind``); without it the workload says so and
 reports nothing else. Each shape runs 20 to 40 s under valgrind.
@@ -38,7 +42,7 @@ from .common import Figures, Size
 NAME = "instructions"
 ONCE = True  #: a count, not a timing: repeating it gives the same figures
 SIZES = (Size("instructions_edits", 10, 5, "`instructions`: edits per client record"),)
-SHAPES = ("distinct", "same")
+SHAPES = ("distinct", "same", "receive")
 
 
 def run(options: Any) -> Figures:
@@ -70,13 +74,14 @@ def run(options: Any) -> Figures:
     return figures
 
 
-def _sizes(options: Any) -> tuple[int, int, int, int, int]:
+def _sizes(options: Any) -> tuple[int, int, int, int, int, int]:
     return (
         options.clients,
         options.records,
         options.instructions_edits,
         options.batch,
         options.window,
+        options.client_apply_items,
     )
 
 
@@ -99,7 +104,9 @@ def _count(shape: str, tmp: str, sizes: list[int]) -> int:
 
     from .throughput import InProcessRelay, _batches, _load, distinct_load
 
-    clients, records, edits, batch, window = sizes
+    clients, records, edits, batch, window, items = sizes
+    if shape == "receive":
+        return _count_received(edits, items)
     options = argparse.Namespace(
         clients=clients, records=records, edits=edits, batch=batch, window=window
     )
@@ -122,6 +129,24 @@ def _count(shape: str, tmp: str, sizes: list[int]) -> int:
     if acked != pushed:
         raise AssertionError(f"{pushed - acked} of {pushed} changes not acknowledged")
     return pushed
+
+
+def _count_received(frames: int, items: int) -> int:
+    """A client receives ``frames`` fan-out frames of ``items`` changes with callgrind's
+    instrumentation on; returns how many changes it received."""
+    from .client_apply import receiving
+
+    with receiving(frames, items) as bench:
+        pid = str(os.getpid())
+        subprocess.run(["callgrind_control", "-i", "on", pid], capture_output=True, check=True)
+        for data in bench.frames:
+            bench.session.receive(data)
+        subprocess.run(["callgrind_control", "-i", "off", pid], capture_output=True, check=True)
+        if bench.client.replica.cursor != bench.version:
+            raise AssertionError(
+                f"the client is at {bench.client.replica.cursor}, not {bench.version}"
+            )
+    return frames * items
 
 
 if __name__ == "__main__":
