@@ -390,3 +390,40 @@ def test_merged_state_is_what_loading_applying_and_encoding_give() -> None:
     with pytest.raises(ValueError, match="decode"):
         merged_state(stored, [b"\x01\x02garbage"])
     assert pycrdt.get_state(merged_state(stored, updates)) == pycrdt.get_state(doc.full_update())
+
+
+def test_applying_for_state_under_the_wrapper_is_what_the_wrapper_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``apply_all_for_state`` goes under pycrdt's wrapper (one raw yrs transaction): the
+    document, the state vector it returns and what a change tracker sees must be those
+    of the wrapper's own transaction, and a refused update must leave both documents
+    usable."""
+    from crdtsync.core import record
+
+    assert record._RAW_APPLY  # this pycrdt takes the raw path
+    source = RecordDoc(SPEC, client_id=3)
+    source.write({"Name": "A", "Count": 1, "Notes": "hello"})
+    stored = source.full_update()
+    updates = []
+    for n in range(3):
+        state = source.state()
+        source.write({"Count": n + 10, "Notes": f"hello {n}", "Name": f"A{n}"})
+        updates.append(source.delta(state))
+
+    def apply(raw: bool) -> tuple[bytes, bytes, dict[str, Any], dict[str, Any]]:
+        monkeypatch.setattr(record, "_RAW_APPLY", raw)
+        doc = RecordDoc.from_update(SPEC, stored, client_id=9)
+        tracker = doc.track_changes()
+        state = doc.apply_all_for_state(updates)
+        seen = tracker.take_values()
+        with pytest.raises(ValueError):
+            doc.apply_all_for_state([b"\x01\x02garbage"])
+        doc.write({"Count": 99})  # still usable: no transaction left open
+        return state, doc.full_update(), seen, doc.read()
+
+    assert apply(raw=True) == apply(raw=False)
+    state, _, seen, values = apply(raw=True)
+    assert state == source.state()
+    assert seen["Count"] == 12 and seen["Name"] == "A2"  # the tracker saw the raw commit
+    assert values["Count"] == 99
