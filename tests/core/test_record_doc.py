@@ -417,7 +417,7 @@ def test_applying_for_state_under_the_wrapper_is_what_the_wrapper_gives(
         tracker = doc.track_changes()
         state = doc.apply_all_for_state(updates)
         seen = tracker.take_values()
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="decode"):
             doc.apply_all_for_state([b"\x01\x02garbage"])
         doc.write({"Count": 99})  # still usable: no transaction left open
         return state, doc.full_update(), seen, doc.read()
