@@ -370,15 +370,22 @@ def test_text_rewrite_reads_back_exactly(old: str, new: str) -> None:
     assert peer.read().get("Notes", "") == new
 
 
-def test_merged_state_is_what_loading_applying_and_encoding_give() -> None:
+def edited(edits: int, first_count: int = 0) -> tuple[RecordDoc, bytes, list[bytes]]:
+    """A document, its whole state before ``edits`` edits of three fields (``Count``
+    from ``first_count`` on), and the update of each edit."""
     doc = RecordDoc(SPEC, client_id=3)
     doc.write({"Name": "A", "Count": 1, "Notes": "hello"})
     stored = doc.full_update()
     updates = []
-    for n in range(5):
+    for n in range(edits):
         state = doc.state()
-        doc.write({"Count": n, "Notes": f"hello {n}", "Name": f"A{n}"})
+        doc.write({"Count": first_count + n, "Notes": f"hello {n}", "Name": f"A{n}"})
         updates.append(doc.delta(state))
+    return doc, stored, updates
+
+
+def test_merged_state_is_what_loading_applying_and_encoding_give() -> None:
+    doc, stored, updates = edited(5)
     loaded = RecordDoc.from_update(SPEC, stored)
     for update in updates:
         loaded.apply(update)
@@ -402,14 +409,7 @@ def test_applying_for_state_under_the_wrapper_is_what_the_wrapper_gives(
     from crdtsync.core import record
 
     assert record._RAW_APPLY  # this pycrdt takes the raw path
-    source = RecordDoc(SPEC, client_id=3)
-    source.write({"Name": "A", "Count": 1, "Notes": "hello"})
-    stored = source.full_update()
-    updates = []
-    for n in range(3):
-        state = source.state()
-        source.write({"Count": n + 10, "Notes": f"hello {n}", "Name": f"A{n}"})
-        updates.append(source.delta(state))
+    source, stored, updates = edited(3, first_count=10)
 
     def apply(raw: bool) -> tuple[bytes, bytes, dict[str, Any], dict[str, Any]]:
         monkeypatch.setattr(record, "_RAW_APPLY", raw)
