@@ -10,6 +10,7 @@ closed with 1013 while the relay keeps serving everyone else, with bounded memor
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import socket
 import sqlite3
@@ -539,6 +540,7 @@ async def test_a_replica_whose_send_stays_blocked_is_disconnected_after_the_send
     finally:
         await relay.stop()
     assert "closing a replica that stopped reading for 1 s" in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 @asynccontextmanager
