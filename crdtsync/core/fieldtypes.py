@@ -61,6 +61,10 @@ class FieldType(enum.Enum):
     REFERENCE = "reference"
     OWNER = "owner"
 
+    # Members are singletons compared by identity: hashed by identity too (``Enum``'s own
+    # ``__hash__`` is a Python function, run on every lookup in a table keyed by type).
+    __hash__ = object.__hash__
+
     @property
     def is_textual(self) -> bool:
         """Types whose canonical value is a ``str``."""
@@ -84,11 +88,11 @@ class FieldType(enum.Enum):
         """Turn a canonical value into what the CRDT map stores (``text`` excepted)."""
         if value is None:
             return None
-        if self is FieldType.INTEGER and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        if self is _INTEGER and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
             return str(value)
-        if self is FieldType.DECIMAL:
+        if self is _DECIMAL:
             return str(value)
-        if self in (FieldType.DATE, FieldType.DATETIME):
+        if self in (_DATE, _DATETIME):
             return value.isoformat()
         return value
 
@@ -104,7 +108,7 @@ class FieldType(enum.Enum):
         """
         if stored is None:
             return None
-        if self is FieldType.INTEGER:
+        if self is _INTEGER:
             if isinstance(stored, str) and _INTEGER_TEXT.fullmatch(stored):
                 if abs(int(stored)) <= MAX_SAFE_INTEGER:
                     return (
@@ -121,7 +125,7 @@ class FieldType(enum.Enum):
                     "an integer beyond 2**53 - 1 is stored as a decimal string (e.g. "
                     f"'9007199254740993'), not as a number, which loses digits: got {stored!r}"
                 )
-        elif self is FieldType.DECIMAL:
+        elif self is _DECIMAL:
             if not isinstance(stored, str):
                 return (
                     "a decimal is stored as a string in str(Decimal) form, e.g. '12.50' (a "
@@ -135,7 +139,7 @@ class FieldType(enum.Enum):
                 return (
                     f"a decimal is stored as str(Decimal) writes it: {canonical!r}, not {stored!r}"
                 )
-        elif self is FieldType.DATE and isinstance(stored, str):
+        elif self is _DATE and isinstance(stored, str):
             try:
                 canonical = dt.date.fromisoformat(stored).isoformat()
             except ValueError:
@@ -148,7 +152,7 @@ class FieldType(enum.Enum):
         """Turn a stored value back into the canonical one; ``ValueError`` if it cannot be."""
         if stored is None:
             return None
-        if self is FieldType.INTEGER:
+        if self is _INTEGER:
             if isinstance(stored, float):
                 if not stored.is_integer():
                     raise ValueError(f"expected an integer, found {stored!r}")
@@ -159,6 +163,12 @@ class FieldType(enum.Enum):
                 return _coerce_integer(int(stored))
         return _COERCE[self](stored)
 
+
+# The members the methods above compare with, as module constants: on CPython 3.11 every
+# ``FieldType.X`` lookup goes through ``EnumType.__getattr__``'s slow path, and the relay
+# encodes and decodes a value for every change it decides.
+_INTEGER, _DECIMAL = FieldType.INTEGER, FieldType.DECIMAL
+_DATE, _DATETIME = FieldType.DATE, FieldType.DATETIME
 
 _TEXTUAL = frozenset(
     {

@@ -24,7 +24,6 @@ relay enforces.
 
 from __future__ import annotations
 
-import functools
 import importlib
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
@@ -251,27 +250,36 @@ class ObjectSpec:
     sharing: str = "private"
     label: str | None = None
 
-    def field(self, name: str) -> FieldSpec:
-        """The field called ``name``; ``KeyError`` if there is none."""
-        return self.fields[name]
+    # Derived from ``fields`` when the spec is built. (Not ``cached_property``s: on a
+    # slotted attrs class those give the class a ``__getattr__``, and with it every
+    # attribute read of every spec takes CPython's slow path; the relay reads specs for
+    # every change it decides.)
 
-    @functools.cached_property
-    def owner_field(self) -> str | None:
-        """The first ``owner`` field, if the object has one."""
+    #: the first ``owner`` field, if the object has one
+    owner_field: str | None = attrs.field(init=False, eq=False, repr=False)
+    #: the ``required`` fields, in order
+    required_fields: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
+    #: the fields whose values are checked against other records (``unique`` and
+    #: ``reference`` fields)
+    cross_checked_fields: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
+
+    @owner_field.default
+    def _owner_field(self) -> str | None:
         return next((n for n, f in self.fields.items() if f.type is FieldType.OWNER), None)
 
-    @functools.cached_property
-    def required_fields(self) -> tuple[str, ...]:
-        """The ``required`` fields, in order."""
+    @required_fields.default
+    def _required_fields(self) -> tuple[str, ...]:
         return tuple(n for n, f in self.fields.items() if f.required)
 
-    @functools.cached_property
-    def cross_checked_fields(self) -> frozenset[str]:
-        """The fields whose values are checked against other records (``unique`` and
-        ``reference`` fields)."""
+    @cross_checked_fields.default
+    def _cross_checked_fields(self) -> frozenset[str]:
         return frozenset(
             n for n, f in self.fields.items() if f.unique or f.type is FieldType.REFERENCE
         )
+
+    def field(self, name: str) -> FieldSpec:
+        """The field called ``name``; ``KeyError`` if there is none."""
+        return self.fields[name]
 
     @property
     def text_fields(self) -> frozenset[str]:

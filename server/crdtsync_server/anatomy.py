@@ -21,7 +21,6 @@ never receives the hidden values (see the method for the procedure a relay follo
 from __future__ import annotations
 
 import bisect
-import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -71,9 +70,13 @@ class Anatomy:
     bad_shape: tuple[str, ...] = ()
     missing: bool = False
 
-    @functools.cached_property
-    def fields(self) -> frozenset[str]:
-        """Every field the update changes in any way."""
+    #: every field the update changes in any way (derived when built: a
+    #: ``cached_property`` would give this slotted class a ``__getattr__``, which puts
+    #: every attribute read on CPython's slow path)
+    fields: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
+
+    @fields.default
+    def _fields(self) -> frozenset[str]:
         return frozenset(self.written) | self.nested | self.deleted
 
 

@@ -63,6 +63,10 @@ from .merge import (
 )
 from .policy import Policy, Principal, RecordFacts
 
+#: as a module constant: on CPython 3.11 every ``ChangeKind.X`` lookup takes
+#: ``EnumType.__getattr__``'s slow path, and this is asked of every change
+_UPDATE = ChangeKind.UPDATE
+
 
 class Mispredicted(Exception):
     """yrs did not do what a prediction promised: decide the frame again, the general way."""
@@ -132,7 +136,7 @@ class Predictor:
         """The acceptance of ``change`` if it has the common shape (module docstring) and
         passes every check; ``None`` if not (then :func:`.merge.decide` decides it)."""
         if (
-            change.kind is not ChangeKind.UPDATE
+            change.kind is not _UPDATE
             or not change.delta
             or state is None
             or facts is None

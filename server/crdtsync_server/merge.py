@@ -62,6 +62,9 @@ HISTORY_PER_FIELD = 32  #: recent values kept per field for conflict details
 #: hostile frame from stalling every connection for seconds. A replica's delta of one
 #: record holds its own edits since the last sync, far fewer.
 MAX_UPDATE_STRUCTS = 100_000
+#: as a module constant: on CPython 3.11 every ``FieldType.X`` lookup takes
+#: ``EnumType.__getattr__``'s slow path (:func:`stored_fields` asks it for every change)
+_TEXT = FieldType.TEXT
 
 
 class MergeContext(Protocol):
@@ -925,12 +928,12 @@ def _too_large_refused(
 
 def stored_fields(spec: ObjectSpec, values: Mapping[str, Any], touched: set[str]) -> dict[str, Any]:
     """Step: each touched field's stored value afterwards (None for a text) for the log."""
-    return {
-        name: None
-        if spec.fields[name].type is FieldType.TEXT
-        else spec.fields[name].type.encode(values.get(name))
-        for name in touched
-    }
+    fields, text = spec.fields, _TEXT
+    stored: dict[str, Any] = {}
+    for name in touched:
+        kind = fields[name].type
+        stored[name] = None if kind is text else kind.encode(values.get(name))
+    return stored
 
 
 #: The Yjs content a record is made of: ``any`` values in the ``fields`` map, a ``type``

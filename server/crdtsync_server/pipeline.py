@@ -52,6 +52,10 @@ from .storage import SNAPSHOT_EVERY, ChangeRow, RelayStorage, StoredRecord
 
 log = logging.getLogger("crdtsync.relay")
 
+#: as a module constant: on CPython 3.11 every ``ChangeKind.X`` lookup takes
+#: ``EnumType.__getattr__``'s slow path, and a predicted change is logged as this
+_UPDATE = ChangeKind.UPDATE
+
 
 @attrs.define
 class _Decided:
@@ -530,7 +534,7 @@ class PushPipeline:
         )
         new = state.row  # its state: when applied, and in the log (a snapshot row, later)
         self.cache.remember(change.record_id, state)
-        row = self._log(principal, change, seq, ChangeKind.UPDATE, fields, change.delta)
+        row = self._log(principal, change, seq, _UPDATE, fields, change.delta)
         verdict = Ack(change_id=change.change_id, record_id=change.record_id, version=seq)
         return verdict, (new, row)
 

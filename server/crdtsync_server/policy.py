@@ -20,7 +20,6 @@ frame). :class:`AccessPolicy` is the declarative model of the configuration:
 from __future__ import annotations
 
 import enum
-import functools
 import importlib
 import logging
 from collections.abc import Mapping
@@ -52,6 +51,11 @@ log = logging.getLogger("crdtsync.policy")
 
 SHARING_ACCESS = {"private": Access.NONE, "read": Access.READ, "read_write": Access.EDIT}
 
+# Members the per-change questions use, as module constants: on CPython 3.11 every
+# ``Access.X`` lookup takes ``EnumType.__getattr__``'s slow path.
+_NONE, _EDIT = Access.NONE, Access.EDIT
+_READ, _UPDATE = Action.READ, Action.UPDATE
+
 
 @attrs.frozen
 class Principal:
@@ -64,8 +68,13 @@ class Principal:
     #: fields hidden from this replica at some point (it holds placeholders for them)
     once_hidden: Mapping[str, frozenset[str]] = attrs.field(factory=dict, eq=False)
 
-    @functools.cached_property
-    def role_set(self) -> frozenset[str]:
+    #: ``roles`` with the ``default`` role every user has (derived when built: a
+    #: ``cached_property`` would give this slotted class a ``__getattr__``, which puts
+    #: every attribute read of every principal on CPython's slow path)
+    role_set: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
+
+    @role_set.default
+    def _role_set(self) -> frozenset[str]:
         return frozenset(("default", *self.roles))
 
 

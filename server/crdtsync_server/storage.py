@@ -544,7 +544,9 @@ class RelayStorage:
                 change.change_id,
                 change.replica,
                 change.user,
-                change.kind,
+                # as an exact str: sqlite3 binds a str subclass (a ChangeKind) only after
+                # a failed adapter lookup that costs more than the row's index entries
+                str.__str__(change.kind),
                 self._pack_fields(
                     change.fields if type(change.fields) is dict else dict(change.fields)
                 ),

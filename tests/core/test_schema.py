@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from crdtsync.core.exceptions import FieldError, SchemaError, UnknownObject, ValidationError
@@ -705,3 +706,23 @@ def test_required_field_cannot_be_hidden_from_a_role() -> None:
 def test_bad_read_only_or_hidden_values_are_schema_errors(bad: dict[str, object]) -> None:
     with pytest.raises(SchemaError, match=r"'(read_only|hidden)'"):
         Schema.from_dict({"objects": {"X": {"fields": {"A": {"type": "string", **bad}}}}})
+
+
+def test_a_spec_built_from_another_derives_its_owner_required_and_cross_checked_fields() -> None:
+    plain = ObjectSpec("Thing", {"Name": FieldSpec(name="Name", type=FieldType.STRING)})
+    assert (plain.owner_field, plain.required_fields, plain.cross_checked_fields) == (
+        None,
+        (),
+        frozenset(),
+    )
+    fields = {
+        "Name": FieldSpec(name="Name", type=FieldType.STRING, required=True),
+        "Email": FieldSpec(name="Email", type=FieldType.EMAIL, unique=True),
+        "Boss": FieldSpec(name="Boss", type=FieldType.OWNER),
+        "Parent": FieldSpec(name="Parent", type=FieldType.REFERENCE, to="Thing"),
+    }
+    richer = attrs.evolve(plain, fields=fields)
+    assert richer.owner_field == "Boss"
+    assert richer.required_fields == ("Name",)
+    assert richer.cross_checked_fields == {"Email", "Parent"}
+    assert richer != plain and attrs.evolve(richer, fields=plain.fields) == plain

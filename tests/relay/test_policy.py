@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 from crdtsync_server.errors import ConfigError
 from crdtsync_server.policy import (
@@ -152,3 +153,10 @@ def test_a_hook_that_raises_denies_and_is_logged(caplog: pytest.LogCaptureFixtur
     policy = AccessPolicy.from_config(ROLES, SCHEMA, hook="tests.helpers.policy_hooks:Broken")
     assert not policy.allows(ALICE, Action.READ, "Account", facts("Account", "alice"))
     assert "policy hook failed" in caplog.text
+
+
+def test_a_principal_given_other_roles_has_their_role_set() -> None:
+    assert ALICE.role_set == {"default"}
+    promoted = attrs.evolve(ALICE, roles=("closer",))
+    assert promoted.role_set == {"default", "closer"}
+    assert ALICE.role_set == {"default"}  # the original is untouched
