@@ -14,6 +14,7 @@ from tests.helpers.harness import (
     push_and_ack,
 )
 from tests.helpers.pair import World
+from tests.helpers.postgres import PostgresServer, postgres_server
 
 
 @pytest.fixture(scope="session")
@@ -41,12 +42,40 @@ def synced_account(client: Client) -> tuple[Client, str]:
     return client, rid
 
 
+# -- PostgreSQL (the machine's server, else a private one; a fresh database per test) --
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped after the test."""
+    with postgres.database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def relay_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A relay database of each kind: a new SQLite file, a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "relay.sqlite3")
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    with server.database() as url:
+        yield url
+
+
 # -- relay fixtures (real server, real websockets on loopback, real SQLite files) ------
 
 
 @pytest.fixture
-async def relay(tmp_path: Path) -> AsyncIterator[RelayHarness]:
-    harness = RelayHarness(tmp_path)
+async def relay(tmp_path: Path, relay_database: str) -> AsyncIterator[RelayHarness]:
+    """A relay on each kind of database (a SQLite file, a PostgreSQL database)."""
+    harness = RelayHarness(tmp_path, relay_database)
     await harness.start()
     try:
         yield harness

@@ -8,13 +8,32 @@ import fcntl
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 
 from crdtsync.core.exceptions import FormatError, LockedError
 
 META_TABLE = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB)"
+
+
+class Rows(Protocol):
+    """What running a statement gives: its rows (tuples), in order."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class SqlConnection(Protocol):
+    """What the helpers here need of a connection: ``execute`` with ``?`` placeholders
+    (a ``sqlite3.Connection``, or the relay's PostgreSQL connection, which translates
+    them)."""
+
+    def execute(self, sql: str, params: Sequence[Any] = (), /) -> Rows: ...
 
 
 def _bind_bytes_as_they_are() -> None:
@@ -47,9 +66,7 @@ def unpack(blob: bytes | None) -> Any:
 IN_CHUNK = 500
 
 
-def rows_in(
-    db: sqlite3.Connection, sql: str, values: Sequence[Any], *rest: Any
-) -> Iterator[sqlite3.Row]:
+def rows_in(db: SqlConnection, sql: str, values: Sequence[Any], *rest: Any) -> Iterator[Any]:
     """The rows of ``sql`` for every one of ``values``: ``sql`` holds ``{marks}`` where
     its ``IN (...)`` list goes (then ``rest`` as the remaining parameters), and runs once
     per :data:`IN_CHUNK` values."""
@@ -58,12 +75,12 @@ def rows_in(
         yield from db.execute(sql.format(marks=", ".join("?" * len(chunk))), (*chunk, *rest))
 
 
-def get_meta(db: sqlite3.Connection, key: str, default: Any = None) -> Any:
+def get_meta(db: SqlConnection, key: str, default: Any = None) -> Any:
     row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return default if row is None else unpack(row[0])
 
 
-def set_meta(db: sqlite3.Connection, key: str, value: Any) -> None:
+def set_meta(db: SqlConnection, key: str, value: Any) -> None:
     db.execute(
         "INSERT INTO meta (key, value) VALUES (?, ?) "
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",

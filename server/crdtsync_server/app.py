@@ -31,6 +31,7 @@ from crdtsync.core.exceptions import LockedError
 from crdtsync.core.sqlite_meta import OwnerLock
 
 from .config import RelayConfig
+from .database import is_postgres_url
 from .errors import StorageError
 from .relay import Relay
 from .session import RelaySession
@@ -86,12 +87,14 @@ class RelayServer:
         await self.close()
 
     async def start(self) -> None:
-        """Take the database (one relay per database, held by an OS lock the process
-        keeps until it stops or dies), open it, and listen. If listening fails, a
-        database this start created is removed again."""
+        """Take the database (one relay per database: an OS lock beside a SQLite file, an
+        advisory lock on a PostgreSQL database, held until the process stops or dies),
+        open it, and listen. If listening fails, a SQLite file this start created is
+        removed again."""
         database = self.config.database
-        existed = database == ":memory:" or Path(database).exists()
-        if database != ":memory:":
+        on_file = database != ":memory:" and not is_postgres_url(database)
+        existed = not on_file or Path(database).exists()
+        if on_file:
             try:
                 self._lock = OwnerLock(database)
             except LockedError:
@@ -103,6 +106,11 @@ class RelayServer:
                 raise StorageError(f"{database}: cannot open it: {exc.strerror}") from None
         try:
             self.storage = RelayStorage(database)
+            if self.storage.kind == "postgresql" and not self.storage.hold_alone():
+                raise StorageError(
+                    f"{self.storage.where} is in use by another relay: one relay process "
+                    "per database (stop the other, or give this one another --db)"
+                )
             self.relay = Relay(
                 schema=self.config.schema,
                 policy=self.config.policy,
@@ -129,7 +137,7 @@ class RelayServer:
                     Path(database + suffix).unlink(missing_ok=True)
             raise
         self._watchdog = asyncio.create_task(self._watch_sends())
-        log.info("relay listening on %s (database %s)", self.url, self.config.database)
+        log.info("relay listening on %s (database %s)", self.url, self.storage.where)
         ungranted = self.config.policy.ungranted()
         if ungranted:
             nobody = "; ".join(

@@ -27,6 +27,7 @@ from crdtsync.core.exceptions import FormatError, LockedError
 from crdtsync.core.sqlite_meta import OwnerLock, check_format, get_meta, set_meta
 
 from .config import RelayConfig
+from .database import is_postgres_url, shown_url
 from .errors import StorageError
 from .storage import FORMAT_VERSION, RelayStorage, new_private_file
 
@@ -44,6 +45,7 @@ def back_up(config: RelayConfig, output: str) -> Copied:
     """Copy ``config``'s database (serving or not) to the new file ``output``, and the
     secret the relay keeps beside it to ``output.secret``. The database is only read:
     a backup never migrates or otherwise changes it."""
+    _refuse_postgres(config, "back up", "pg_dump")
     _copy_database(config.database, output)
     try:
         version = _relay_version(output, config.database)
@@ -64,6 +66,7 @@ def restore(config: RelayConfig, backup: str) -> Copied:
     beside it. The backup itself is only read: it is copied first, and the copy is
     checked (a relay database, in a format this version reads or migrates, intact)."""
     database = config.database
+    _refuse_postgres(config, "restore", "pg_restore")
     if database == ":memory:":
         raise StorageError("restore needs a database file, not :memory:")
     if os.path.lexists(database):
@@ -95,6 +98,15 @@ def restore(config: RelayConfig, backup: str) -> Copied:
                 os.unlink(leftover)
         lock.release()
     return Copied(database, version, secret)
+
+
+def _refuse_postgres(config: RelayConfig, verb: str, tool: str) -> None:
+    """These commands copy SQLite files; a PostgreSQL database has its own tools."""
+    if is_postgres_url(config.database):
+        raise StorageError(
+            f"crdtsync cannot {verb} a PostgreSQL database ({shown_url(config.database)}): "
+            f"use PostgreSQL's own tools ({tool}, or continuous archiving)"
+        )
 
 
 def _copy_database(source: str, target: str) -> None:

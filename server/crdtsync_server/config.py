@@ -12,7 +12,9 @@ connection, ``max_connections`` per relay, ``0`` turning either off). ``[objects
 is the schema (see :class:`crdtsync.Schema`), ``[roles.*]`` and the top-level
 ``policy = "pkg.mod:Class"`` hook the access model (see
 :class:`~crdtsync_server.policy.AccessPolicy`). ``--db``, ``--host`` and ``--port``
-override the file. Relative database paths are relative to the current directory.
+override the file. ``database`` is a SQLite file (relative paths are relative to the
+current directory) or a ``postgresql://`` URL (then ``secret``, or an RS256 / ES256 key,
+must be configured: there is no file to keep one beside).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from crdtsync.core.schema import Schema
 from crdtsync.core.tomlfile import load_toml_config
 
 from .auth import TokenAuthority
+from .database import is_postgres_url, shown_url
 from .errors import ConfigError
 from .limits import FRAME_BURST, MAX_CONNECTIONS, MAX_FRAMES_PER_SECOND, MAX_RECORD_BYTES
 from .policy import AccessPolicy
@@ -107,7 +110,8 @@ class RelayConfig:
         if path is None:
             raise ConfigError(
                 f"[server] secret (or CRDTSYNC_SECRET) is needed: the database "
-                f"{self.database!r} is not a file the relay can keep its own secret beside"
+                f"{shown_url(self.database)!r} is not a file the relay can keep its own "
+                "secret beside"
             )
         return _secret_beside_database(path)
 
@@ -213,6 +217,15 @@ class RelayConfig:
             _check_secret(secret, "[server] secret (or CRDTSYNC_SECRET)")
         elif settings.get("database") == ":memory:":
             settings["secret"] = secrets.token_urlsafe(48)  # nothing to keep one beside
+        elif (
+            is_postgres_url(str(settings.get("database", "")))
+            and settings.get("token_algorithm", "HS256") == "HS256"
+        ):
+            raise ConfigError(
+                "[server] secret (or CRDTSYNC_SECRET) is needed with a PostgreSQL database: "
+                "there is no file to keep the relay's own beside it (give every relay on "
+                "that database the same secret)"
+            )
         if ("tls_certificate" in settings) != ("tls_key" in settings):
             raise ConfigError(
                 "[server] tls_certificate and tls_key go together: give both PEM files "

@@ -51,8 +51,8 @@ import pycrdt
 from crdtsync.core.exceptions import FormatError
 from crdtsync.core.record import merged_state
 from crdtsync.core.sqlite_meta import (
-    META_TABLE,
     Migration,
+    SqlConnection,
     create_private,
     get_meta,
     open_format,
@@ -62,6 +62,13 @@ from crdtsync.core.sqlite_meta import (
     unpack,
 )
 
+from .database import (
+    SCHEMA_LOCK_KEY,
+    Database,
+    PostgresDatabase,
+    SqliteDatabase,
+    is_postgres_url,
+)
 from .errors import StorageError
 
 #: 1: the first released format. 2: ``changes.update_`` may be NULL (compacted).
@@ -71,27 +78,29 @@ FORMAT_VERSION = 3
 #: the most changes the relay logs after a record's snapshot before it writes a new one
 SNAPSHOT_EVERY = 64
 
+# The tables, written once for both engines: ``{int}`` is a 64-bit integer (SQLite's
+# ``INTEGER``, which makes ``changes.seq`` the rowid; PostgreSQL's ``BIGINT``), ``{blob}``
+# bytes, ``{real}`` a double; ``"user"`` is quoted (a reserved word in PostgreSQL).
 _CHANGES_TABLE = """CREATE TABLE IF NOT EXISTS changes (
-    seq       INTEGER PRIMARY KEY,
+    seq       {int} PRIMARY KEY,
     record_id TEXT NOT NULL,
     object    TEXT NOT NULL,
     change_id TEXT UNIQUE,
     replica   TEXT,
-    user      TEXT,
+    "user"    TEXT,
     kind      TEXT NOT NULL,
-    fields    BLOB NOT NULL,
-    update_   BLOB,
-    at        REAL NOT NULL
-);"""
+    fields    {blob} NOT NULL,
+    update_   {blob},
+    at        {real} NOT NULL
+)"""
 
-_SCHEMA = (
-    META_TABLE
-    + """;
+_TABLES = (
+    """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value {blob});
 CREATE TABLE IF NOT EXISTS records (
     id         TEXT PRIMARY KEY,
     object     TEXT NOT NULL,
-    state      BLOB NOT NULL,
-    version    INTEGER NOT NULL,
+    state      {blob} NOT NULL,
+    version    {int} NOT NULL,
     deleted    INTEGER NOT NULL DEFAULT 0,
     created_by TEXT,
     owner      TEXT
@@ -99,12 +108,12 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_object_version ON records (object, version);
 """
     + _CHANGES_TABLE
-    + """
+    + """;
 CREATE INDEX IF NOT EXISTS changes_record ON changes (record_id, seq);
 CREATE TABLE IF NOT EXISTS uniques (
     object    TEXT NOT NULL,
     field     TEXT NOT NULL,
-    value     BLOB NOT NULL,
+    value     {blob} NOT NULL,
     record_id TEXT NOT NULL,
     PRIMARY KEY (object, field, value)
 );
@@ -113,33 +122,85 @@ CREATE TABLE IF NOT EXISTS client_ids (client_id TEXT PRIMARY KEY, replica TEXT 
 CREATE TABLE IF NOT EXISTS refused_ops (
     record_id TEXT NOT NULL,
     client_id TEXT NOT NULL,
-    start     INTEGER NOT NULL,
-    end_      INTEGER NOT NULL,
+    start     {int} NOT NULL,
+    end_      {int} NOT NULL,
     change_id TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS refused_ops_client ON refused_ops (record_id, client_id, start);
-CREATE TABLE IF NOT EXISTS replicas (replica_id TEXT PRIMARY KEY, user TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS replicas (replica_id TEXT PRIMARY KEY, "user" TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS shares (
     record_id TEXT NOT NULL,
-    user      TEXT NOT NULL,
+    "user"    TEXT NOT NULL,
     access    INTEGER NOT NULL,
-    PRIMARY KEY (record_id, user)
+    PRIMARY KEY (record_id, "user")
 );
 CREATE TABLE IF NOT EXISTS access_log (
-    seq       INTEGER NOT NULL,
+    seq       {int} NOT NULL,
     record_id TEXT NOT NULL,
-    user      TEXT NOT NULL,
+    "user"    TEXT NOT NULL,
     gained    INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS access_log_user ON access_log (user, seq);
+CREATE INDEX IF NOT EXISTS access_log_user ON access_log ("user", seq);
 CREATE TABLE IF NOT EXISTS replica_hidden (
     replica_id TEXT NOT NULL,
     object     TEXT NOT NULL,
     field      TEXT NOT NULL,
     PRIMARY KEY (replica_id, object, field)
-);
+)
 """
 )
+_SQLITE_TYPES = {"int": "INTEGER", "blob": "BLOB", "real": "REAL"}
+_SCHEMA = _TABLES.format(**_SQLITE_TYPES)
+#: PostgreSQL's tables (format 3 from the start: it has no older formats)
+_POSTGRES_SCHEMA = _TABLES.format(int="BIGINT", blob="BYTEA", real="DOUBLE PRECISION")
+
+_RELAY_KIND = "relay database"
+
+
+def _open_postgres(storage: RelayStorage, *, create: bool) -> None:
+    """Check the PostgreSQL database's tables and create them if it has none (unless
+    ``create`` is false), in one transaction under a lock (relays starting together
+    create them once). A database holding other tables, another crdtsync kind or a
+    newer format is refused (:class:`StorageError`), untouched."""
+    db = storage._db
+    assert isinstance(db, PostgresDatabase)
+    try:
+        with storage.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK_KEY,))
+            tables = {
+                str(row[0])
+                for row in db.execute(
+                    "SELECT table_name FROM information_schema.tables "
+                    "WHERE table_schema = current_schema()"
+                )
+            }
+            found = get_meta(db, "format_version") if "meta" in tables else None
+            if found is None and tables:
+                raise StorageError(
+                    f"{db.where}: not a crdtsync relay database: it holds tables of "
+                    f"something else ({', '.join(sorted(tables)[:5])})"
+                )
+            if found is None and not create:
+                raise StorageError(f"{db.where}: no relay database there (no crdtsync tables)")
+            if found is not None:
+                other = get_meta(db, "kind")
+                if other != _RELAY_KIND:
+                    raise StorageError(
+                        f"{db.where}: it is a crdtsync {other}, not a relay database"
+                    )
+                if found != FORMAT_VERSION:
+                    raise StorageError(
+                        f"{db.where}: format {found!r} is not the one this crdtsync reads "
+                        f"({FORMAT_VERSION})"
+                    )
+            for statement in _POSTGRES_SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            if found is None:
+                set_meta(db, "format_version", FORMAT_VERSION)
+                set_meta(db, "kind", _RELAY_KIND)
+    except db.Error as exc:
+        raise StorageError(f"{db.where}: cannot open the relay database: {exc}") from None
 
 
 def _changes_update_nullable(db: sqlite3.Connection) -> None:
@@ -147,7 +208,7 @@ def _changes_update_nullable(db: sqlite3.Connection) -> None:
     NULL). SQLite cannot alter a column: rebuild the table, keeping every row."""
     db.execute("ALTER TABLE changes RENAME TO changes_format1")
     db.execute("DROP INDEX changes_record")
-    db.execute(_CHANGES_TABLE)
+    db.execute(_CHANGES_TABLE.format(**_SQLITE_TYPES))
     db.execute("INSERT INTO changes SELECT * FROM changes_format1")
     db.execute("DROP TABLE changes_format1")
 
@@ -162,6 +223,7 @@ _MIGRATIONS: dict[int, Migration] = {1: _changes_update_nullable, 2: _rows_are_s
 
 
 _RECORD_COLUMNS = "id, object, state, version, deleted, created_by, owner"
+_CHANGE_COLUMNS = 'seq, record_id, object, change_id, replica, "user", kind, fields, update_, at'
 
 
 @attrs.frozen(kw_only=True)
@@ -225,25 +287,27 @@ class ChangeRow:
     compacted: bool = False
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> ChangeRow:
-        update = row["update_"]
+    def from_row(cls, row: Sequence[Any]) -> ChangeRow:
+        """The change of a row of ``changes``, its columns as ``_CHANGE_COLUMNS`` lists
+        them."""
+        seq, record_id, object_name, change_id, replica, user, kind, fields, update, at = row
         return cls(
-            seq=row["seq"],
-            record_id=row["record_id"],
-            object=row["object"],
-            change_id=row["change_id"],
-            replica=row["replica"],
-            user=row["user"],
-            kind=row["kind"],
-            fields=unpack(row["fields"]),
+            seq=int(seq),
+            record_id=str(record_id),
+            object=str(object_name),
+            change_id=change_id,
+            replica=replica,
+            user=user,
+            kind=str(kind),
+            fields=unpack(fields),
             update=b"" if update is None else bytes(update),
-            at=row["at"],
+            at=float(at),
             compacted=update is None,
         )
 
 
 def read_records(
-    db: sqlite3.Connection, record_ids: Sequence[str] | None = None
+    db: SqlConnection, record_ids: Sequence[str] | None = None
 ) -> dict[str, StoredRecord]:
     """The records of the relay database ``db`` (all, or those of ``record_ids`` that
     exist) as they stand: each row with the changes logged after it merged in. Reading
@@ -306,35 +370,53 @@ def new_private_file(path: str) -> int:
 
 
 class RelayStorage:
-    """The relay's rows in one SQLite file. Writes happen inside :meth:`transaction`."""
+    """The relay's rows in one database: a SQLite file, or PostgreSQL (see
+    :mod:`.database`). Writes happen inside :meth:`transaction`."""
 
-    def __init__(self, path: str, *, create: bool = True) -> None:
-        """Open the relay database at ``path``, creating it unless ``create`` is false
-        (then a missing file is a :class:`StorageError`, and nothing is created)."""
-        self.path = path
-        # Rows written inside the transaction, not yet sent to SQLite (see the module
-        # docstring): the latest row of each record, and log rows as parameter tuples.
+    def __init__(self, database: str, *, create: bool = True) -> None:
+        """Open the relay database ``database`` (a SQLite path or ``:memory:``, or a
+        ``postgresql://`` URL), creating its tables unless ``create`` is false (then a
+        missing SQLite file, or a PostgreSQL database without them, is a
+        :class:`StorageError`, and nothing is created)."""
+        self.path = database
+        # Rows written inside the transaction, not yet sent to the database (see the
+        # module docstring): the latest row of each record, and log rows as parameter
+        # tuples.
         self._staged_records: dict[str, StoredRecord] = {}
         self._staged_changes: list[tuple[Any, ...]] = []
         # One packer for the log's field blobs (what sqlite_meta.pack makes per call):
         # the storage is used by one thread at a time, as its connection is.
         self._pack_fields = msgpack.Packer(use_bin_type=True).pack
+        self._in_transaction = False
+        self._db: Database
+        if is_postgres_url(database):
+            self._db = PostgresDatabase(database)
+            try:
+                _open_postgres(self, create=create)
+            except BaseException:
+                self._db.close()
+                raise
+        else:
+            self._db = self._open_sqlite(database, create=create)
+        self._seq: int = self.get_meta("seq", 0)
+        # Caches of rows that never change once committed (cleared on a rollback).
+        self._refused_records: set[str] | None = None  # records with refused ops (lazy)
+        self._refused_ranges: dict[str, dict[int, list[tuple[int, int, str]]]] = {}
+        self._client_owners: dict[int, str | None] = {}
+
+    def _open_sqlite(self, path: str, *, create: bool) -> SqliteDatabase:
         if not create and path != ":memory:" and not os.path.isfile(path):
             raise StorageError(f"{path}: no relay database there")
         try:
             create_private(path)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.row_factory = sqlite3.Row
-            if path != ":memory:":
-                self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db = db = SqliteDatabase(path)
             with self.transaction():
                 open_format(
-                    self._db,
+                    db.connection,
                     schema=_SCHEMA,
                     version=FORMAT_VERSION,
                     migrations=_MIGRATIONS,
-                    kind="relay database",
+                    kind=_RELAY_KIND,
                 )
         except FormatError as exc:
             raise StorageError(f"{path}: not a crdtsync relay database: {exc}") from None
@@ -342,12 +424,23 @@ class RelayStorage:
             raise StorageError(f"{path}: not a crdtsync relay database ({exc})") from None
         except OSError as exc:
             raise StorageError(f"{path}: cannot create the database: {exc.strerror}") from None
-        self._seq: int = self.get_meta("seq", 0)
-        # Caches of rows that never change once committed (cleared on a rollback).
-        self._refused_records: set[str] | None = None  # records with refused ops (lazy)
-        self._refused_ranges: dict[str, dict[int, list[tuple[int, int, str]]]] = {}
-        self._client_owners: dict[int, str | None] = {}
-        self._in_transaction = False
+        return db
+
+    @property
+    def kind(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._db.kind
+
+    @property
+    def where(self) -> str:
+        """The database as messages name it (a path; a URL without its password)."""
+        return self._db.where
+
+    def hold_alone(self) -> bool:
+        """PostgreSQL: take the lock that keeps a database to one relay process, for as
+        long as this storage is open; False if another relay holds it. (A SQLite file's
+        relay holds an OS lock beside the file instead: ``OwnerLock``.)"""
+        return isinstance(self._db, PostgresDatabase) and self._db.hold_alone()
 
     def close(self) -> None:
         self._db.close()
@@ -359,7 +452,7 @@ class RelayStorage:
     def begin(self) -> None:
         """Open a transaction (:meth:`transaction` does this, or a push group: see
         ``PushPipeline``); :meth:`commit` or :meth:`rollback` ends it."""
-        self._db.execute("BEGIN IMMEDIATE")
+        self._db.begin()
         self._in_transaction = True
         self._seq_at_begin = getattr(self, "_seq", 0)
 
@@ -370,7 +463,7 @@ class RelayStorage:
             self._flush()
             if getattr(self, "_seq", 0) != self._seq_at_begin:
                 self.set_meta("seq", self._seq)
-            self._db.execute("COMMIT")
+            self._db.commit()
         except BaseException:
             self.rollback()
             raise
@@ -379,8 +472,7 @@ class RelayStorage:
     def rollback(self) -> None:
         """Undo the open transaction, and what this object cached from inside it."""
         self._staged_records, self._staged_changes = {}, []
-        if self._db.in_transaction:
-            self._db.execute("ROLLBACK")
+        self._db.rollback()
         self._seq = self._seq_at_begin
         self._refused_records, self._refused_ranges = None, {}
         self._client_owners = {}
@@ -438,7 +530,7 @@ class RelayStorage:
             self._staged_records = {}
         if self._staged_changes:
             self._db.executemany(
-                "INSERT INTO changes (seq, record_id, object, change_id, replica, user, kind, "
+                'INSERT INTO changes (seq, record_id, object, change_id, replica, "user", kind, '
                 "fields, update_, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 self._staged_changes,
             )
@@ -490,11 +582,12 @@ class RelayStorage:
         position anyway (the backlog); :meth:`get_records` gives records as they stand."""
         self._flush()
         sql = (
-            "SELECT id, object, X'', version, deleted, created_by, owner FROM records "
+            "SELECT id, object, version, deleted, created_by, owner FROM records "
             "WHERE id IN ({marks})"
         )
         rows = rows_in(self._db, sql, list(dict.fromkeys(record_ids)))
-        return {record.id: record for record in map(StoredRecord.from_tuple, rows)}
+        heads = (StoredRecord.from_tuple((rid, obj, b"", *rest)) for rid, obj, *rest in rows)
+        return {record.id: record for record in heads}
 
     def put_record(self, record: StoredRecord) -> None:
         """Store ``record`` as the record's row (its ``created_by`` is kept from the first
@@ -527,7 +620,7 @@ class RelayStorage:
             f"SELECT id, MAX(latest) AS latest FROM ("
             f"SELECT id, version AS latest FROM records WHERE object IN ({marks}) AND version > ? "
             f"UNION ALL SELECT record_id, seq FROM changes WHERE object IN ({marks}) AND seq > ?"
-            f") GROUP BY id ORDER BY latest",
+            f") AS changed GROUP BY id ORDER BY latest",
             (*names, version, *names, version),
         )
         return [str(row[0]) for row in rows]
@@ -565,14 +658,16 @@ class RelayStorage:
 
     def find_change(self, change_id: str) -> ChangeRow | None:
         self._flush()
-        row = self._db.execute("SELECT * FROM changes WHERE change_id = ?", (change_id,)).fetchone()
+        row = self._db.execute(
+            f"SELECT {_CHANGE_COLUMNS} FROM changes WHERE change_id = ?", (change_id,)
+        ).fetchone()
         return None if row is None else ChangeRow.from_row(row)
 
     def changes_of(self, record_id: str, after: int = 0) -> list[ChangeRow]:
         """The record's accepted changes with ``seq > after``, in order."""
         self._flush()
         rows = self._db.execute(
-            "SELECT * FROM changes WHERE record_id = ? AND seq > ? ORDER BY seq",
+            f"SELECT {_CHANGE_COLUMNS} FROM changes WHERE record_id = ? AND seq > ? ORDER BY seq",
             (record_id, after),
         )
         return [ChangeRow.from_row(row) for row in rows]
@@ -600,9 +695,9 @@ class RelayStorage:
         (who changed which fields to what: what the conflict checks read)."""
         self._flush()
         rows = self._db.execute(
-            "SELECT seq, record_id, object, change_id, replica, user, kind, fields, "
-            "X'' AS update_, at FROM changes WHERE record_id = ? AND seq > ? ORDER BY seq",
-            (record_id, after),
+            'SELECT seq, record_id, object, change_id, replica, "user", kind, fields, '
+            "?, at FROM changes WHERE record_id = ? AND seq > ? ORDER BY seq",
+            (b"", record_id, after),
         )
         return [ChangeRow.from_row(row) for row in rows]
 
@@ -666,7 +761,7 @@ class RelayStorage:
 
     def bind_client_id(self, client_id: int, replica: str) -> None:
         self._db.execute(
-            "INSERT OR IGNORE INTO client_ids (client_id, replica) VALUES (?, ?)",
+            "INSERT INTO client_ids (client_id, replica) VALUES (?, ?) ON CONFLICT DO NOTHING",
             (str(client_id), replica),
         )
         if self._client_owners.get(client_id) is None:
@@ -715,7 +810,7 @@ class RelayStorage:
 
     def replica_user(self, replica_id: str) -> str | None:
         row = self._db.execute(
-            "SELECT user FROM replicas WHERE replica_id = ?", (replica_id,)
+            'SELECT "user" FROM replicas WHERE replica_id = ?', (replica_id,)
         ).fetchone()
         return None if row is None else str(row[0])
 
@@ -723,20 +818,22 @@ class RelayStorage:
         """A replica id belongs to the first user who connects with it."""
         with self.transaction():
             self._db.execute(
-                "INSERT OR IGNORE INTO replicas (replica_id, user) VALUES (?, ?)",
+                'INSERT INTO replicas (replica_id, "user") VALUES (?, ?) ON CONFLICT DO NOTHING',
                 (replica_id, user),
             )
 
     def shares_of(self, record_id: str) -> dict[str, int]:
         """``{user: access}`` of the record's manual shares."""
-        rows = self._db.execute("SELECT user, access FROM shares WHERE record_id = ?", (record_id,))
+        rows = self._db.execute(
+            'SELECT "user", access FROM shares WHERE record_id = ?', (record_id,)
+        )
         return {str(row[0]): int(row[1]) for row in rows}
 
     def shares_of_records(self, record_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         """:meth:`shares_of` of several records at once: record id -> ``{user: access}``
         (every record asked for is there, most with no shares)."""
         out: dict[str, dict[str, int]] = {record_id: {} for record_id in record_ids}
-        sql = "SELECT record_id, user, access FROM shares WHERE record_id IN ({marks})"
+        sql = 'SELECT record_id, "user", access FROM shares WHERE record_id IN ({marks})'
         for record_id, user, access in rows_in(self._db, sql, list(out)):
             out[str(record_id)][str(user)] = int(access)
         return out
@@ -745,18 +842,18 @@ class RelayStorage:
         """Share the record with ``user`` (``None``: remove the share)."""
         if access is None:
             self._db.execute(
-                "DELETE FROM shares WHERE record_id = ? AND user = ?", (record_id, user)
+                'DELETE FROM shares WHERE record_id = ? AND "user" = ?', (record_id, user)
             )
         else:
             self._db.execute(
-                "INSERT INTO shares (record_id, user, access) VALUES (?, ?, ?) "
-                "ON CONFLICT (record_id, user) DO UPDATE SET access = excluded.access",
-                (record_id, user, access),
+                'INSERT INTO shares (record_id, "user", access) VALUES (?, ?, ?) '
+                'ON CONFLICT (record_id, "user") DO UPDATE SET access = excluded.access',
+                (record_id, user, int(access)),
             )
 
     def log_access(self, seq: int, record_id: str, user: str, gained: bool) -> None:
         self._db.execute(
-            "INSERT INTO access_log (seq, record_id, user, gained) VALUES (?, ?, ?, ?)",
+            'INSERT INTO access_log (seq, record_id, "user", gained) VALUES (?, ?, ?, ?)',
             (seq, record_id, user, int(gained)),
         )
 
@@ -764,7 +861,7 @@ class RelayStorage:
         """The version at which ``user`` last gained read access to the record through an
         administrator's action (a share, an owner change); 0 if none is logged."""
         row = self._db.execute(
-            "SELECT MAX(seq) FROM access_log WHERE record_id = ? AND user = ? AND gained = 1",
+            'SELECT MAX(seq) FROM access_log WHERE record_id = ? AND "user" = ? AND gained = 1',
             (record_id, user),
         ).fetchone()
         return int(row[0] or 0)
@@ -773,7 +870,7 @@ class RelayStorage:
         """``{record_id: gained}``: the last access change of each record for ``user``
         after version ``after``."""
         rows = self._db.execute(
-            "SELECT record_id, gained FROM access_log WHERE user = ? AND seq > ? ORDER BY seq",
+            'SELECT record_id, gained FROM access_log WHERE "user" = ? AND seq > ? ORDER BY seq',
             (user, after),
         )
         return {str(row[0]): bool(row[1]) for row in rows}
@@ -784,8 +881,8 @@ class RelayStorage:
             for object_name, fields in hidden.items():
                 for field in fields:
                     self._db.execute(
-                        "INSERT OR IGNORE INTO replica_hidden (replica_id, object, field) "
-                        "VALUES (?, ?, ?)",
+                        "INSERT INTO replica_hidden (replica_id, object, field) "
+                        "VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                         (replica_id, object_name, field),
                     )
 
@@ -867,4 +964,9 @@ class RelayStorage:
         return low
 
     def integrity_check(self) -> str:
-        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+        """SQLite's own check of the file (``"ok"``); PostgreSQL checks its pages itself,
+        and this answers ``"ok"`` once the tables are readable."""
+        if isinstance(self._db, SqliteDatabase):
+            return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+        self._db.execute("SELECT count(*) FROM meta").fetchone()
+        return "ok"

@@ -30,8 +30,12 @@ from tests.helpers.relay_process import ServeProcess, free_port
 from tests.helpers.tls import make_certificate
 
 
-def crdtsync(*args: str, config: Path = EXAMPLE_CONFIG) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "CRDTSYNC_SECRET"}
+def crdtsync(
+    *args: str, config: Path = EXAMPLE_CONFIG, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The CLI as a process, without the caller's ``CRDTSYNC_SECRET`` (``env`` adds
+    variables)."""
+    env = {**{k: v for k, v in os.environ.items() if k != "CRDTSYNC_SECRET"}, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "crdtsync", *args, "--config", str(config)],
         capture_output=True,
@@ -101,6 +105,20 @@ def test_a_backup_never_overwrites_and_needs_a_database(tmp_path: Path) -> None:
     )
     assert missing.returncode == 2 and "no relay database there" in missing.stderr
     assert not (tmp_path / "b.sqlite3").exists() and not (tmp_path / "nope.sqlite3").exists()
+
+
+def test_backup_and_restore_point_a_postgresql_database_to_its_own_tools(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    url = postgres_url.replace("postgresql://postgres@", "postgresql://postgres:hunter2@")
+    env_secret = {"CRDTSYNC_SECRET": "a-long-enough-test-secret-of-32-bytes!"}
+    backup = crdtsync("backup", str(tmp_path / "b.sqlite3"), "--db", url, env=env_secret)
+    assert backup.returncode == 2
+    assert "cannot back up a PostgreSQL database" in backup.stderr and "pg_dump" in backup.stderr
+    restore = crdtsync("restore", str(tmp_path / "b.sqlite3"), "--db", url, env=env_secret)
+    assert restore.returncode == 2 and "pg_restore" in restore.stderr
+    assert "hunter2" not in backup.stderr + restore.stderr
+    assert not (tmp_path / "b.sqlite3").exists()
 
 
 async def test_a_restored_relay_serves_the_backup_and_replicas_that_saw_more_carry_on(

@@ -5,6 +5,7 @@ connections speaking the wire protocol (:class:`RawConnection`, :class:`Wire`), 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,14 +31,20 @@ def push_and_ack(client: Client, first_version: int = 1) -> list[str]:
 class RelayHarness:
     """Starts the relay on a free loopback port and makes clients for it."""
 
-    def __init__(self, tmp_path: Path, **overrides: object) -> None:
+    def __init__(self, tmp_path: Path, database: str | None = None, **overrides: object) -> None:
+        """A relay on ``database`` (default: a SQLite file in ``tmp_path``); a PostgreSQL
+        database gets a random secret (there is no file to keep one beside)."""
         from crdtsync_server.app import RelayServer
         from crdtsync_server.config import RelayConfig
+        from crdtsync_server.database import is_postgres_url
 
         self.tmp_path = tmp_path
+        self.database = database or str(tmp_path / "relay.sqlite3")
+        if is_postgres_url(self.database):
+            overrides.setdefault("secret", secrets.token_urlsafe(48))
         self.overrides = overrides
         self.config = RelayConfig.from_toml(
-            EXAMPLE_CONFIG, database=str(tmp_path / "relay.sqlite3"), port=0, **overrides
+            EXAMPLE_CONFIG, database=self.database, port=0, **overrides
         )
         self.server = RelayServer(self.config)
         self.port = 0
@@ -48,10 +55,7 @@ class RelayHarness:
 
         if self.port:  # restart on the same port and database
             self.config = RelayConfig.from_toml(
-                EXAMPLE_CONFIG,
-                database=str(self.tmp_path / "relay.sqlite3"),
-                port=self.port,
-                **self.overrides,
+                EXAMPLE_CONFIG, database=self.database, port=self.port, **self.overrides
             )
             self.server = RelayServer(self.config)
         await self.server.start()

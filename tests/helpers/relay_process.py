@@ -11,8 +11,6 @@ import threading
 import urllib.request
 from pathlib import Path
 
-import attrs
-
 from crdtsync import Client
 from tests.helpers.harness import EXAMPLE_CONFIG
 
@@ -26,19 +24,26 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    """One relay process on ``database`` and ``port``, configured by ``config``."""
+    """One relay process on ``database`` (a SQLite file, or a PostgreSQL URL) and
+    ``port``, configured by ``config``."""
 
     def __init__(
         self,
-        database: Path,
+        database: Path | str,
         port: int,
         config: Path = EXAMPLE_CONFIG,
         *,
         secret: str | None = SECRET,
+        home: Path | None = None,
     ) -> None:
         """``secret``: the ``CRDTSYNC_SECRET`` it runs with (``None``: none, so the relay
-        uses the one it keeps beside its database)."""
+        uses the one it keeps beside its database). ``home``: a directory for the
+        clients' stores (default: the SQLite file's)."""
         self.database, self.port, self.config, self.secret = database, port, config, secret
+        if home is None:
+            assert isinstance(database, Path), "a relay on PostgreSQL needs a home for stores"
+            home = database.parent
+        self.home = home
         self.process: subprocess.Popen[str] | None = None
         self.output: list[str] = []  #: what the process printed, read when it stops
 
@@ -92,9 +97,7 @@ class ServeProcess:
     def token(self, user: str) -> str:
         from crdtsync_server.config import RelayConfig
 
-        config = RelayConfig.from_toml(self.config, database=str(self.database))
-        if self.secret is not None:
-            config = attrs.evolve(config, secret=self.secret)
+        config = RelayConfig.from_toml(self.config, database=str(self.database), secret=self.secret)
         return config.token_authority().issue(user)
 
     def client(

@@ -52,9 +52,9 @@ def test_a_backlog_of_300_records_is_read_with_a_few_queries_and_brings_each_up_
     relay._cache.clear()  # as after a restart: nothing of them in memory
 
     statements: list[str] = []
-    storage._db.set_trace_callback(statements.append)
+    storage._db.connection.set_trace_callback(statements.append)
     frames = list(relay.backlog(Principal("bob", "replica-b"), ["Account"], cursor))
-    storage._db.set_trace_callback(None)
+    storage._db.connection.set_trace_callback(None)
 
     assert isinstance(frames[-1], CaughtUp)
     items = [item for frame in frames if isinstance(frame, Changes) for item in frame.items]

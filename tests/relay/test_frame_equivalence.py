@@ -485,9 +485,9 @@ def test_a_frame_reads_the_records_the_relay_does_not_hold_at_once() -> None:
     ]  # fmt: skip
     whole._cache.clear()  # as after a restart
     statements: list[str] = []
-    whole.storage._db.set_trace_callback(statements.append)
+    whole.storage._db.connection.set_trace_callback(statements.append)
     as_frame = list(whole.push(FakeSession(alice.principal), changes).items)  # type: ignore[arg-type]
-    whole.storage._db.set_trace_callback(None)
+    whole.storage._db.connection.set_trace_callback(None)
     assert as_frame == list(warm.push(FakeSession(alice.principal), changes).items)  # type: ignore[arg-type]
     assert stored_rows(whole) == stored_rows(warm)
     reads = [sql for sql in statements if sql.startswith("SELECT id, object, state")]

@@ -18,8 +18,10 @@ from tests.helpers.relay_process import SECRET, ServeProcess, free_port
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[ServeProcess]:
-    process = ServeProcess(tmp_path / "relay.sqlite3", free_port())
+def served(tmp_path: Path, relay_database: str) -> Iterator[ServeProcess]:
+    """``crdtsync serve`` on each kind of database (a SQLite file, PostgreSQL)."""
+    database = Path(relay_database) if "://" not in relay_database else relay_database
+    process = ServeProcess(database, free_port(), home=tmp_path)
     process.start()
     yield process
     process.stop()
@@ -29,7 +31,7 @@ def test_healthz_and_metrics_answer_on_the_websocket_port(served: ServeProcess) 
     assert served.get("/healthz") == (200, "ok\n")
 
     async def push_one() -> None:
-        async with served.client("alice", served.database.parent / "a.sqlite3") as alice:
+        async with served.client("alice", served.home / "a.sqlite3") as alice:
             alice.create("Account", {"Name": "Counted"})
             await alice.sync(timeout=10)
 
@@ -59,7 +61,7 @@ def test_sigterm_shuts_down_gracefully_closing_connections_with_1001(
 
 
 def test_acknowledged_changes_survive_kill_9_of_the_relay(served: ServeProcess) -> None:
-    store = served.database.parent / "alice.sqlite3"
+    store = served.home / "alice.sqlite3"
 
     async def write() -> list[str]:
         async with served.client("alice", store) as alice:
@@ -75,7 +77,7 @@ def test_acknowledged_changes_survive_kill_9_of_the_relay(served: ServeProcess) 
     served.start()  # same database, same port
 
     async def read() -> set[str]:
-        async with served.client("bob", served.database.parent / "bob.sqlite3") as bob:
+        async with served.client("bob", served.home / "bob.sqlite3") as bob:
             await bob.sync(timeout=10)
             return {record.id for record in bob.records("Account")}
 
@@ -85,7 +87,7 @@ def test_acknowledged_changes_survive_kill_9_of_the_relay(served: ServeProcess) 
 def test_admin_cli_shares_a_record_and_reports_its_access(served: ServeProcess) -> None:
     import json
 
-    store = served.database.parent / "alice.sqlite3"
+    store = served.home / "alice.sqlite3"
 
     async def create() -> str:
         async with served.client("alice", store) as alice:
@@ -130,8 +132,68 @@ def test_admin_cli_shares_a_record_and_reports_its_access(served: ServeProcess) 
     assert "no record no-such-record" in missing.stderr and "Traceback" not in missing.stderr
 
     async def bob_sees() -> bool:
-        async with served.client("bob", served.database.parent / "bob.sqlite3") as bob:
+        async with served.client("bob", served.home / "bob.sqlite3") as bob:
             await bob.sync(timeout=10)
             return bob.get(deal) is not None
 
     assert asyncio.run(bob_sees())
+
+
+# -- on PostgreSQL: one relay per database, clear refusals ------------------------------
+
+
+def serve_briefly(*args: str, secret: str | None = SECRET) -> subprocess.CompletedProcess[str]:
+    """``crdtsync serve`` that is expected to refuse to start (and exit by itself)."""
+    env = {k: v for k, v in os.environ.items() if k != "CRDTSYNC_SECRET"}
+    if secret is not None:
+        env["CRDTSYNC_SECRET"] = secret
+    command = [sys.executable, "-m", "crdtsync", "serve", "--config", str(EXAMPLE_CONFIG)]
+    return subprocess.run(
+        [*command, "--port", str(free_port()), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def test_a_second_relay_on_a_postgresql_database_is_refused_until_the_first_is_gone(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    first = ServeProcess(postgres_url, free_port(), home=tmp_path)
+    first.start()
+    try:
+        second = serve_briefly("--db", postgres_url)
+        assert second.returncode == 2
+        assert "in use by another relay" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert first.get("/healthz") == (200, "ok\n")  # the first one never noticed
+        assert first.process is not None
+        first.process.send_signal(signal.SIGKILL)  # its lock goes with its connection
+        first.process.wait()
+        replacement = ServeProcess(postgres_url, free_port(), home=tmp_path)
+        replacement.start()
+        assert replacement.get("/healthz") == (200, "ok\n")
+        replacement.stop()
+    finally:
+        first.stop()
+
+
+def test_a_postgresql_database_without_a_secret_is_refused_naming_what_is_missing(
+    postgres_url: str,
+) -> None:
+    url = postgres_url.replace("postgresql://postgres@", "postgresql://postgres:hunter2@")
+    done = serve_briefly("--db", url, secret=None)
+    assert done.returncode == 2
+    assert "[server] secret (or CRDTSYNC_SECRET) is needed with a PostgreSQL database" in (
+        done.stderr
+    )
+    assert "hunter2" not in done.stderr + done.stdout and "Traceback" not in done.stderr
+
+
+def test_an_unreachable_postgresql_server_is_reported_without_its_password() -> None:
+    port = free_port()  # nothing listens there
+    done = serve_briefly("--db", f"postgresql://crdtsync:hunter2@127.0.0.1:{port}/relay")
+    assert done.returncode == 2
+    assert f"postgresql://crdtsync:***@127.0.0.1:{port}/relay: cannot connect" in done.stderr
+    assert "hunter2" not in done.stderr + done.stdout and "Traceback" not in done.stderr
