@@ -14,7 +14,7 @@ import contextlib
 import logging
 import random
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -57,11 +57,18 @@ class Client:
     cached in the store is used. A ``wss://`` relay is verified against the system's
     certificate authorities (``SSL_CERT_FILE`` names others), or against
     ``ssl_context`` when given.
+
+    ``url`` is the relay's URL, or a list of relay URLs (the nodes of one deployment):
+    the client connects to the first and, whenever a connection fails before it has
+    caught up, tries the next one (round the list, with the usual backoff). Relays of
+    different deployments are different relays: moving to one, the client syncs with it
+    from the start, as after a relay's restore (it receives that relay's records and
+    sends it its pending changes; what the other relay accepted stays there).
     """
 
     def __init__(
         self,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         *,
         token: str | None = None,
         store: str | Path = ":memory:",
@@ -72,14 +79,22 @@ class Client:
         batch_size: int = 200,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        if url is not None and not url.startswith(("ws://", "wss://")):
-            raise InvalidOperation(
-                f"the relay URL must start with ws:// or wss://, got {url!r} "
-                "(e.g. ws://127.0.0.1:8765)"
-            )
-        if ssl_context is not None and not (url or "").startswith("wss://"):
+        urls = (url,) if isinstance(url, str) else tuple(url) if url is not None else ()
+        if url is not None and not urls:
+            raise InvalidOperation("no relay URL: give one, a list of them, or None (offline)")
+        for one in urls:
+            if not isinstance(one, str) or not one.startswith(("ws://", "wss://")):
+                raise InvalidOperation(
+                    f"a relay URL must start with ws:// or wss://, got {one!r} "
+                    "(e.g. ws://127.0.0.1:8765)"
+                )
+        if ssl_context is not None and not any(one.startswith("wss://") for one in urls):
             raise InvalidOperation(f"ssl_context is for a wss:// relay URL, got {url!r}")
-        self.url = url
+        #: the relays this client may sync with (the nodes of one cluster, or one relay)
+        self.urls: tuple[str, ...] = urls
+        #: the one it connects to now, or next: it moves on to the next of ``urls`` when
+        #: a connection to this one fails
+        self.url: str | None = urls[0] if urls else None
         self.ssl_context = ssl_context
         self.token = token
         self.backoff_initial = backoff_initial
@@ -103,7 +118,7 @@ class Client:
         self._flushing = asyncio.Event()  #: set whenever a frame arrives or a connection ends
         self._wake: asyncio.Event | None = None
         self._session: SyncSession | None = None
-        self._connection_task: asyncio.Task[None] | None = None
+        self._connection_task: asyncio.Task[bool] | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
         self.last_error: str = ""
@@ -348,7 +363,8 @@ class Client:
             assert self._tasks is not None
             self._connection_task = self._tasks.create_task(self._connection())
             try:
-                await self._connection_task
+                if not await self._connection_task:
+                    self._next_relay()
                 attempt = 0 if self.last_error == "" else attempt
             except asyncio.CancelledError:
                 if self._runner is not None and self._runner.cancelling():
@@ -366,8 +382,15 @@ class Client:
                 async with asyncio.timeout(delay):
                     await self._reconnect_now.wait()
 
-    async def _connection(self) -> None:
-        """One connection: handshake, catch up, then push and receive until it ends."""
+    def _next_relay(self) -> None:
+        """After a connection that failed before it caught up: the next relay of the
+        list is tried next (with one relay, the same one again)."""
+        if len(self.urls) > 1 and self.url is not None:
+            self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
+
+    async def _connection(self) -> bool:
+        """One connection: handshake, catch up, then push and receive until it ends.
+        True if it got that far (it was caught up at some point)."""
         assert self.url is not None
         token_given = self._token_given
         session = SyncSession(
@@ -409,6 +432,7 @@ class Client:
                 reason = f"sync failed: {type(error).__name__}: {error}"
                 log.exception("sync connection failed")
         finally:
+            reached = self._ready.is_set()
             if session.error is not None and token_given == self._token_given:
                 reason = f"{session.error.code}: {session.error.message}"
                 if session.error.code is ErrorCode.AUTH_FAILED:
@@ -422,6 +446,7 @@ class Client:
             self._flushing.set()
             session.connection_lost()
             self._set_online(False, reason or "disconnected")
+        return reached
 
     async def _read(
         self, websocket: ClientConnection, session: SyncSession, wake: asyncio.Event

@@ -14,13 +14,14 @@ from crdtsync import (
     Client,
     ConnectivityChanged,
     FieldChange,
+    InvalidOperation,
     OfflineError,
     RecordLocked,
     Status,
     SyncFinished,
     UnresolvableReason,
 )
-from tests.helpers.harness import RelayHarness, eventually
+from tests.helpers.harness import EXAMPLE_CONFIG, RelayHarness, eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -406,3 +407,52 @@ async def test_an_edit_made_right_after_going_offline_stays_on_the_device(
         await alice.sync()
         await bob.sync()
         assert bob.get(rid).fields["Industry"] == "Energy"  # type: ignore[union-attr]
+
+
+async def test_a_client_given_several_relays_moves_on_when_one_is_down(tmp_path: Path) -> None:
+    secret = "one-secret-for-both-relays-of-this-test!"
+    relays = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        relays.append(RelayHarness(tmp_path / name, secret=secret))
+    first, second = relays
+    await first.start()
+    await second.start()
+    await second.stop()  # its port is known; nothing listens there yet
+    alice = Client(
+        [first.url, second.url],
+        token=first.token("alice"),
+        store=str(tmp_path / "alice.sqlite3"),
+        schema=EXAMPLE_CONFIG,
+        backoff_initial=0.02,
+        backoff_max=0.1,
+    )
+    try:
+        async with alice:
+            before = alice.create("Account", {"Name": "Synced with the first"})
+            await alice.sync(timeout=10)
+            assert alice.url == first.url
+            await first.stop()
+            await second.start()
+            after = alice.create("Account", {"Name": "Written while the first is down"})
+            await alice.sync(timeout=10)
+            assert alice.url == second.url and alice.pending() == []
+            assert alice.get(before) is not None  # still on the device
+        bob = second.client("bob")
+        async with bob:
+            await bob.sync(timeout=10)
+            accounts = {record.id: record.fields["Name"] for record in bob.records("Account")}
+        # the change made while the first was down went to the second; what the first
+        # accepted before stays there (the second is another deployment, as after a
+        # restore: it does not ask for it)
+        assert accounts == {after: "Written while the first is down"}
+        assert before not in accounts
+    finally:
+        await second.stop()
+
+
+async def test_a_client_refuses_a_relay_list_with_a_url_that_is_not_a_websocket() -> None:
+    with pytest.raises(InvalidOperation, match="'http://relay:8765'"):
+        Client(["ws://relay:8765", "http://relay:8765"], schema=EXAMPLE_CONFIG)
+    with pytest.raises(InvalidOperation, match="no relay URL"):
+        Client([], schema=EXAMPLE_CONFIG)
