@@ -18,6 +18,9 @@ only the edits (records are created first, untimed):
 ``relay_distinct`` the same number of edits per client, but every push frame edits
                  ``batch`` distinct records once each (as a real client sends: a record
                  has one pending change), and the ``window`` frames in flight share none.
+``relay_pg``, ``relay_distinct_pg`` ``relay`` and ``relay_distinct`` with the relay on a
+                 fresh PostgreSQL database (``--postgres-url``: the server to create it on)
+                 instead of a SQLite file.
 ``relay_shared`` the same, with the records shared: up to 7 clients edit each record,
                  each client its own field (no conflicts expected; the count is reported).
 ``merge_core``   :meth:`Relay.push` in-process on ``:memory:`` SQLite (no network, no
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import functools
 import os
 import secrets
@@ -40,6 +44,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pycrdt
 from crdtsync_server.auth import TokenAuthority
@@ -273,6 +278,46 @@ def distinct_load(options: Any) -> tuple[Load, int, int]:
     return load, records, edits
 
 
+def run_relay_pg(options: Any) -> Figures:
+    """As ``relay``, on a PostgreSQL database."""
+    with postgres_database(options.postgres_url) as database:
+        if database is None:
+            return {"note": f"no PostgreSQL server at {options.postgres_url}"}
+        run = _relay_run(options, _load(options), "relay_pg", database=database)
+    return _relay_figures(run, run.tally.acks)
+
+
+def run_relay_distinct_pg(options: Any) -> Figures:
+    """As ``relay_distinct``, on a PostgreSQL database."""
+    load, _records, _edits = distinct_load(options)
+    with postgres_database(options.postgres_url) as database:
+        if database is None:
+            return {"note": f"no PostgreSQL server at {options.postgres_url}"}
+        run = _relay_run(options, load, "relay_distinct_pg", database=database)
+    return _relay_figures(run, run.tally.acks)
+
+
+@contextlib.contextmanager
+def postgres_database(server: str) -> Iterator[str | None]:
+    """A new database on the PostgreSQL ``server`` (a URL to connect to for creating
+    it) for the block, dropped afterwards; ``None`` if the server does not answer."""
+    import psycopg
+
+    try:
+        admin = psycopg.connect(server, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError:
+        yield None
+        return
+    name = f"crdtsync_bench_{secrets.token_hex(6)}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            parts = urlsplit(server)
+            yield urlunsplit(parts._replace(path=f"/{name}"))
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def run_relay_no_fanout(options: Any) -> Figures:
     """As ``relay``, but the clients subscribe to nothing: no fan-out, only verdicts."""
     quiet = argparse.Namespace(**{**vars(options), "subscribe": []})
@@ -303,14 +348,17 @@ def _relay_figures(run: RelayRun, changes: int) -> Figures:
     }
 
 
-def _relay_run(options: Any, load: Load, name: str) -> RelayRun:
+def _relay_run(options: Any, load: Load, name: str, database: str | None = None) -> RelayRun:
+    """The load pushed to a ``crdtsync serve`` process on ``database`` (default: a new
+    SQLite file)."""
     secret = secrets.token_hex(32)
     port = free_port()
     profile = _profile_path(options, name)
     with tempfile.TemporaryDirectory(prefix="crdtsync-bench-", dir=options.db_dir) as tmp:
         argv = python_module(
             "crdtsync", "serve", "--config", str(CONFIG), "--db",
-            str(Path(tmp) / "relay.sqlite3"), "--host", LOCALHOST, "--port", str(port),
+            database or str(Path(tmp) / "relay.sqlite3"), "--host", LOCALHOST, "--port",
+            str(port),
         )  # fmt: skip
         with ServerProcess(argv, port=port, env={"CRDTSYNC_SECRET": secret}) as server:
             driver = RelayDriver(
@@ -644,6 +692,8 @@ WORKLOADS = (
         run_relay_distinct,
         "as relay, each push frame edits distinct records (as real clients push)",
     ),
+    Workload("relay_pg", run_relay_pg, "as relay, on a PostgreSQL database"),
+    Workload("relay_distinct_pg", run_relay_distinct_pg, "as relay_distinct, on PostgreSQL"),
     Workload("relay_no_fanout", run_relay_no_fanout, "as relay, clients subscribe to nothing"),
     Workload(
         "relay_shared",
@@ -661,6 +711,14 @@ def add_arguments(parser: Any) -> None:
         "--db-dir",
         default=os.environ.get("CRDTSYNC_BENCH_DB_DIR"),
         help="where the relay's temporary databases go (default: the system temp dir)",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get(
+            "CRDTSYNC_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+        help="PostgreSQL server the *_pg workloads create their databases on (a URL to "
+        "connect to for that)",
     )
     parser.add_argument(
         "--subscribe",
@@ -698,4 +756,10 @@ def summarize(results: dict[str, Figures]) -> Figures:
         out["shared_ratio_vs_peer"] = per_s("relay_shared") / peer
     if per_s("rejections") and relay:
         out["rejections_vs_relay"] = per_s("rejections") / relay
+    if per_s("relay_pg") and peer:
+        out["pg_ratio_vs_peer"] = per_s("relay_pg") / peer
+    if per_s("relay_distinct_pg") and peer:
+        out["pg_distinct_ratio_vs_peer"] = per_s("relay_distinct_pg") / peer
+    if per_s("relay_pg") and relay:
+        out["pg_vs_sqlite"] = per_s("relay_pg") / relay
     return out
