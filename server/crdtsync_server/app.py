@@ -39,6 +39,9 @@ from .storage import RelayStorage
 
 log = logging.getLogger("crdtsync.server")
 
+#: seconds between two looks at what other relays on a PostgreSQL database committed
+FOLLOW_INTERVAL = 0.05
+
 SEND_TIMEOUT = 30.0
 RETRY_AFTER_SECONDS = 5  #: the ``Retry-After`` of a 503 "too many connections"
 
@@ -63,6 +66,10 @@ class RelayServer:
         #: timeout scheduled and cancelled around each
         self._sending: dict[ServerConnection, float] = {}
         self._watchdog: asyncio.Task[None] | None = None
+        self._follower: asyncio.Task[None] | None = None
+        #: how often a relay on PostgreSQL looks for what other relays committed (a
+        #: relay that commits itself catches up first anyway)
+        self.follow_interval = FOLLOW_INTERVAL
 
     @property
     def port(self) -> int:
@@ -106,11 +113,6 @@ class RelayServer:
                 raise StorageError(f"{database}: cannot open it: {exc.strerror}") from None
         try:
             self.storage = RelayStorage(database)
-            if self.storage.kind == "postgresql" and not self.storage.hold_alone():
-                raise StorageError(
-                    f"{self.storage.where} is in use by another relay: one relay process "
-                    "per database (stop the other, or give this one another --db)"
-                )
             self.relay = Relay(
                 schema=self.config.schema,
                 policy=self.config.policy,
@@ -137,6 +139,8 @@ class RelayServer:
                     Path(database + suffix).unlink(missing_ok=True)
             raise
         self._watchdog = asyncio.create_task(self._watch_sends())
+        if self.storage.kind == "postgresql":  # other relays may share the database
+            self._follower = asyncio.create_task(self._follow_others())
         log.info("relay listening on %s (database %s)", self.url, self.storage.where)
         ungranted = self.config.policy.ungranted()
         if ungranted:
@@ -156,10 +160,11 @@ class RelayServer:
         was pushed is committed and answered first)."""
         if self.relay is not None and self.storage is not None:
             self.relay.settle()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            await asyncio.wait([self._watchdog])  # ended (its cancellation is not ours)
-            self._watchdog = None
+        for task in (self._watchdog, self._follower):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])  # ended (its cancellation is not ours)
+        self._watchdog = self._follower = None
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
@@ -317,6 +322,19 @@ class RelayServer:
                     )
                     with contextlib.suppress(Exception):  # already gone: nothing to close
                         websocket.transport.abort()
+
+    async def _follow_others(self) -> None:
+        """Every :attr:`follow_interval` seconds, take in and fan out what other relays on
+        the database committed (:meth:`.relay.Relay.follow`). A failure (the database
+        unreachable for a while) is logged and the next round tries again."""
+        while True:
+            await asyncio.sleep(self.follow_interval)
+            if self.relay is None:
+                continue
+            try:
+                self.relay.follow()
+            except Exception:
+                log.exception("reading what other relays committed failed; retrying")
 
 
 def _reason(text: str) -> str:

@@ -1,8 +1,10 @@
 """The record cache: recently used records as live documents, always at their latest version.
 
-Every write goes through this relay, so a cached record is the stored one (or newer
-than a row read earlier in the same push); the least recently used records are
-dropped past the cache's capacity.
+Every write goes through this relay, or, on a PostgreSQL database shared with other
+relays, the relay forgets a cached record before it decides anything once another has
+changed it (:mod:`.follower`): a cached record is the stored one (or newer than a row
+read earlier in the same push). The least recently used records are dropped past the
+cache's capacity.
 """
 
 from __future__ import annotations

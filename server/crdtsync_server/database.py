@@ -13,9 +13,12 @@ and uses savepoints inside them (both engines have them):
   PostgreSQL's ``BEGIN`` is read committed.
 * A commit is durable when it returns: SQLite in WAL mode with ``synchronous=FULL``;
   PostgreSQL through its own WAL (``fsync`` and ``synchronous_commit`` on, its defaults).
-* One relay per database: an OS lock beside a SQLite file
-  (:class:`~crdtsync.core.sqlite_meta.OwnerLock`); a session advisory lock on a
-  PostgreSQL database (:meth:`PostgresDatabase.hold_alone`).
+* Who may share it: a SQLite file belongs to one relay process (an OS lock beside it,
+  :class:`~crdtsync.core.sqlite_meta.OwnerLock`); any number of relays may share a
+  PostgreSQL database, their write transactions taken one at a time by the lock on its
+  sequence row (``RelayStorage.begin``). A relay frozen in a transaction holds that lock
+  at most :data:`IDLE_IN_TRANSACTION_TIMEOUT` (the server then ends its session and
+  rolls back); one waiting for it gives up after :data:`LOCK_TIMEOUT`.
 
 PostgreSQL is reached through psycopg 3 (``pip install 'crdtsync[postgres]'``), imported
 only when a ``postgresql://`` database is opened.
@@ -36,12 +39,16 @@ from .errors import StorageError
 #: What an application's ``database`` setting starts with to select PostgreSQL.
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
-#: The key of the advisory lock a relay holds on its PostgreSQL database
-#: (``pg_advisory_lock``'s one-bigint form; an arbitrary constant: "crdtsync" in ASCII).
-RELAY_LOCK_KEY = 0x6372647473796E63
-#: The key of the transaction lock taken while the tables are checked and created (two
-#: relays starting at once on a new database create them once).
-SCHEMA_LOCK_KEY = RELAY_LOCK_KEY + 1
+#: The key of the transaction-level advisory lock taken while the tables are checked and
+#: created (relays starting at once on a new database create them once); an arbitrary
+#: constant, "crdtsync" in ASCII.
+SCHEMA_LOCK_KEY = 0x6372647473796E63
+#: Seconds a relay's session may sit idle inside a transaction before the server ends
+#: it (a relay frozen mid-transaction must not hold the sequence lock for long).
+IDLE_IN_TRANSACTION_TIMEOUT = 10
+#: Seconds a relay waits for a lock (the sequence row) before its transaction fails
+#: (the pushes in it get ``internal_error`` and their replicas retry).
+LOCK_TIMEOUT = 5
 
 
 def is_postgres_url(database: str) -> bool:
@@ -134,7 +141,9 @@ class PostgresDatabase:
     on, their defaults).
 
     Connecting fails with a :class:`~.errors.StorageError` that names the server (never
-    the password) and what the driver said."""
+    the password) and what the driver said. A connection that breaks (the server
+    restarted, the network cut) fails what was running on it, which the server rolls
+    back; the next transaction (or statement outside one) connects again."""
 
     kind = "postgresql"
 
@@ -149,13 +158,30 @@ class PostgresDatabase:
         self._psycopg = psycopg
         #: what the driver raises (``psycopg.Error``)
         self.Error: type[Exception] = psycopg.Error
-        try:
-            self.connection = psycopg.connect(
-                url, autocommit=True, connect_timeout=max(1, round(connect_timeout))
-            )
-        except psycopg.Error as exc:
-            raise StorageError(f"{self.where}: cannot connect: {_first_line(exc)}") from None
+        self._url, self._connect_timeout = url, max(1, round(connect_timeout))
+        self.connection = self._connect()
+        self._in_transaction = False  #: between begin() and commit() / rollback()
         self._translated: dict[str, str] = {}
+
+    def _connect(self) -> Any:
+        try:
+            connection = self._psycopg.connect(
+                self._url, autocommit=True, connect_timeout=self._connect_timeout
+            )
+            connection.execute(
+                f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}s'"
+            )
+            connection.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}s'")
+        except self._psycopg.Error as exc:
+            raise StorageError(f"{self.where}: cannot connect: {_first_line(exc)}") from None
+        return connection
+
+    def _live(self) -> Any:
+        """The connection, connected again if it broke (outside a transaction only: a
+        transaction that lost its connection is gone, and its statements fail)."""
+        if self.connection.closed:
+            self.connection = self._connect()
+        return self.connection
 
     def _sql(self, sql: str) -> str:
         """``sql`` with psycopg's ``%s`` placeholders for ``?`` (memoised: the storage
@@ -168,36 +194,35 @@ class PostgresDatabase:
         return found
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows:
-        cursor: Rows = self.connection.execute(self._sql(sql), params or None)
+        connection = self.connection if self._in_transaction else self._live()
+        cursor: Rows = connection.execute(self._sql(sql), params or None)
         return cursor
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        with self.connection.cursor() as cursor:
+        connection = self.connection if self._in_transaction else self._live()
+        with connection.cursor() as cursor:
             cursor.executemany(self._sql(sql), rows)
 
     def begin(self) -> None:
-        self.connection.execute("BEGIN")
+        self._live().execute("BEGIN")
+        self._in_transaction = True
 
     def commit(self) -> None:
+        self._in_transaction = False
         self.connection.execute("COMMIT")
 
     def rollback(self) -> None:
-        if self.in_transaction:
+        self._in_transaction = False
+        if not self.connection.closed and self._server_in_transaction():
             self.connection.execute("ROLLBACK")
 
     @property
     def in_transaction(self) -> bool:
+        return self._in_transaction
+
+    def _server_in_transaction(self) -> bool:
         status = self.connection.info.transaction_status
         return bool(status != self._psycopg.pq.TransactionStatus.IDLE)
-
-    def hold_alone(self) -> bool:
-        """Take the relay's advisory lock on this database for as long as this connection
-        lives (the server drops it when the connection ends, ``kill -9`` of the relay
-        included); False if another connection holds it."""
-        row = self.connection.execute(
-            "SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK_KEY,)
-        ).fetchone()
-        return bool(row and row[0])
 
     def close(self) -> None:
         self.connection.close()

@@ -34,6 +34,7 @@ from .auth import Identity
 from .backlog import Backlog
 from .cache import RecordCache
 from .fanout import FanOut, Listener
+from .follower import ClusterFollower
 from .limits import MAX_RECORD_BYTES
 from .merge import RecordState
 from .metrics import Metrics
@@ -94,6 +95,8 @@ class Relay:
         self.access = RecordAccess(schema, policy, storage, self._cache)
         self._backlog = Backlog(policy, storage, self.access, self._cache)
         self._fan_out = FanOut(self.sessions, policy, self.access, self._cache)
+        self.follower = ClusterFollower(storage, self._cache, self.access, self._fan_out)
+        storage.on_behind = self.follower.caught_up
         self._pipeline = PushPipeline(
             schema=schema,
             policy=policy,
@@ -119,8 +122,10 @@ class Relay:
     def seq(self) -> int:
         """The log position of the latest stored change (what a replica's cursor reaches
         once it has everything accepted so far); an open push group is settled first,
-        so it is always a durable position."""
+        so it is always a durable position, and what other relays on the database
+        committed is taken in (and fanned out) first, so it is the cluster's."""
         self.settle()
+        self.follow()
         return self.storage.seq
 
     # -- listeners --------------------------------------------------------------------
@@ -178,6 +183,8 @@ class Relay:
         """What a replica that has seen everything up to ``cursor`` is missing, as
         ``changes`` frames, then ``caught_up`` (:meth:`.backlog.Backlog.frames`). Each
         frame is read from what is committed (an open push group is settled first)."""
+        self.settle()
+        self.follow()  # live items from other relays start after what the backlog reads
         frames = self._backlog.frames(principal, objects, cursor)
         while True:
             self.settle()
@@ -202,6 +209,13 @@ class Relay:
         """Commit and answer the open push group, if any (group commit): whatever reads
         the store outside a push calls this first, so it sees only what is durable."""
         self._pipeline.settle()
+
+    def follow(self) -> None:
+        """Take in what other relays on the same database committed since this one last
+        looked (:mod:`.follower`); nothing to do on SQLite, or while a push group is
+        open (its transaction caught up when it began)."""
+        if not self.storage.in_transaction:
+            self.storage.follow()
 
     def admin(self, principal: Principal, request: Admin) -> AdminResult:
         """Apply an administrator's action (:meth:`.admin_actions.AdminActions.apply`)."""

@@ -41,7 +41,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -165,7 +165,10 @@ def _open_postgres(storage: RelayStorage, *, create: bool) -> None:
     db = storage._db
     assert isinstance(db, PostgresDatabase)
     try:
-        with storage.transaction():
+        # A transaction of its own (not RelayStorage.begin, which locks the sequence row
+        # these statements may be about to create).
+        db.begin()
+        try:
             db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK_KEY,))
             tables = {
                 str(row[0])
@@ -199,6 +202,15 @@ def _open_postgres(storage: RelayStorage, *, create: bool) -> None:
             if found is None:
                 set_meta(db, "format_version", FORMAT_VERSION)
                 set_meta(db, "kind", _RELAY_KIND)
+            # the sequence row every write transaction locks first (RelayStorage.begin)
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('seq', ?) ON CONFLICT DO NOTHING",
+                (pack(0),),
+            )
+        except BaseException:
+            db.rollback()
+            raise
+        db.commit()
     except db.Error as exc:
         raise StorageError(f"{db.where}: cannot open the relay database: {exc}") from None
 
@@ -399,7 +411,12 @@ class RelayStorage:
         else:
             self._db = self._open_sqlite(database, create=create)
         self._seq: int = self.get_meta("seq", 0)
-        # Caches of rows that never change once committed (cleared on a rollback).
+        #: called as ``(after, through)`` when a transaction begins on a PostgreSQL
+        #: database others wrote to since this storage last looked: the changes logged
+        #: in ``(after, through]`` are another relay's (see :meth:`begin`)
+        self.on_behind: Callable[[int, int], None] | None = None
+        # Caches of rows that never change once committed (cleared on a rollback, and
+        # when another relay may have written).
         self._refused_records: set[str] | None = None  # records with refused ops (lazy)
         self._refused_ranges: dict[str, dict[int, list[tuple[int, int, str]]]] = {}
         self._client_owners: dict[int, str | None] = {}
@@ -436,12 +453,6 @@ class RelayStorage:
         """The database as messages name it (a path; a URL without its password)."""
         return self._db.where
 
-    def hold_alone(self) -> bool:
-        """PostgreSQL: take the lock that keeps a database to one relay process, for as
-        long as this storage is open; False if another relay holds it. (A SQLite file's
-        relay holds an OS lock beside the file instead: ``OwnerLock``.)"""
-        return isinstance(self._db, PostgresDatabase) and self._db.hold_alone()
-
     def close(self) -> None:
         self._db.close()
 
@@ -451,10 +462,54 @@ class RelayStorage:
 
     def begin(self) -> None:
         """Open a transaction (:meth:`transaction` does this, or a push group: see
-        ``PushPipeline``); :meth:`commit` or :meth:`rollback` ends it."""
+        ``PushPipeline``); :meth:`commit` or :meth:`rollback` ends it.
+
+        On PostgreSQL, where several relays may share the database, the transaction
+        first locks the sequence row: write transactions run one at a time across
+        relays, so sequence numbers commit in order (a reader that has seen version n
+        has seen every version below it) and no record is decided by two relays at
+        once. If others committed since this storage last looked, :attr:`on_behind`
+        hears of their versions before anything is decided."""
         self._db.begin()
         self._in_transaction = True
         self._seq_at_begin = getattr(self, "_seq", 0)
+        if isinstance(self._db, PostgresDatabase):
+            try:
+                row = self._db.execute(
+                    "SELECT value FROM meta WHERE key = 'seq' FOR UPDATE"
+                ).fetchone()
+                self._catch_up(int(unpack(row[0])) if row is not None else 0)
+            except BaseException:
+                self.rollback()
+                raise
+        self._seq_at_begin = getattr(self, "_seq", 0)
+
+    def cluster_seq(self) -> int:
+        """The last version committed by any relay on this database (read, not locked);
+        :attr:`seq` on SQLite, which one relay holds alone."""
+        if not isinstance(self._db, PostgresDatabase):
+            return self._seq
+        return int(self.get_meta("seq", 0))
+
+    def follow(self) -> None:
+        """Outside a transaction: take in what other relays committed since this storage
+        last looked (:attr:`on_behind`), and move :attr:`seq` there."""
+        assert not self.in_transaction, "a transaction catches up when it begins"
+        self._catch_up(self.cluster_seq())
+
+    def _catch_up(self, cluster: int) -> None:
+        """Move :attr:`seq` to ``cluster``, once :attr:`on_behind` has taken in the
+        versions between (if it fails, the position stays and the next look tries again:
+        nothing another relay committed is passed over)."""
+        after = getattr(self, "_seq", 0)
+        if cluster <= after:
+            return
+        # what other relays may have written: client id bindings, refused operations
+        self._client_owners = {k: v for k, v in self._client_owners.items() if v is not None}
+        self._refused_records, self._refused_ranges = None, {}
+        if self.on_behind is not None:
+            self.on_behind(after, cluster)
+        self._seq = cluster
 
     def commit(self) -> None:
         """Write what is staged and commit it all at once (one fsync); if that fails,
@@ -662,6 +717,15 @@ class RelayStorage:
             f"SELECT {_CHANGE_COLUMNS} FROM changes WHERE change_id = ?", (change_id,)
         ).fetchone()
         return None if row is None else ChangeRow.from_row(row)
+
+    def log_between(self, after: int, through: int) -> list[ChangeRow]:
+        """Every change logged with ``after < seq <= through``, in order."""
+        self._flush()
+        rows = self._db.execute(
+            f"SELECT {_CHANGE_COLUMNS} FROM changes WHERE seq > ? AND seq <= ? ORDER BY seq",
+            (after, through),
+        )
+        return [ChangeRow.from_row(row) for row in rows]
 
     def changes_of(self, record_id: str, after: int = 0) -> list[ChangeRow]:
         """The record's accepted changes with ``seq > after``, in order."""

@@ -101,7 +101,7 @@ class ServeProcess:
         return config.token_authority().issue(user)
 
     def client(
-        self, user: str, store: Path, *, url: str | None = None, **options: object
+        self, user: str, store: Path, *, url: str | list[str] | None = None, **options: object
     ) -> Client:
         options.setdefault("backoff_initial", 0.05)
         options.setdefault("backoff_max", 0.3)

@@ -1,0 +1,87 @@
+"""What other relays on the same database committed, taken in by this one.
+
+Relays on one PostgreSQL database form a cluster: each decides the pushes of its own
+connections, and every write transaction locks the sequence row first, so they decide
+one at a time and versions commit in order (see ``RelayStorage.begin``). A relay learns
+of the others' versions in two ways, and both come here, in log order::
+
+    a transaction begins and finds the sequence ahead ─┐
+    the follow timer finds it ahead (an idle relay)  ──┴─▶ ClusterFollower.caught_up(after, through)
+        ─▶ the changes logged in (after, through]
+        ─▶ every cached record they touched forgotten: decisions use the stored record
+        ─▶ the changes fanned out to this relay's listeners, as if pushed here
+
+Catching up happens before anything is decided in the transaction that found it, and a
+relay's own verdicts are sent after its commit, so each listener still receives versions
+in order. An administrator's action on another relay reaches this relay's listeners as
+an access change: exact when this relay held the record (its access facts before the
+action are the cached ones); otherwise as the update or tombstone to those who may read
+the record now (a listener that gained or lost access learns of it when it next
+connects, from its backlog).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import attrs
+
+from crdtsync.core.protocol import ChangeKind
+
+from .access import RecordAccess
+from .cache import RecordCache
+from .fanout import FanOut
+from .policy import RecordFacts
+from .storage import ChangeRow, RelayStorage, StoredRecord
+
+log = logging.getLogger("crdtsync.relay")
+
+#: the ``replica`` an administrator's action is logged under (see ``AdminActions``)
+ADMIN_REPLICA = "admin"
+
+
+class ClusterFollower:
+    """Takes in other relays' changes (module docstring)."""
+
+    def __init__(
+        self, storage: RelayStorage, cache: RecordCache, access: RecordAccess, fan_out: FanOut
+    ) -> None:
+        self.storage = storage
+        self.cache = cache
+        self.access = access
+        self.fan_out = fan_out
+        self.taken = 0  #: changes of other relays taken in (for tests and metrics)
+
+    def caught_up(self, after: int, through: int) -> None:
+        """The changes logged in ``(after, through]`` were committed by other relays:
+        forget what this relay cached of their records, then fan them out."""
+        rows = self.storage.log_between(after, through)
+        if not rows:
+            return
+        self.taken += len(rows)
+        before: dict[str, RecordFacts | None] = {}
+        for row in rows:
+            state = self.cache.pop(row.record_id, None)
+            if row.record_id not in before:
+                before[row.record_id] = state.facts if state is not None else None
+        records = self.storage.get_records(list(before))
+        for record_id, stood in records.items():
+            self.cache.state(record_id, stood, latest=True)  # the record as it stands now
+        pending: list[tuple[StoredRecord, ChangeRow]] = []
+        for row in rows:
+            record = records.get(row.record_id)
+            if record is None:
+                continue
+            if row.replica != ADMIN_REPLICA:
+                deleted = row.kind == ChangeKind.DELETE
+                pending.append((attrs.evolve(record, version=row.seq, deleted=deleted), row))
+                continue
+            if pending:
+                self.fan_out.changes(None, pending)
+                pending = []
+            now = self.access.facts(record)
+            then = before[row.record_id] or now
+            self.fan_out.access_change(attrs.evolve(record, version=row.seq), row, then, now)
+            before[row.record_id] = now
+        if pending:
+            self.fan_out.changes(None, pending)

@@ -1,0 +1,220 @@
+"""Several relays on one PostgreSQL database, as users see them: what one node accepts
+reaches clients of the others, every decision is made once across nodes, versions are
+never skipped, and a client may move between nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from crdtsync_server.storage import ChangeRow, RelayStorage
+
+from crdtsync import Status
+from tests.helpers.cluster import Cluster
+from tests.helpers.harness import eventually
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
+    with Cluster(postgres_url, tmp_path) as nodes:
+        yield nodes
+
+
+async def test_a_change_accepted_on_one_node_reaches_clients_of_the_others(
+    cluster: Cluster,
+) -> None:
+    a, b, c = cluster.nodes
+    alice, bob = a.client("alice"), b.client("bob")
+    async with alice, bob:
+        await bob.sync(timeout=10)
+        rid = alice.create("Account", {"Name": "Made on node A"})
+        await alice.sync(timeout=10)
+        await eventually(lambda: bob.get(rid) is not None)  # live, through node B
+        assert bob.get(rid).fields["Name"] == "Made on node A"  # type: ignore[union-attr]
+        alice.update(rid, {"Industry": "Energy"})
+        await alice.sync(timeout=10)
+        await eventually(lambda: bob.get(rid).fields.get("Industry") == "Energy")  # type: ignore[union-attr]
+    carol = c.client("carol")
+    async with carol:  # a client that connects to a third node later: its backlog
+        await carol.sync(timeout=10)
+        record = carol.get(rid)
+        assert record is not None and record.fields["Industry"] == "Energy"
+
+
+async def test_same_field_edited_on_two_nodes_at_once_is_one_acceptance_and_one_conflict(
+    cluster: Cluster,
+) -> None:
+    a, b, _c = cluster.nodes
+    alice, bob = a.client("alice"), b.client("bob")
+    async with alice, bob:
+        rid = alice.create("Account", {"Name": "Acme"})
+        await alice.sync(timeout=10)
+        await bob.sync(timeout=10)
+        alice.go_offline()
+        bob.go_offline()
+        alice.update(rid, {"Name": "Acme by Alice"})
+        bob.update(rid, {"Name": "Acme by Bob"})
+        alice.go_online()
+        bob.go_online()
+        await asyncio.gather(alice.sync(timeout=10), bob.sync(timeout=10))
+        statuses = sorted(
+            change.status.value for client in (alice, bob) for change in client.pending()
+        )
+        assert statuses == [Status.CONFLICT.value]  # one accepted (no longer pending)
+        winner = "Acme by Bob" if alice.pending() else "Acme by Alice"
+        for client in (alice, bob):
+            if not client.pending():
+                assert client.get(rid).fields["Name"] == winner  # type: ignore[union-attr]
+
+
+async def test_different_fields_edited_on_two_nodes_merge_on_every_node(cluster: Cluster) -> None:
+    a, b, c = cluster.nodes
+    alice, bob, carol = a.client("alice"), b.client("bob"), c.client("carol")
+    async with alice, bob, carol:
+        rid = alice.create("Account", {"Name": "Acme"})
+        await alice.sync(timeout=10)
+        await bob.sync(timeout=10)
+        for round_ in range(5):  # each node decides on what the other stored just before
+            alice.update(rid, {"Employees": round_})
+            bob.update(rid, {"Industry": ("Energy", "Retail")[round_ % 2]})
+            await asyncio.gather(alice.sync(timeout=10), bob.sync(timeout=10))
+        expected = {"Name": "Acme", "Employees": 4, "Industry": "Energy"}
+        for client in (alice, bob, carol):
+            await client.sync(timeout=10)
+            await eventually(lambda client=client: client.get(rid) is not None)
+            record = client.get(rid)
+            assert record is not None and record.status is Status.SYNCED
+            assert {k: record.fields.get(k) for k in expected} == expected, client
+
+
+async def test_a_unique_value_claimed_on_two_nodes_at_once_has_one_winner(
+    cluster: Cluster,
+) -> None:
+    a, b, _c = cluster.nodes
+    alice, bob = a.client("alice"), b.client("bob")
+    async with alice, bob:
+        alice.create("Contact", {"LastName": "A", "Email": "same@example.com"})
+        bob.create("Contact", {"LastName": "B", "Email": "same@example.com"})
+        await asyncio.gather(alice.sync(timeout=10), bob.sync(timeout=10))
+        problems = [change for client in (alice, bob) for change in client.pending()]
+        assert [change.status for change in problems] == [Status.CONFLICT]
+        assert "Email" in str(problems[0].problem)
+
+
+async def test_a_client_moving_between_nodes_keeps_its_cursor(cluster: Cluster) -> None:
+    a, b, c = cluster.nodes
+    alice = a.client("alice", url=[a.url, b.url])
+    bob = c.client("bob")
+    async with alice, bob:
+        first = alice.create("Account", {"Name": "Before the move"})
+        await alice.sync(timeout=10)
+        cursor = alice.replica.cursor
+        await a.stop_soon()  # node A goes away; alice moves to node B
+        second = bob.create("Account", {"Name": "While alice moves"})
+        await bob.sync(timeout=10)
+        await alice.sync(timeout=10)
+        assert alice.url == b.url
+        assert alice.get(second) is not None and alice.get(first) is not None
+        # the same cluster: she went on from her cursor, not from the start
+        assert alice.replica.cursor > cursor
+
+
+def test_versions_commit_in_order_across_relays(postgres_url: str) -> None:
+    """A relay holding its transaction open makes another wait: versions are numbered
+    and committed in one order, so a reader past version n has seen every one below."""
+    first, second = RelayStorage(postgres_url), RelayStorage(postgres_url)
+    reader = RelayStorage(postgres_url)
+    try:
+        first.begin()
+        mine = first.next_seq()
+        first.add_change(_row(mine, "from-first"))
+        committed = threading.Event()
+
+        def other_relay() -> None:
+            with second.transaction():
+                second.add_change(_row(second.next_seq(), "from-second"))
+            committed.set()
+
+        worker = threading.Thread(target=other_relay)
+        worker.start()
+        assert not committed.wait(0.5)  # it waits for the first relay's transaction
+        assert [row.change_id for row in reader.log_between(0, 10)] == []
+        first.commit()
+        worker.join(timeout=10)
+        assert committed.is_set()
+        seen = [(row.seq, row.change_id) for row in reader.log_between(0, 10)]
+        assert seen == [(1, "from-first"), (2, "from-second")]
+    finally:
+        for storage in (first, second, reader):
+            storage.close()
+
+
+def _row(seq: int, change_id: str) -> ChangeRow:
+    return ChangeRow(
+        seq=seq,
+        record_id=change_id,
+        object="Account",
+        change_id=change_id,
+        replica="r",
+        user="u",
+        kind="create",
+        fields={},
+        update=b"",
+        at=1.0,
+    )
+
+
+async def test_a_relay_whose_database_connection_was_cut_connects_again_by_itself(
+    cluster: Cluster, postgres_url: str
+) -> None:
+    a, b, _c = cluster.nodes
+    alice, bob = a.client("alice"), b.client("bob")
+    async with alice, bob:
+        before = alice.create("Account", {"Name": "Before the cut"})
+        await alice.sync(timeout=10)
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            cut = admin.execute(  # every relay's session, as a server restart would
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert cut is not None and cut[0] >= 3
+        after = alice.create("Account", {"Name": "After the cut"})
+        await alice.sync(timeout=15)  # a failed attempt is retried; nothing is lost
+        assert alice.pending() == []
+        await bob.sync(timeout=15)
+        assert bob.get(before) is not None and bob.get(after) is not None
+
+
+def test_versions_another_relay_committed_are_offered_until_they_are_taken_in(
+    postgres_url: str,
+) -> None:
+    """A relay that fails to take in others' versions (its connection cut halfway) does
+    not move past them: the next look offers them again."""
+    writer, follower = RelayStorage(postgres_url), RelayStorage(postgres_url)
+    offered: list[tuple[int, int]] = []
+
+    def take_in(after: int, through: int) -> None:
+        offered.append((after, through))
+        if len(offered) == 1:
+            raise ConnectionError("cut while reading the log")
+        assert [row.change_id for row in follower.log_between(after, through)] == ["a", "b"]
+
+    follower.on_behind = take_in
+    try:
+        with writer.transaction():
+            writer.add_change(_row(writer.next_seq(), "a"))
+            writer.add_change(_row(writer.next_seq(), "b"))
+        with pytest.raises(ConnectionError):
+            follower.follow()
+        assert follower.seq == 0
+        follower.follow()
+        assert follower.seq == 2 and offered == [(0, 2), (0, 2)]
+        with follower.transaction():  # a transaction that begins is caught up too
+            assert follower.next_seq() == 3
+    finally:
+        writer.close()
+        follower.close()
