@@ -113,6 +113,7 @@ class RelayServer:
                 raise StorageError(f"{database}: cannot open it: {exc.strerror}") from None
         try:
             self.storage = RelayStorage(database)
+            self.storage.agree_on_configuration(self.config.fingerprint())
             self.relay = Relay(
                 schema=self.config.schema,
                 policy=self.config.policy,

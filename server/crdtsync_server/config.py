@@ -19,6 +19,8 @@ must be configured: there is no file to keep one beside).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import secrets
 import ssl
@@ -114,6 +116,21 @@ class RelayConfig:
                 "secret beside"
             )
         return _secret_beside_database(path)
+
+    def fingerprint(self) -> str:
+        """A digest of what every relay on one database must agree on: the schema, the
+        roles' grants and the policy hook (see ``RelayStorage.agree_on_configuration``)."""
+        hook = self.policy.hook
+        agreed = {
+            "schema": self.schema.to_wire(),
+            "grants": {
+                role: {name: sorted(actions) for name, actions in table.items()}
+                for role, table in self.policy.grants.items()
+            },
+            "hook": None if hook is None else f"{type(hook).__module__}.{type(hook).__qualname__}",
+        }
+        text = json.dumps(agreed, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def tls_context(self) -> ssl.SSLContext | None:
         """The TLS context the relay serves with (``None``: plain ``ws://`` and HTTP)."""

@@ -43,6 +43,8 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 #: created (relays starting at once on a new database create them once); an arbitrary
 #: constant, "crdtsync" in ASCII.
 SCHEMA_LOCK_KEY = 0x6372647473796E63
+#: How a relay's sessions are named to the server (``pg_stat_activity``).
+APPLICATION_NAME = "crdtsync relay"
 #: Seconds a relay's session may sit idle inside a transaction before the server ends
 #: it (a relay frozen mid-transaction must not hold the sequence lock for long).
 IDLE_IN_TRANSACTION_TIMEOUT = 10
@@ -166,7 +168,10 @@ class PostgresDatabase:
     def _connect(self) -> Any:
         try:
             connection = self._psycopg.connect(
-                self._url, autocommit=True, connect_timeout=self._connect_timeout
+                self._url,
+                autocommit=True,
+                connect_timeout=self._connect_timeout,
+                application_name=APPLICATION_NAME,
             )
             connection.execute(
                 f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}s'"
@@ -223,6 +228,16 @@ class PostgresDatabase:
     def _server_in_transaction(self) -> bool:
         status = self.connection.info.transaction_status
         return bool(status != self._psycopg.pq.TransactionStatus.IDLE)
+
+    def other_relays_connected(self) -> bool:
+        """Another relay has a session on this database (sessions of the same role, as
+        relays of one deployment are, are visible to each other)."""
+        row = self.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = ? AND pid <> pg_backend_pid()",
+            (APPLICATION_NAME,),
+        ).fetchone()
+        return bool(row and row[0])
 
     def close(self) -> None:
         self.connection.close()

@@ -484,6 +484,27 @@ class RelayStorage:
                 raise
         self._seq_at_begin = getattr(self, "_seq", 0)
 
+    def agree_on_configuration(self, fingerprint: str) -> None:
+        """PostgreSQL: make sure every relay serving the database runs the configuration
+        whose digest is ``fingerprint`` (the schema, the roles). The first relay records
+        it; a relay that starts with another one while a relay with the recorded one is
+        connected is refused (:class:`StorageError`); with none connected, the new
+        configuration is recorded (a configuration changes while every relay is
+        stopped). Nothing to agree on with a SQLite file, which one relay holds."""
+        if not isinstance(self._db, PostgresDatabase):
+            return
+        with self.transaction():  # the sequence lock: relays starting together agree
+            recorded = self.get_meta("configuration")
+            if recorded == fingerprint:
+                return
+            if recorded is not None and self._db.other_relays_connected():
+                raise StorageError(
+                    f"{self._db.where} is served by relays with another configuration "
+                    "(schema or roles): start this one with the same configuration file, "
+                    "or stop every relay on the database to change it"
+                )
+            self.set_meta("configuration", fingerprint)
+
     def cluster_seq(self) -> int:
         """The last version committed by any relay on this database (read, not locked);
         :attr:`seq` on SQLite, which one relay holds alone."""

@@ -18,14 +18,14 @@ from tests.helpers.harness import EXAMPLE_CONFIG
 class RelayNode:
     """One relay on ``database`` in a thread (:meth:`start`, :meth:`stop`)."""
 
-    def __init__(self, database: str, secret: str, home: Path) -> None:
+    def __init__(
+        self, database: str, secret: str, home: Path, config: Path = EXAMPLE_CONFIG
+    ) -> None:
         from crdtsync_server.app import RelayServer
         from crdtsync_server.config import RelayConfig
 
         self.home = home
-        self.config = RelayConfig.from_toml(
-            EXAMPLE_CONFIG, database=database, port=0, secret=secret
-        )
+        self.config = RelayConfig.from_toml(config, database=database, port=0, secret=secret)
         self.server = RelayServer(self.config)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -91,8 +91,8 @@ class Cluster:
     """``size`` relays on one PostgreSQL database, sharing one secret."""
 
     def __init__(self, database: str, home: Path, size: int = 3) -> None:
-        secret = secrets.token_urlsafe(48)
-        self.nodes = [RelayNode(database, secret, home) for _ in range(size)]
+        self.secret = secrets.token_urlsafe(48)
+        self.nodes = [RelayNode(database, self.secret, home) for _ in range(size)]
 
     def __enter__(self) -> Cluster:
         for node in self.nodes:

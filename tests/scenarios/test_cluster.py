@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from crdtsync_server.errors import StorageError
 from crdtsync_server.storage import ChangeRow, RelayStorage
 
 from crdtsync import Status
-from tests.helpers.cluster import Cluster
-from tests.helpers.harness import eventually
+from crdtsync.core.protocol import Ack, Rejected
+from tests.helpers.cluster import Cluster, RelayNode
+from tests.helpers.harness import EXAMPLE_CONFIG, eventually
+from tests.helpers.wire import change, delta_writing, push_one, raw_session
 
 
 @pytest.fixture
@@ -218,3 +222,66 @@ def test_versions_another_relay_committed_are_offered_until_they_are_taken_in(
     finally:
         writer.close()
         follower.close()
+
+
+async def test_one_crdt_client_id_claimed_on_two_nodes_at_once_is_bound_to_one_replica(
+    cluster: Cluster,
+) -> None:
+    a, b, _c = cluster.nodes
+    shared_id = 987_654_321
+    async with (
+        raw_session(a.url, a.token("alice")) as (on_a, _),
+        raw_session(b.url, b.token("bob")) as (on_b, _),
+    ):
+        verdicts = await asyncio.gather(
+            push_one(on_a, change(new_id(), "Account", "create", delta_writing(
+                {"Name": "Alice's"}, client_id=shared_id))),
+            push_one(on_b, change(new_id(), "Account", "create", delta_writing(
+                {"Name": "Bob's"}, client_id=shared_id))),
+        )  # fmt: skip
+    accepted = [v for v in verdicts if isinstance(v, Ack)]
+    refused = [v for v in verdicts if isinstance(v, Rejected)]
+    assert len(accepted) == 1 and len(refused) == 1, verdicts
+    assert "client id" in refused[0].message
+
+
+async def test_one_change_pushed_to_two_nodes_at_once_is_applied_once(
+    cluster: Cluster, postgres_url: str
+) -> None:
+    a, b, _c = cluster.nodes
+    replica = "alice-phone"
+    pushed = change(new_id(), "Account", "create", delta_writing({"Name": "Once"}))
+    async with (
+        raw_session(a.url, a.token("alice"), replica=replica) as (on_a, _),
+        raw_session(b.url, b.token("alice"), replica=replica) as (on_b, _),
+    ):
+        verdicts = await asyncio.gather(push_one(on_a, pushed), push_one(on_b, pushed))
+    assert all(isinstance(v, Ack) for v in verdicts), verdicts
+    assert verdicts[0].version == verdicts[1].version  # the retransmission's own version
+    with psycopg.connect(postgres_url) as db:
+        rows = db.execute(
+            "SELECT count(*) FROM changes WHERE change_id = %s", (pushed.change_id,)
+        ).fetchone()
+    assert rows == (1,)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def test_a_relay_with_another_configuration_is_refused_while_the_others_run(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    other = tmp_path / "other.toml"
+    other.write_text(EXAMPLE_CONFIG.read_text() + '\n[roles.auditor]\nAccount = ["read"]\n')
+    with Cluster(postgres_url, tmp_path, size=1) as cluster:
+        stranger = RelayNode(postgres_url, cluster.secret, tmp_path, config=other)
+        with pytest.raises(StorageError, match="another configuration"):
+            stranger.start()
+        same = RelayNode(postgres_url, cluster.secret, tmp_path)
+        same.start()  # the same configuration joins
+        same.stop()
+    # with every relay stopped, the configuration may change
+    changed = RelayNode(postgres_url, cluster.secret, tmp_path, config=other)
+    changed.start()
+    changed.stop()
