@@ -322,12 +322,13 @@ class Timed:
 
 
 class Clock:
-    """Wall time and the CPU time of a server process and of this one, over a block."""
+    """Wall time and the CPU time of one or more server processes (summed) and of this
+    one, over a block."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, *more: int) -> None:
         import psutil
 
-        self._server = psutil.Process(pid)
+        self._servers = [psutil.Process(one) for one in (pid, *more)]
         self.timed = Timed()
 
     def __enter__(self) -> Timed:
@@ -342,8 +343,11 @@ class Clock:
         self.timed.server_cpu = self._server_cpu() - self._cpu
 
     def _server_cpu(self) -> float:
-        times = self._server.cpu_times()
-        return float(times.user + times.system)
+        total = 0.0
+        for server in self._servers:
+            times = server.cpu_times()
+            total += float(times.user + times.system)
+        return total
 
 
 # -- profiling ----------------------------------------------------------------------------

@@ -20,7 +20,9 @@ only the edits (records are created first, untimed):
                  has one pending change), and the ``window`` frames in flight share none.
 ``relay_pg``, ``relay_distinct_pg`` ``relay`` and ``relay_distinct`` with the relay on a
                  fresh PostgreSQL database (``--postgres-url``: the server to create it on)
-                 instead of a SQLite file.
+                 instead of a SQLite file; ``relay_pg3``, ``relay_distinct_pg3`` the same
+                 with three relays on the database, the clients spread over them (CPU
+                 and stage figures summed over the three).
 ``relay_shared`` the same, with the records shared: up to 7 clients edit each record,
                  each client its own field (no conflicts expected; the count is reported).
 ``merge_core``   :meth:`Relay.push` in-process on ``:memory:`` SQLite (no network, no
@@ -287,6 +289,25 @@ def run_relay_pg(options: Any) -> Figures:
     return _relay_figures(run, run.tally.acks)
 
 
+def run_relay_pg3(options: Any) -> Figures:
+    """As ``relay_pg``, on three relays on one database, the clients spread over them."""
+    with postgres_database(options.postgres_url) as database:
+        if database is None:
+            return {"note": f"no PostgreSQL server at {options.postgres_url}"}
+        run = _relay_run(options, _load(options), "relay_pg3", database=database, nodes=3)
+    return _relay_figures(run, run.tally.acks)
+
+
+def run_relay_distinct_pg3(options: Any) -> Figures:
+    """As ``relay_distinct_pg``, on three relays on one database."""
+    load, _records, _edits = distinct_load(options)
+    with postgres_database(options.postgres_url) as database:
+        if database is None:
+            return {"note": f"no PostgreSQL server at {options.postgres_url}"}
+        run = _relay_run(options, load, "relay_distinct_pg3", database=database, nodes=3)
+    return _relay_figures(run, run.tally.acks)
+
+
 def run_relay_distinct_pg(options: Any) -> Figures:
     """As ``relay_distinct``, on a PostgreSQL database."""
     load, _records, _edits = distinct_load(options)
@@ -348,23 +369,29 @@ def _relay_figures(run: RelayRun, changes: int) -> Figures:
     }
 
 
-def _relay_run(options: Any, load: Load, name: str, database: str | None = None) -> RelayRun:
-    """The load pushed to a ``crdtsync serve`` process on ``database`` (default: a new
-    SQLite file)."""
+def _relay_run(
+    options: Any, load: Load, name: str, database: str | None = None, nodes: int = 1
+) -> RelayRun:
+    """The load pushed to ``nodes`` ``crdtsync serve`` processes on ``database`` (default:
+    a new SQLite file, which takes one), the clients spread over them."""
     secret = secrets.token_hex(32)
-    port = free_port()
+    ports = [free_port() for _ in range(nodes)]
     profile = _profile_path(options, name)
-    with tempfile.TemporaryDirectory(prefix="crdtsync-bench-", dir=options.db_dir) as tmp:
-        argv = python_module(
-            "crdtsync", "serve", "--config", str(CONFIG), "--db",
-            database or str(Path(tmp) / "relay.sqlite3"), "--host", LOCALHOST, "--port",
-            str(port),
-        )  # fmt: skip
-        with ServerProcess(argv, port=port, env={"CRDTSYNC_SECRET": secret}) as server:
-            driver = RelayDriver(
-                f"ws://{LOCALHOST}:{port}", port, server.pid, TokenAuthority(secret), options
-            )
-            return asyncio.run(driver.run(load, profile))
+    with (
+        tempfile.TemporaryDirectory(prefix="crdtsync-bench-", dir=options.db_dir) as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        pids = []
+        for port in ports:
+            argv = python_module(
+                "crdtsync", "serve", "--config", str(CONFIG), "--db",
+                database or str(Path(tmp) / "relay.sqlite3"), "--host", LOCALHOST,
+                "--port", str(port),
+            )  # fmt: skip
+            server = ServerProcess(argv, port=port, env={"CRDTSYNC_SECRET": secret})
+            pids.append(stack.enter_context(server).pid)
+        driver = RelayDriver(ports, pids, TokenAuthority(secret), options)
+        return asyncio.run(driver.run(load, profile))
 
 
 def _profile_path(options: Any, name: str) -> Path | None:
@@ -374,15 +401,14 @@ def _profile_path(options: Any, name: str) -> Path | None:
 
 
 class RelayDriver:
-    """Connects a load's clients to a running relay, creates their records, then times
-    their pushes."""
+    """Connects a load's clients to running relays (spread over them), creates their
+    records, then times their pushes."""
 
     def __init__(
-        self, url: str, port: int, pid: int, authority: TokenAuthority, options: Any
+        self, ports: Sequence[int], pids: Sequence[int], authority: TokenAuthority, options: Any
     ) -> None:
-        self.url = url
-        self.port = port
-        self.pid = pid
+        self.ports = list(ports)
+        self.pids = list(pids)
         self.authority = authority
         self.batch = options.batch
         self.window = options.window
@@ -392,32 +418,41 @@ class RelayDriver:
     async def run(self, load: Load, profile: Path | None) -> RelayRun:
         async with AsyncExitStack() as stack:
 
-            async def open_client(client: ClientLoad) -> RelayConnection:
-                connection = await self._open(client)
+            async def open_client(client: ClientLoad, index: int) -> RelayConnection:
+                connection = await self._open(client, self.ports[index % len(self.ports)])
                 stack.push_async_callback(connection.close)
                 return connection
 
-            connections = await asyncio.gather(*(open_client(c) for c in load.clients))
+            connections = await asyncio.gather(
+                *(open_client(c, i) for i, c in enumerate(load.clients))
+            )
             by_replica = {c.replica: c for c in connections}
             await self._setup(load, connections)
-            before = await asyncio.to_thread(relay_metrics, self.port)
-            with py_spy(self.pid, profile), Clock(self.pid) as timed:
+            before = await asyncio.to_thread(self._metrics)
+            with py_spy(self.pids[0], profile), Clock(*self.pids) as timed:
                 await asyncio.gather(
                     *(
                         self._push(client, connection, by_replica)
                         for client, connection in zip(load.clients, connections, strict=True)
                     )
                 )
-            after = await asyncio.to_thread(relay_metrics, self.port)
+            after = await asyncio.to_thread(self._metrics)
         tally = Tally()
         for connection in connections:
             tally.merge(connection.tally)
         return RelayRun(tally, timed, merge_us(before, after), stage_figures(before, after))
 
-    async def _open(self, client: ClientLoad) -> RelayConnection:
+    def _metrics(self) -> dict[str, float]:
+        """Every relay's ``/metrics`` samples, summed over the relays."""
+        summed: dict[str, float] = collections.Counter()
+        for port in self.ports:
+            summed.update(relay_metrics(port))
+        return dict(summed)
+
+    async def _open(self, client: ClientLoad, port: int) -> RelayConnection:
         token = self.authority.issue(client.user)
         return await RelayConnection.open(
-            self.url, token=token, replica=client.replica, objects=self.objects
+            f"ws://{LOCALHOST}:{port}", token=token, replica=client.replica, objects=self.objects
         )
 
     async def _setup(self, load: Load, connections: Sequence[RelayConnection]) -> None:
@@ -694,6 +729,8 @@ WORKLOADS = (
     ),
     Workload("relay_pg", run_relay_pg, "as relay, on a PostgreSQL database"),
     Workload("relay_distinct_pg", run_relay_distinct_pg, "as relay_distinct, on PostgreSQL"),
+    Workload("relay_pg3", run_relay_pg3, "as relay_pg, three relays on one database"),
+    Workload("relay_distinct_pg3", run_relay_distinct_pg3, "as relay_distinct_pg, three relays"),
     Workload("relay_no_fanout", run_relay_no_fanout, "as relay, clients subscribe to nothing"),
     Workload(
         "relay_shared",
