@@ -51,6 +51,7 @@ import pycrdt
 from crdtsync.core.exceptions import FormatError
 from crdtsync.core.record import merged_state
 from crdtsync.core.sqlite_meta import (
+    IN_CHUNK,
     Migration,
     SqlConnection,
     create_private,
@@ -196,17 +197,17 @@ def _open_postgres(storage: RelayStorage, *, create: bool) -> None:
                         f"{db.where}: format {found!r} is not the one this crdtsync reads "
                         f"({FORMAT_VERSION})"
                     )
-            for statement in _POSTGRES_SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
             if found is None:
+                # Only into an empty database: DDL on tables other relays are writing to
+                # would lock them against those writes (and deadlock with the sequence).
+                for statement in _POSTGRES_SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
                 set_meta(db, "format_version", FORMAT_VERSION)
                 set_meta(db, "kind", _RELAY_KIND)
-            # the sequence row every write transaction locks first (RelayStorage.begin)
-            db.execute(
-                "INSERT INTO meta (key, value) VALUES ('seq', ?) ON CONFLICT DO NOTHING",
-                (pack(0),),
-            )
+            if get_meta(db, "seq") is None:
+                # the sequence row every write transaction locks first (RelayStorage.begin)
+                set_meta(db, "seq", 0)
         except BaseException:
             db.rollback()
             raise
@@ -324,27 +325,46 @@ def read_records(
     """The records of the relay database ``db`` (all, or those of ``record_ids`` that
     exist) as they stand: each row with the changes logged after it merged in. Reading
     needs nothing but a connection (read-only is enough): this is how anything besides
-    the relay reads its records."""
-    tail = (
-        "SELECT c.record_id, c.seq, c.update_ FROM changes c JOIN records r "
-        "ON r.id = c.record_id WHERE c.seq > r.version{among} ORDER BY c.record_id, c.seq"
+    the relay reads its records.
+
+    Each row and the changes logged after it are read in one statement, so they come
+    from one snapshot even while other relays write (a row rewritten between two reads
+    would otherwise be merged with the wrong part of the log)."""
+    sql = (
+        f"SELECT 0, {_RECORD_COLUMNS} FROM records r{{rows}} "
+        "UNION ALL SELECT 1, c.record_id, NULL, c.update_, c.seq, NULL, NULL, NULL "
+        "FROM changes c JOIN records r ON r.id = c.record_id "
+        "WHERE c.seq > r.version{tail} ORDER BY 1, 2, 5"
     )
     rows: Iterable[Any]
     if record_ids is None:
-        rows = db.execute(f"SELECT {_RECORD_COLUMNS} FROM records")
-        found = {record.id: record for record in map(StoredRecord.from_tuple, rows)}
-        tail_rows: Iterable[Any] = db.execute(tail.format(among=""))
+        rows = db.execute(sql.format(rows="", tail=""))
     else:
-        sql = f"SELECT {_RECORD_COLUMNS} FROM records WHERE id IN ({{marks}})"
-        rows = rows_in(db, sql, record_ids)
-        found = {record.id: record for record in map(StoredRecord.from_tuple, rows)}
-        tail_rows = rows_in(db, tail.format(among=" AND c.record_id IN ({marks})"), list(found))
+        wanted = list(dict.fromkeys(record_ids))
+        chunked = sql.format(rows=" WHERE r.id IN ({marks})", tail=" AND c.record_id IN ({marks})")
+        rows = _rows_in_twice(db, chunked, wanted)
+    found: dict[str, StoredRecord] = {}
     tails: dict[str, list[tuple[int, bytes | None]]] = {}
-    for record_id, seq, update in tail_rows:
-        tails.setdefault(str(record_id), []).append((int(seq), update))
+    for part, *row in rows:
+        if part == 0:
+            record = StoredRecord.from_tuple(row)
+            found[record.id] = record
+        else:
+            record_id, _object, update, seq = row[:4]
+            tails.setdefault(str(record_id), []).append((int(seq), update))
     for record_id, logged in tails.items():
-        found[record_id] = _caught_up(found[record_id], logged)
+        if record_id in found:
+            found[record_id] = _caught_up(found[record_id], logged)
     return found
+
+
+def _rows_in_twice(db: SqlConnection, sql: str, values: list[str]) -> Iterator[Any]:
+    """:func:`rows_in` for a statement whose two ``IN ({marks})`` lists take the same
+    values."""
+    for start in range(0, len(values), IN_CHUNK):
+        chunk = values[start : start + IN_CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        yield from db.execute(sql.replace("{marks}", marks), (*chunk, *chunk))
 
 
 def _caught_up(row: StoredRecord, tail: list[tuple[int, bytes | None]]) -> StoredRecord:

@@ -26,9 +26,11 @@ from collections.abc import Callable
 from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pycrdt
 import pytest
+from crdtsync_server.database import PostgresDatabase, is_postgres_url
 from crdtsync_server.merge import decode_state_vector
 from crdtsync_server.storage import read_records
 
@@ -56,12 +58,20 @@ def value_for(field: str, n: int) -> object:
     return n
 
 
-def relay_rows(database: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
-    db = sqlite3.connect(database)
+def relay_rows(database: Path | str, sql: str, *args: object) -> list[tuple[object, ...]]:
+    """The rows of ``sql`` (``?`` placeholders) on a relay database: a SQLite file or a
+    PostgreSQL URL, read directly (not through a relay)."""
+    db = open_directly(database)
     try:
-        return list(db.execute(sql, args))
+        return [tuple(row) for row in db.execute(sql, args)]
     finally:
         db.close()
+
+
+def open_directly(database: Path | str) -> Any:
+    if is_postgres_url(str(database)):
+        return PostgresDatabase(str(database))
+    return sqlite3.connect(database)
 
 
 def assert_integrity(path: Path) -> None:
@@ -69,7 +79,7 @@ def assert_integrity(path: Path) -> None:
     assert result == "ok", f"{path.name}: {result}"
 
 
-def assert_each_operation_logged_once(database: Path) -> int:
+def assert_each_operation_logged_once(database: Path | str) -> int:
     """No change id twice, and no CRDT operation in two logged changes of a record (a
     change applied twice under two ids would repeat its operations). Returns the count."""
     rows = relay_rows(database, "SELECT record_id, change_id, update_ FROM changes ORDER BY seq")
@@ -97,10 +107,10 @@ def state_vector(update: bytes | None) -> dict[int, int]:
     return decode_state_vector(pycrdt.get_state(update)) if update else {}
 
 
-def assert_acknowledged_versions_are_stored(clients: list[Client], database: Path) -> int:
+def assert_acknowledged_versions_are_stored(clients: list[Client], database: Path | str) -> int:
     """Every record version a client holds as the relay's is in the relay's database,
     with every CRDT operation of it. Returns how many were checked."""
-    with closing(sqlite3.connect(database)) as db:
+    with closing(open_directly(database)) as db:
         stored = {rid: (r.version, r.state) for rid, r in read_records(db).items()}
     logged = {
         (str(rid), int(seq))  # type: ignore[call-overload]
@@ -191,6 +201,86 @@ async def test_acknowledged_changes_survive_repeated_kill_9_of_the_relay_under_l
     # A relay going away is retried quietly: no error (and no traceback) in the log.
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     report("relay_kill9", kills=kills, edits=edits, changes_logged=logged, acked_checked=checked)
+
+
+async def test_acknowledged_changes_survive_repeated_kill_9_of_random_nodes_under_load(
+    tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three ``crdtsync serve`` nodes on one PostgreSQL database; clients spread over
+    them (each given every node's URL) keep editing while a random node is killed again
+    and again. At each kill every acknowledged version is in the database; at the end
+    nothing is pending, every last edit is there, every operation was logged once, and
+    every replica holds the same values."""
+    nodes = [ServeProcess(postgres_url, free_port(), home=tmp_path) for _ in range(3)]
+    for node in nodes:
+        node.start()
+    urls = [node.url for node in nodes]
+    rng = random.Random(1717)
+    users = ("alice", "bob", "carol", "alice")
+    clients = [
+        nodes[i % 3].client(user, tmp_path / f"c{i}.sqlite3", url=urls[i % 3 :] + urls[: i % 3])
+        for i, user in enumerate(users)
+    ]
+    expected: dict[tuple[str, str], object] = {}
+    edits = kills = checked = 0
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for client in clients:
+                await stack.enter_async_context(client)
+            own = {i: [c.create("Account", {"Name": f"Own {i}.{k}"}) for k in range(3)]
+                   for i, c in enumerate(clients)}  # fmt: skip
+            shared = [clients[0].create("Account", {"Name": f"Shared {k}"}) for k in range(3)]
+            for client in clients:
+                await client.sync(timeout=20)
+            await eventually(lambda: all(len(c.records("Account")) == 15 for c in clients), 20)
+            stop = asyncio.Event()
+
+            async def write(i: int, client: Client) -> None:
+                nonlocal edits
+                field = WRITER_FIELDS[i]
+                while not stop.is_set():
+                    rid = rng.choice(own[i] + shared)
+                    value = value_for(field, edits)
+                    client.update(rid, {field: value})
+                    expected[rid, field] = value
+                    edits += 1
+                    await asyncio.sleep(rng.uniform(0.0, 0.01))
+
+            async with asyncio.TaskGroup() as group:
+                for i, client in enumerate(clients):
+                    group.create_task(write(i, client))
+                for _ in range(scaled(4)):
+                    await asyncio.sleep(rng.uniform(0.2, 0.6))
+                    victim = rng.choice(nodes)
+                    assert victim.process is not None
+                    victim.process.send_signal(signal.SIGKILL)
+                    await asyncio.to_thread(victim.process.wait)
+                    kills += 1
+                    checked += assert_acknowledged_versions_are_stored(clients, postgres_url)
+                    await asyncio.sleep(rng.uniform(0.0, 0.3))  # its clients move meanwhile
+                    await asyncio.to_thread(victim.start)  # same database, same port
+                await asyncio.sleep(0.3)
+                stop.set()
+
+            for client in clients:
+                await client.sync(timeout=30)
+            await eventually(lambda: all(c.pending() == [] for c in clients), 20)
+            for client in clients:
+                await client.sync(timeout=30)
+            truth = fields_of(clients[0])
+            await eventually(lambda: all(fields_of(c) == truth for c in clients), 20)
+            for (rid, field), value in expected.items():
+                assert truth[rid][field] == value, f"{rid}.{field}: last edit lost"
+            logged = assert_each_operation_logged_once(postgres_url)
+            checked += assert_acknowledged_versions_are_stored(clients, postgres_url)
+    finally:
+        for node in nodes:
+            node.stop()
+    for i in range(len(users)):
+        assert_integrity(tmp_path / f"c{i}.sqlite3")
+    assert kills == scaled(4) and edits > 100
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    report("cluster_kill9", kills=kills, edits=edits, changes_logged=logged, acked_checked=checked)
 
 
 # -- a client process killed mid-push and mid-apply -----------------------------------------

@@ -285,3 +285,28 @@ def test_a_relay_with_another_configuration_is_refused_while_the_others_run(
     changed = RelayNode(postgres_url, cluster.secret, tmp_path, config=other)
     changed.start()
     changed.stop()
+
+
+def test_a_relay_opening_the_database_does_not_wait_for_another_ones_transaction(
+    postgres_url: str,
+) -> None:
+    """A node (re)started while the others write must not lock their tables: opening an
+    existing database runs no DDL on them."""
+    RelayStorage(postgres_url).close()  # the tables exist
+    writer = RelayStorage(postgres_url)
+    opened: list[RelayStorage] = []
+    try:
+        writer.begin()
+        with writer.savepoint():  # rows written into the log, the transaction still open
+            writer.add_change(_row(writer.next_seq(), "in-flight"))
+        opener = threading.Thread(target=lambda: opened.append(RelayStorage(postgres_url)))
+        opener.start()
+        opener.join(timeout=3)
+        assert opened, "opening the database waited for another relay's transaction"
+        writer.commit()
+    finally:
+        if writer.in_transaction:
+            writer.rollback()
+        writer.close()
+        for storage in opened:
+            storage.close()
