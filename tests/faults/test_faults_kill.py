@@ -22,12 +22,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pycrdt
 import pytest
 from crdtsync_server.database import PostgresDatabase, is_postgres_url
@@ -135,152 +136,147 @@ def fields_of(client: Client) -> dict[str, dict[str, object]]:
     return {record.id: dict(record.fields) for record in client.records("Account")}
 
 
+@attrs.frozen
+class KillRun:
+    """What :func:`edit_while_killing` counted."""
+
+    edits: int
+    kills: int
+    logged: int  #: changes in the relay's log at the end
+    checked: int  #: acknowledged versions found stored, over every check
+
+
+async def edit_while_killing(
+    clients: list[Client],
+    database: Path | str,
+    kill_and_restart: Callable[[Callable[[], None]], Awaitable[None]],
+    rng: random.Random,
+) -> KillRun:
+    """Four writers (one field each) edit their own records and three shared ones while
+    ``kill_and_restart`` kills a relay (calling the check it is given while the relay is
+    down: every version a client holds as acknowledged is in ``database``) and starts it
+    again, :func:`scaled` (4) times. Then: nothing is pending, every client holds the same
+    values, every last edit is there, no operation was logged twice."""
+    expected: dict[tuple[str, str], object] = {}
+    edits = kills = checked = 0
+    async with contextlib.AsyncExitStack() as stack:
+        for client in clients:
+            await stack.enter_async_context(client)
+        own = {i: [c.create("Account", {"Name": f"Own {i}.{k}"}) for k in range(3)]
+               for i, c in enumerate(clients)}  # fmt: skip
+        shared = [clients[0].create("Account", {"Name": f"Shared {k}"}) for k in range(3)]
+        for client in clients:
+            await client.sync(timeout=20)
+        total = 3 * len(clients) + 3
+        await eventually(lambda: all(len(c.records("Account")) == total for c in clients), 20)
+        stop = asyncio.Event()
+
+        async def write(i: int, client: Client) -> None:
+            nonlocal edits
+            field = WRITER_FIELDS[i]
+            while not stop.is_set():
+                rid = rng.choice(own[i] + shared)
+                value = value_for(field, edits)
+                client.update(rid, {field: value})
+                expected[rid, field] = value
+                edits += 1
+                await asyncio.sleep(rng.uniform(0.0, 0.01))
+
+        def check() -> None:
+            nonlocal checked
+            checked += assert_acknowledged_versions_are_stored(clients, database)
+
+        async with asyncio.TaskGroup() as group:
+            for i, client in enumerate(clients):
+                group.create_task(write(i, client))
+            for _ in range(scaled(4)):
+                await asyncio.sleep(rng.uniform(0.2, 0.6))
+                await kill_and_restart(check)
+                kills += 1
+            await asyncio.sleep(0.3)
+            stop.set()
+
+        for _ in range(2):  # the second round brings what others pushed meanwhile
+            for client in clients:
+                await client.sync(timeout=30)
+        await eventually(lambda: all(c.pending() == [] for c in clients), 20)
+        truth = fields_of(clients[0])
+        await eventually(lambda: all(fields_of(c) == truth for c in clients), 20)
+        for (rid, field), value in expected.items():
+            assert truth[rid][field] == value, f"{rid}.{field}: last edit lost"
+        logged = assert_each_operation_logged_once(database)
+        check()
+    return KillRun(edits=edits, kills=kills, logged=logged, checked=checked)
+
+
+USERS = ("alice", "bob", "carol", "alice")  # alice twice: two devices
+
+
 async def test_acknowledged_changes_survive_repeated_kill_9_of_the_relay_under_load(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     relay = ServeProcess(tmp_path / "relay.sqlite3", free_port())
     relay.start()
     rng = random.Random(2026)
-    users = ("alice", "bob", "carol", "alice")  # alice twice: two devices
-    clients = [relay.client(user, tmp_path / f"c{i}.sqlite3") for i, user in enumerate(users)]
-    expected: dict[tuple[str, str], object] = {}
-    edits = kills = checked = 0
+    clients = [relay.client(user, tmp_path / f"c{i}.sqlite3") for i, user in enumerate(USERS)]
+
+    async def kill_and_restart(check: Callable[[], None]) -> None:
+        assert relay.process is not None
+        relay.process.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(relay.process.wait)
+        check()
+        assert_integrity(relay.database)
+        await asyncio.sleep(rng.uniform(0.0, 0.3))  # clients retry meanwhile
+        await asyncio.to_thread(relay.start)  # same database, same port
+
     try:
-        async with contextlib.AsyncExitStack() as stack:
-            for client in clients:
-                await stack.enter_async_context(client)
-            own = {i: [c.create("Account", {"Name": f"Own {i}.{k}"}) for k in range(4)]
-                   for i, c in enumerate(clients)}  # fmt: skip
-            shared = [clients[0].create("Account", {"Name": f"Shared {k}"}) for k in range(3)]
-            for client in clients:
-                await client.sync(timeout=20)
-            await eventually(lambda: all(len(c.records("Account")) == 19 for c in clients), 20)
-            stop = asyncio.Event()
-
-            async def write(i: int, client: Client) -> None:
-                nonlocal edits
-                field = WRITER_FIELDS[i]
-                while not stop.is_set():
-                    rid = rng.choice(own[i] + shared)
-                    value = value_for(field, edits)
-                    client.update(rid, {field: value})
-                    expected[rid, field] = value
-                    edits += 1
-                    await asyncio.sleep(rng.uniform(0.0, 0.01))
-
-            async with asyncio.TaskGroup() as group:
-                for i, client in enumerate(clients):
-                    group.create_task(write(i, client))
-                for _ in range(scaled(4)):
-                    await asyncio.sleep(rng.uniform(0.2, 0.6))
-                    assert relay.process is not None
-                    relay.process.send_signal(signal.SIGKILL)
-                    await asyncio.to_thread(relay.process.wait)
-                    kills += 1
-                    checked += assert_acknowledged_versions_are_stored(clients, relay.database)
-                    assert_integrity(relay.database)
-                    await asyncio.sleep(rng.uniform(0.0, 0.3))  # clients retry meanwhile
-                    await asyncio.to_thread(relay.start)  # same database, same port
-                await asyncio.sleep(0.3)
-                stop.set()
-
-            for client in clients:
-                await client.sync(timeout=30)
-            await eventually(lambda: all(c.pending() == [] for c in clients), 20)
-            truth = fields_of(clients[0])
-            await eventually(lambda: all(fields_of(c) == truth for c in clients), 20)
-            for (rid, field), value in expected.items():
-                assert truth[rid][field] == value, f"{rid}.{field}: last edit lost"
-            logged = assert_each_operation_logged_once(relay.database)
-            checked += assert_acknowledged_versions_are_stored(clients, relay.database)
+        run = await edit_while_killing(clients, relay.database, kill_and_restart, rng)
     finally:
         relay.stop()
-    for path in [relay.database, *(tmp_path / f"c{i}.sqlite3" for i in range(len(users)))]:
+    for path in [relay.database, *(tmp_path / f"c{i}.sqlite3" for i in range(len(USERS)))]:
         assert_integrity(path)
-    assert kills == scaled(4) and edits > 100
+    assert run.kills == scaled(4) and run.edits > 100
     # A relay going away is retried quietly: no error (and no traceback) in the log.
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    report("relay_kill9", kills=kills, edits=edits, changes_logged=logged, acked_checked=checked)
+    report("relay_kill9", kills=run.kills, edits=run.edits, changes_logged=run.logged,
+           acked_checked=run.checked)  # fmt: skip
 
 
 async def test_acknowledged_changes_survive_repeated_kill_9_of_random_nodes_under_load(
     tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Three ``crdtsync serve`` nodes on one PostgreSQL database; clients spread over
-    them (each given every node's URL) keep editing while a random node is killed again
-    and again. At each kill every acknowledged version is in the database; at the end
-    nothing is pending, every last edit is there, every operation was logged once, and
-    every replica holds the same values."""
+    """As above, with three ``crdtsync serve`` nodes on one PostgreSQL database and the
+    clients spread over them (each given every node's URL); a random node is killed."""
     nodes = [ServeProcess(postgres_url, free_port(), home=tmp_path) for _ in range(3)]
     for node in nodes:
         node.start()
     urls = [node.url for node in nodes]
     rng = random.Random(1717)
-    users = ("alice", "bob", "carol", "alice")
     clients = [
         nodes[i % 3].client(user, tmp_path / f"c{i}.sqlite3", url=urls[i % 3 :] + urls[: i % 3])
-        for i, user in enumerate(users)
+        for i, user in enumerate(USERS)
     ]
-    expected: dict[tuple[str, str], object] = {}
-    edits = kills = checked = 0
+
+    async def kill_and_restart(check: Callable[[], None]) -> None:
+        victim = rng.choice(nodes)
+        assert victim.process is not None
+        victim.process.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(victim.process.wait)
+        check()  # the others keep accepting meanwhile
+        await asyncio.sleep(rng.uniform(0.0, 0.3))  # its clients move meanwhile
+        await asyncio.to_thread(victim.start)  # same database, same port
+
     try:
-        async with contextlib.AsyncExitStack() as stack:
-            for client in clients:
-                await stack.enter_async_context(client)
-            own = {i: [c.create("Account", {"Name": f"Own {i}.{k}"}) for k in range(3)]
-                   for i, c in enumerate(clients)}  # fmt: skip
-            shared = [clients[0].create("Account", {"Name": f"Shared {k}"}) for k in range(3)]
-            for client in clients:
-                await client.sync(timeout=20)
-            await eventually(lambda: all(len(c.records("Account")) == 15 for c in clients), 20)
-            stop = asyncio.Event()
-
-            async def write(i: int, client: Client) -> None:
-                nonlocal edits
-                field = WRITER_FIELDS[i]
-                while not stop.is_set():
-                    rid = rng.choice(own[i] + shared)
-                    value = value_for(field, edits)
-                    client.update(rid, {field: value})
-                    expected[rid, field] = value
-                    edits += 1
-                    await asyncio.sleep(rng.uniform(0.0, 0.01))
-
-            async with asyncio.TaskGroup() as group:
-                for i, client in enumerate(clients):
-                    group.create_task(write(i, client))
-                for _ in range(scaled(4)):
-                    await asyncio.sleep(rng.uniform(0.2, 0.6))
-                    victim = rng.choice(nodes)
-                    assert victim.process is not None
-                    victim.process.send_signal(signal.SIGKILL)
-                    await asyncio.to_thread(victim.process.wait)
-                    kills += 1
-                    checked += assert_acknowledged_versions_are_stored(clients, postgres_url)
-                    await asyncio.sleep(rng.uniform(0.0, 0.3))  # its clients move meanwhile
-                    await asyncio.to_thread(victim.start)  # same database, same port
-                await asyncio.sleep(0.3)
-                stop.set()
-
-            for client in clients:
-                await client.sync(timeout=30)
-            await eventually(lambda: all(c.pending() == [] for c in clients), 20)
-            for client in clients:
-                await client.sync(timeout=30)
-            truth = fields_of(clients[0])
-            await eventually(lambda: all(fields_of(c) == truth for c in clients), 20)
-            for (rid, field), value in expected.items():
-                assert truth[rid][field] == value, f"{rid}.{field}: last edit lost"
-            logged = assert_each_operation_logged_once(postgres_url)
-            checked += assert_acknowledged_versions_are_stored(clients, postgres_url)
+        run = await edit_while_killing(clients, postgres_url, kill_and_restart, rng)
     finally:
         for node in nodes:
             node.stop()
-    for i in range(len(users)):
+    for i in range(len(USERS)):
         assert_integrity(tmp_path / f"c{i}.sqlite3")
-    assert kills == scaled(4) and edits > 100
+    assert run.kills == scaled(4) and run.edits > 100
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    report("cluster_kill9", kills=kills, edits=edits, changes_logged=logged, acked_checked=checked)
+    report("cluster_kill9", kills=run.kills, edits=run.edits, changes_logged=run.logged,
+           acked_checked=run.checked)  # fmt: skip
 
 
 # -- a client process killed mid-push and mid-apply -----------------------------------------
