@@ -39,6 +39,16 @@ def _parser() -> argparse.ArgumentParser:
     offline = stories.add_parser("offline", help="create, edit and delete records offline")
     offline.add_argument("--store", help="SQLite file for the local store (default: temporary)")
     stories.add_parser("sync", help="a relay and two users through every sync scenario")
+    cluster = stories.add_parser(
+        "cluster",
+        help="three relays on PostgreSQL, two users on different ones",
+        description="Creates a scratch database on the PostgreSQL server --db names (a "
+        "role that may create databases is needed), runs three relays on it and two users "
+        "on different relays, then drops it.",
+    )
+    cluster.add_argument(
+        "--db", required=True, help="a PostgreSQL server, as a postgresql:// URL to connect to"
+    )
 
     app = commands.add_parser("app", help="run the reference web app for one user")
     app.add_argument("--user", required=True, help="whose app it is")
@@ -152,6 +162,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import run_offline
 
             run_offline(sys.stdout, store=args.store)
+        elif args.command == "demo" and args.story == "cluster":
+            import asyncio
+            import logging
+
+            from .demo import run_cluster
+
+            logging.basicConfig(level=logging.ERROR)
+            asyncio.run(run_cluster(sys.stdout, args.db))
         elif args.command == "demo" and args.story == "sync":
             import asyncio
             import logging

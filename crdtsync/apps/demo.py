@@ -3,16 +3,29 @@
 ``crdtsync demo offline``: create, edit and delete records with no network, and show the
 pending-changes list and statuses, before and after a restart of the app.
 ``crdtsync demo sync``: a relay and two users, through every sync scenario.
+``crdtsync demo cluster --db postgresql://…``: three relay processes on one PostgreSQL
+database (a scratch database the demo creates on that server and drops afterwards) and
+two users on different relays: a change crossing relays, a same-field conflict decided
+once, and a relay killed while a user keeps working.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import subprocess
+import sys
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
+from urllib.parse import urlsplit, urlunsplit
 
 from crdtsync.client.facade import Client
 from crdtsync.core.exceptions import RecordLocked, RecordNotFound, ValidationError
@@ -231,8 +244,155 @@ async def _access_story(
     say(f"alice's amount is untouched: {alice.get(deal).fields['Amount']}")  # type: ignore[union-attr]
 
 
+async def run_cluster(out: TextIO, server: str) -> None:
+    """Three ``crdtsync serve`` processes on a scratch database of the PostgreSQL
+    ``server`` (a URL to connect to for creating it), and alice and bob on different
+    ones (module docstring)."""
+    from crdtsync_server.auth import TokenAuthority
+    from crdtsync_server.database import shown_url
+
+    def say(text: str = "") -> None:
+        print(text, file=out, flush=True)
+
+    secret = secrets.token_urlsafe(48)
+    authority = TokenAuthority(secret)
+    with _scratch_database(server) as database, tempfile.TemporaryDirectory() as tmp:
+        relays = [_ServedRelay(database, secret) for _ in range(3)]
+        try:
+            for relay in relays:
+                relay.start()
+            say(f"Three relays on {shown_url(database)}: " + ", ".join(r.url for r in relays))
+            urls = [relay.url for relay in relays]
+            alice = Client(
+                urls, token=authority.issue("alice"), store=str(Path(tmp) / "alice.sqlite3"),
+                schema=example_config(), backoff_initial=0.05, backoff_max=0.5,
+            )  # fmt: skip
+            bob = Client(
+                urls[1:] + urls[:1], token=authority.issue("bob"),
+                store=str(Path(tmp) / "bob.sqlite3"), schema=example_config(),
+                backoff_initial=0.05, backoff_max=0.5,
+            )  # fmt: skip
+            async with alice, bob:
+                await _cluster_story(say, alice, bob, relays)
+        finally:
+            for relay in relays:
+                relay.stop()
+    say("\nDone: three relays served as one; nothing was lost or decided twice.")
+
+
+async def _cluster_story(
+    say: Callable[[str], None], alice: Client, bob: Client, relays: list[_ServedRelay]
+) -> None:
+    say(f"alice syncs with {alice.url}, bob with {bob.url}")
+    say("\n1. Alice creates Acme on her relay; bob's relay fans it out to him")
+    acme = alice.create("Account", {"Name": "Acme", "Employees": 120})
+    await alice.sync()
+    await bob.sync()
+    say("bob sees:\n" + records_table(bob.records(), ("Name", "Employees")))
+
+    say("\n2. Both rename Acme offline and sync at once, through different relays")
+    alice.go_offline()
+    bob.go_offline()
+    alice.update(acme, {"Name": "Acme Energy"})
+    bob.update(acme, {"Name": "Acme Corp"})
+    alice.go_online()
+    bob.go_online()
+    await asyncio.gather(alice.sync(), bob.sync())
+    for name, client in (("alice", alice), ("bob", bob)):
+        show_pending(say, name, client)
+    loser = alice if alice.pending() else bob
+    winner = bob if loser is alice else alice
+    say(f"decided once: {winner.get(acme).fields['Name']!r} was accepted, the other is a conflict")  # type: ignore[union-attr]
+    loser.dismiss(acme)
+    await loser.sync()
+
+    say(f"\n3. Alice's relay ({alice.url}) is killed; she keeps working")
+    killed = next(relay for relay in relays if relay.url == alice.url)
+    killed.kill()
+    globex = alice.create("Account", {"Name": "Globex"})
+    await alice.sync(timeout=30)
+    await bob.sync()
+    say(f"alice moved to {alice.url}; her Globex reached bob: {bob.get(globex) is not None}")
+    say("bob sees:\n" + records_table(bob.records(), ("Name", "Employees")))
+
+
+@contextlib.contextmanager
+def _scratch_database(server: str) -> Iterator[str]:
+    """A new database on the PostgreSQL ``server`` for the demo, dropped afterwards."""
+    import psycopg
+    from crdtsync_server.errors import StorageError
+
+    name = f"crdtsync_demo_{secrets.token_hex(4)}"
+    try:
+        admin = psycopg.connect(server, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise StorageError(f"cannot connect to {_shown(server)}: {exc}".strip()) from None
+    with admin:
+        try:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        except psycopg.Error as exc:
+            raise StorageError(
+                f"cannot create a scratch database on {_shown(server)} ({exc}); the demo "
+                "needs a role that may create databases"
+            ) from None
+        try:
+            yield urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _shown(url: str) -> str:
+    from crdtsync_server.database import shown_url
+
+    return shown_url(url)
+
+
+class _ServedRelay:
+    """``crdtsync serve`` on a free port of 127.0.0.1, as a process of its own."""
+
+    def __init__(self, database: str, secret: str) -> None:
+        self.database, self.secret = database, secret
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        self.url = f"ws://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "crdtsync", "serve", "--config", str(example_config())]
+        self.process = subprocess.Popen(
+            [*command, "--db", self.database, "--port", str(self.port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "CRDTSYNC_SECRET": self.secret},
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if "listening" not in line:
+            from crdtsync_server.errors import RelayError
+
+            self.stop()
+            raise RelayError(f"a relay did not start: {line.strip()}")
+        threading.Thread(target=self.process.stdout.read, daemon=True).start()  # drain
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
 def show_pending(say: Callable[[str], None], name: str, client: Client) -> None:
     say(f"{name}'s Pending Changes:\n" + pending_table(client.pending()))
 
 
-__all__ = ["example_config", "run_offline", "run_sync"]
+__all__ = ["example_config", "run_cluster", "run_offline", "run_sync"]

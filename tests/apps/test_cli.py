@@ -286,3 +286,29 @@ def test_every_command_that_reads_a_config_defaults_to_the_same_one() -> None:
     result = run("token", "--user", "alice", "--db", "/nonexistent-dir/relay.sqlite3")
     assert result.returncode == 2 and "Traceback" not in result.stderr  # read the example
     assert "cannot create the relay's secret" in result.stderr
+
+
+def test_cluster_demo_runs_three_relays_on_postgresql_and_loses_nothing(postgres: object) -> None:
+    from tests.helpers.postgres import PostgresServer
+
+    assert isinstance(postgres, PostgresServer)
+    result = subprocess.run(
+        [sys.executable, "-m", "crdtsync", "demo", "cluster", "--db", postgres.admin_url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("ws://127.0.0.1:") >= 3 and "Three relays on" in out
+    assert "bob sees:" in out and "Acme" in out  # crossed relays
+    assert "decided once:" in out and "conflict" in out
+    assert "her Globex reached bob: True" in out  # a relay killed, nothing lost
+    assert "Traceback" not in out + result.stderr
+
+
+def test_cluster_demo_names_a_server_it_cannot_reach_without_its_password() -> None:
+    result = run("demo", "cluster", "--db", "postgresql://demo:hunter2@127.0.0.1:1/postgres")
+    assert result.returncode == 2
+    assert "cannot connect to postgresql://demo:***@127.0.0.1:1/postgres" in result.stderr
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
