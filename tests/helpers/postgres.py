@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,9 +31,18 @@ class PostgresServer:
     """A server the tests may create and drop databases on (``admin_url``: a database
     to connect to for that)."""
 
-    def __init__(self, admin_url: str, url_of: str) -> None:
+    def __init__(
+        self, admin_url: str, url_of: str, restart: Callable[[], None] | None = None
+    ) -> None:
         self.admin_url = admin_url
         self._url_of = url_of  #: a URL with ``{name}`` where the database name goes
+        self._restart = restart
+
+    def restart(self) -> None:
+        """Restart the server (a private one only: the machine's is shared)."""
+        if self._restart is None:
+            raise RuntimeError("only a private server is restarted by the tests")
+        self._restart()
 
     def url(self, name: str) -> str:
         return self._url_of.format(name=name)
@@ -75,7 +84,7 @@ def _binaries() -> Path:
 
 
 @contextmanager
-def _private_server() -> Iterator[PostgresServer]:
+def private_postgres_server() -> Iterator[PostgresServer]:
     """A throwaway cluster on a Unix socket in a temporary directory. PostgreSQL refuses
     to run as root: as root, it runs as the ``postgres`` user Debian's package creates."""
     bin_dir = _binaries()
@@ -114,10 +123,20 @@ def _private_server() -> Iterator[PostgresServer]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+    def restart() -> None:
+        subprocess.run(
+            [*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "restart"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
     try:
         yield PostgresServer(
             f"postgresql://postgres@/postgres?host={sockets}",
             f"postgresql://postgres@/{{name}}?host={sockets}",
+            restart,
         )
     finally:
         subprocess.run(
@@ -137,5 +156,5 @@ def postgres_server() -> Iterator[PostgresServer]:
     if machine is not None:
         yield machine
         return
-    with _private_server() as private:
+    with private_postgres_server() as private:
         yield private

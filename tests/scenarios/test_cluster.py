@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from crdtsync_server import database
 from crdtsync_server.errors import StorageError
 from crdtsync_server.storage import ChangeRow, RelayStorage
 
@@ -19,6 +20,7 @@ from crdtsync import Status
 from crdtsync.core.protocol import Ack, Rejected
 from tests.helpers.cluster import Cluster, RelayNode
 from tests.helpers.harness import EXAMPLE_CONFIG, eventually
+from tests.helpers.postgres import private_postgres_server
 from tests.helpers.wire import change, delta_writing, push_one, raw_session
 
 
@@ -310,3 +312,54 @@ def test_a_relay_opening_the_database_does_not_wait_for_another_ones_transaction
         writer.close()
         for storage in opened:
             storage.close()
+
+
+async def test_relays_carry_on_by_themselves_after_postgresql_restarts(tmp_path: Path) -> None:
+    with (
+        private_postgres_server() as server,  # one of its own: this test restarts it
+        server.database() as url,
+        Cluster(url, tmp_path, size=2) as cluster,
+    ):
+        a, b = cluster.nodes
+        alice, bob = a.client("alice"), b.client("bob")
+        async with alice, bob:
+            before = alice.create("Account", {"Name": "Before the restart"})
+            await alice.sync(timeout=10)
+            await asyncio.to_thread(server.restart)
+            after = alice.create("Account", {"Name": "After the restart"})
+            await alice.sync(timeout=30)  # failed attempts are retried; nothing is lost
+            assert alice.pending() == []
+            await bob.sync(timeout=30)
+            assert bob.get(before) is not None and bob.get(after) is not None
+
+
+async def test_a_relay_frozen_in_its_transaction_holds_the_others_up_only_for_a_bounded_time(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relay stopped (SIGSTOP) in the middle of a transaction holds the sequence lock;
+    the server ends its session once it has sat idle in the transaction for
+    IDLE_IN_TRANSACTION_TIMEOUT (1 s here), and the other relays go on; nothing of the
+    frozen transaction is kept."""
+    with Cluster(postgres_url, tmp_path, size=1) as cluster:
+        [node] = cluster.nodes
+        monkeypatch.setattr(database, "IDLE_IN_TRANSACTION_TIMEOUT", 1)
+        frozen = RelayStorage(postgres_url)  # a relay that stops right after this:
+        frozen.begin()  # the sequence row locked
+        frozen.add_change(_row(frozen.next_seq(), "never-committed"))
+        with frozen.savepoint():
+            pass  # its row is written, uncommitted
+        bob = node.client("bob")
+        async with bob:
+            started = asyncio.get_running_loop().time()
+            rid = bob.create("Account", {"Name": "Despite a frozen relay"})
+            await bob.sync(timeout=15)
+            assert bob.pending() == [] and bob.get(rid) is not None
+            assert asyncio.get_running_loop().time() - started < 10
+        with pytest.raises(psycopg.Error, match="idle-in-transaction timeout"):
+            frozen.commit()  # its session was ended: nothing of it was kept
+        frozen.close()
+        reader = RelayStorage(postgres_url)
+        try:
+            assert reader.find_change("never-committed") is None
+        finally:
+            reader.close()
