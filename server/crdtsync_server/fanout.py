@@ -8,7 +8,7 @@ encoded frame.
 
 from __future__ import annotations
 
-from collections.abc import Sequence, Set
+from collections.abc import Mapping, Sequence, Set
 from typing import Protocol
 
 import attrs
@@ -54,7 +54,10 @@ class FanOut:
         self.cache = cache
 
     def changes(
-        self, origin: Listener | None, accepted: list[tuple[StoredRecord, ChangeRow]]
+        self,
+        origin: Listener | None,
+        accepted: list[tuple[StoredRecord, ChangeRow]],
+        facts: Mapping[str, RecordFacts] | None = None,
     ) -> None:
         """Send accepted changes to every other subscribed listener that may read them,
         projected to the fields each may read, in the order of the push.
@@ -66,6 +69,10 @@ class FanOut:
         per listener otherwise; the projection of an item once per role set; listeners
         that follow the same objects of the push with the same roles, all of them
         decided by role, share one list of items and one encoded frame.
+
+        ``facts``: the access facts of records the caller knows them for (changes of other
+        relays, whose records this relay does not hold): their documents are loaded only
+        to project an update for a listener from whom fields are hidden.
         """
         objects = {stored.object for stored, _row in accepted}
         listeners = [
@@ -81,15 +88,19 @@ class FanOut:
         for listener in listeners:
             followed.update(objects.intersection(listener.subscriptions))
         access, policy = self.access, self.policy
-        per_record: dict[str, tuple[RecordState, RecordFacts]] = {}
-        known: list[tuple[StoredRecord, RecordState, RecordFacts, RecordChange]] = []
+        per_record: dict[str, tuple[RecordState | None, RecordFacts]] = {}
+        known: list[tuple[StoredRecord, RecordState | None, RecordFacts, RecordChange]] = []
         for stored, row in accepted:
             if stored.object not in followed:
                 continue
-            facts = per_record.get(stored.id)
-            if facts is None:
-                state = self.cache.state(stored.id, stored)
-                facts = per_record[stored.id] = (state, access.facts(stored, state))
+            record = per_record.get(stored.id)
+            if record is None:
+                given = facts.get(stored.id) if facts is not None else None
+                if given is not None:
+                    record = per_record[stored.id] = (None, given)
+                else:
+                    state = self.cache.state(stored.id, stored)
+                    record = per_record[stored.id] = (state, access.facts(stored, state))
             item = RecordChange(
                 record_id=stored.id,
                 object=stored.object,
@@ -98,7 +109,7 @@ class FanOut:
                 deleted=stored.deleted,
                 by=row.user,
             )
-            known.append((stored, *facts, item))
+            known.append((stored, *record, item))
         by_roles = {name: policy.read_depends_only_on_roles(name) for name in followed}
         can_read, project, hidden_fields = access.can_read, access.project, policy.hidden_fields
         decided: dict[tuple[frozenset[str], str], bool] = {}  # (roles, record): readable
@@ -111,18 +122,18 @@ class FanOut:
             roles, admin = principal.role_set, principal.admin
             items = []
             readable: dict[str, bool] = {}  # per record: a push often changes one many times
-            for index, (stored, state, facts, item) in enumerate(known):
+            for index, (stored, state, record_facts, item) in enumerate(known):
                 if stored.object not in follows:
                     continue
                 if by_roles[stored.object] and not admin:
                     key = (roles, stored.id)
                     may_read = decided.get(key)
                     if may_read is None:
-                        may_read = decided[key] = can_read(principal, facts)
+                        may_read = decided[key] = can_read(principal, record_facts)
                 else:
                     may_read = readable.get(stored.id)
                     if may_read is None:
-                        may_read = readable[stored.id] = can_read(principal, facts)
+                        may_read = readable[stored.id] = can_read(principal, record_facts)
                 if not may_read:
                     continue
                 out = projected.get((roles, index))
@@ -133,6 +144,8 @@ class FanOut:
                             principal, stored.object
                         )
                     if fields:
+                        if state is None:  # facts were given: the document is needed now
+                            state = self.cache.state(stored.id, stored)
                         out = attrs.evolve(item, update=project(principal, state, item.update))
                     else:
                         out = item
@@ -165,18 +178,30 @@ class FanOut:
                 listener.deliver_fanout_encoded(data)
 
     def access_change(
-        self, stored: StoredRecord, row: ChangeRow, before: RecordFacts, after: RecordFacts
+        self,
+        stored: StoredRecord,
+        row: ChangeRow,
+        before: RecordFacts | None,
+        after: RecordFacts,
+        changed: Mapping[str, bool] | None = None,
     ) -> None:
         """Tell every subscribed listener what an admin action changed for it: the record
         whole to one that gained access, ``revoked`` to one that lost it, the update (or
-        the tombstone) to one that could and can read it."""
+        the tombstone) to one that could and can read it. Without ``before`` (another
+        relay's action on a record this one did not hold), ``changed`` says whose access
+        it changed (user -> gained, from the access log); everyone else's is as it is now."""
         state = self.cache.state(stored.id, stored)
         for listener in list(self.listeners):
             principal = listener.principal
             if principal is None or stored.object not in listener.subscriptions:
                 continue
-            could = self.access.can_read(principal, before)
             can = self.access.can_read(principal, after)
+            if before is not None:
+                could = self.access.can_read(principal, before)
+            elif changed is not None and principal.user in changed:
+                could = not changed[principal.user]
+            else:
+                could = can
             base = RecordChange(
                 record_id=stored.id, object=stored.object, version=stored.version, by=row.user
             )

@@ -14,10 +14,10 @@ of the others' versions in two ways, and both come here, in log order::
 Catching up happens before anything is decided in the transaction that found it, and a
 relay's own verdicts are sent after its commit, so each listener still receives versions
 in order. An administrator's action on another relay reaches this relay's listeners as
-an access change: exact when this relay held the record (its access facts before the
-action are the cached ones); otherwise as the update or tombstone to those who may read
-the record now (a listener that gained or lost access learns of it when it next
-connects, from its backlog).
+an access change (the record whole to those who gained access, ``revoked`` to those who
+lost it, the update or tombstone to the others who may read it): whose access it changed
+is the cached record's facts before it, or, for a record this relay did not hold, the
+access log's entries at its version.
 """
 
 from __future__ import annotations
@@ -64,9 +64,7 @@ class ClusterFollower:
             state = self.cache.pop(row.record_id, None)
             if row.record_id not in before:
                 before[row.record_id] = state.facts if state is not None else None
-        records = self.storage.get_records(list(before))
-        for record_id, stood in records.items():
-            self.cache.state(record_id, stood, latest=True)  # the record as it stands now
+        records, facts = self._as_they_stand(list(before))
         pending: list[tuple[StoredRecord, ChangeRow]] = []
         for row in rows:
             record = records.get(row.record_id)
@@ -77,11 +75,34 @@ class ClusterFollower:
                 pending.append((attrs.evolve(record, version=row.seq, deleted=deleted), row))
                 continue
             if pending:
-                self.fan_out.changes(None, pending)
+                self.fan_out.changes(None, pending, facts)
                 pending = []
-            now = self.access.facts(record)
-            then = before[row.record_id] or now
-            self.fan_out.access_change(attrs.evolve(record, version=row.seq), row, then, now)
+            whole = self.storage.get_record(row.record_id)  # gained access: sent whole
+            if whole is None:
+                continue
+            now = self.access.facts(whole)
+            then = before[row.record_id]
+            changed = None if then is not None else self.storage.access_changed_at(row.seq)
+            at = attrs.evolve(whole, version=row.seq)
+            self.fan_out.access_change(at, row, then, now, changed)
             before[row.record_id] = now
         if pending:
-            self.fan_out.changes(None, pending)
+            self.fan_out.changes(None, pending, facts)
+
+    def _as_they_stand(
+        self, record_ids: list[str]
+    ) -> tuple[dict[str, StoredRecord], dict[str, RecordFacts]]:
+        """The records' rows as they stand and their access facts, without loading their
+        documents (a relay following another's changes need not hold their records): the
+        rows' heads and their shares, one query each. With a policy hook, which may read a
+        record's values, the records are read whole and no facts are given (fan-out then
+        loads what it needs)."""
+        if self.access.policy.hook is not None:
+            return self.storage.get_records(record_ids), {}
+        heads = self.storage.record_heads(record_ids)
+        shares = self.storage.shares_of_records(list(heads))
+        facts = {
+            record_id: self.access.facts(head, shares=shares[record_id])
+            for record_id, head in heads.items()
+        }
+        return heads, facts

@@ -971,6 +971,11 @@ class RelayStorage:
         ).fetchone()
         return int(row[0] or 0)
 
+    def access_changed_at(self, seq: int) -> dict[str, bool]:
+        """``{user: gained}``: whose read access the change at version ``seq`` changed."""
+        rows = self._db.execute('SELECT "user", gained FROM access_log WHERE seq = ?', (seq,))
+        return {str(row[0]): bool(row[1]) for row in rows}
+
     def access_events(self, user: str, after: int) -> dict[str, bool]:
         """``{record_id: gained}``: the last access change of each record for ``user``
         after version ``after``."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from crdtsync_server import database
+from crdtsync_server.admin_client import AdminClient
 from crdtsync_server.errors import StorageError
 from crdtsync_server.storage import ChangeRow, RelayStorage
 
@@ -363,3 +364,28 @@ async def test_a_relay_frozen_in_its_transaction_holds_the_others_up_only_for_a_
             assert reader.find_change("never-committed") is None
         finally:
             reader.close()
+
+
+async def test_an_administrators_action_on_one_node_reaches_clients_of_another(
+    cluster: Cluster,
+) -> None:
+    a, b, _c = cluster.nodes
+    alice, bob = a.client("alice"), b.client("bob")
+    async with alice, bob:
+        account = alice.create("Account", {"Name": "Acme"})
+        deal = alice.create(
+            "Opportunity", {"Name": "Wind farm", "Account": account, "Stage": "Proposal"}
+        )
+        await alice.sync(timeout=10)
+        await bob.sync(timeout=10)
+        assert bob.get(deal) is None and bob.get(account) is not None  # private, shared
+        async with AdminClient(
+            a.url, a.config.token_authority().issue("root", admin=True)
+        ) as admin:
+            await admin.share(deal, "bob", access="read")
+            await eventually(lambda: bob.get(deal) is not None)  # the record, whole
+            assert bob.get(deal).fields["Name"] == "Wind farm"  # type: ignore[union-attr]
+            await admin.unshare(deal, "bob")
+            await eventually(lambda: bob.get(deal) is None)  # revoked
+            await admin.delete(account)
+            await eventually(lambda: bob.get(account) is None)  # the tombstone
