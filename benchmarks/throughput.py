@@ -282,39 +282,31 @@ def distinct_load(options: Any) -> tuple[Load, int, int]:
 
 def run_relay_pg(options: Any) -> Figures:
     """As ``relay``, on a PostgreSQL database."""
-    with postgres_database(options.postgres_url) as database:
-        if database is None:
-            return {"note": f"no PostgreSQL server at {options.postgres_url}"}
-        run = _relay_run(options, _load(options), "relay_pg", database=database)
-    return _relay_figures(run, run.tally.acks)
+    return _postgres_run(options, _load(options), "relay_pg")
 
 
 def run_relay_pg3(options: Any) -> Figures:
     """As ``relay_pg``, on three relays on one database, the clients spread over them."""
-    with postgres_database(options.postgres_url) as database:
-        if database is None:
-            return {"note": f"no PostgreSQL server at {options.postgres_url}"}
-        run = _relay_run(options, _load(options), "relay_pg3", database=database, nodes=3)
-    return _relay_figures(run, run.tally.acks)
-
-
-def run_relay_distinct_pg3(options: Any) -> Figures:
-    """As ``relay_distinct_pg``, on three relays on one database."""
-    load, _records, _edits = distinct_load(options)
-    with postgres_database(options.postgres_url) as database:
-        if database is None:
-            return {"note": f"no PostgreSQL server at {options.postgres_url}"}
-        run = _relay_run(options, load, "relay_distinct_pg3", database=database, nodes=3)
-    return _relay_figures(run, run.tally.acks)
+    return _postgres_run(options, _load(options), "relay_pg3", nodes=3)
 
 
 def run_relay_distinct_pg(options: Any) -> Figures:
     """As ``relay_distinct``, on a PostgreSQL database."""
-    load, _records, _edits = distinct_load(options)
+    return _postgres_run(options, distinct_load(options)[0], "relay_distinct_pg")
+
+
+def run_relay_distinct_pg3(options: Any) -> Figures:
+    """As ``relay_distinct_pg``, on three relays on one database."""
+    return _postgres_run(options, distinct_load(options)[0], "relay_distinct_pg3", nodes=3)
+
+
+def _postgres_run(options: Any, load: Load, name: str, nodes: int = 1) -> Figures:
+    """The relay figures of ``load`` on ``nodes`` relays on a new PostgreSQL database (a
+    note instead, when no server answers at ``--postgres-url``)."""
     with postgres_database(options.postgres_url) as database:
         if database is None:
             return {"note": f"no PostgreSQL server at {options.postgres_url}"}
-        run = _relay_run(options, load, "relay_distinct_pg", database=database)
+        run = _relay_run(options, load, name, database=database, nodes=nodes)
     return _relay_figures(run, run.tally.acks)
 
 
