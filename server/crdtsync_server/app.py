@@ -94,10 +94,10 @@ class RelayServer:
         await self.close()
 
     async def start(self) -> None:
-        """Take the database (one relay per database: an OS lock beside a SQLite file, an
-        advisory lock on a PostgreSQL database, held until the process stops or dies),
-        open it, and listen. If listening fails, a SQLite file this start created is
-        removed again."""
+        """Take the database (a SQLite file belongs to one relay, held by an OS lock the
+        process keeps until it stops or dies; any number of relays may share a PostgreSQL
+        database if they run the same configuration), open it, and listen. If listening
+        fails, a SQLite file this start created is removed again."""
         database = self.config.database
         on_file = database != ":memory:" and not is_postgres_url(database)
         existed = not on_file or Path(database).exists()
