@@ -320,31 +320,26 @@ async def _cluster_story(
 def _scratch_database(server: str) -> Iterator[str]:
     """A new database on the PostgreSQL ``server`` for the demo, dropped afterwards."""
     import psycopg
+    from crdtsync_server.database import shown_url
     from crdtsync_server.errors import StorageError
 
     name = f"crdtsync_demo_{secrets.token_hex(4)}"
     try:
         admin = psycopg.connect(server, autocommit=True, connect_timeout=10)
     except psycopg.Error as exc:
-        raise StorageError(f"cannot connect to {_shown(server)}: {exc}".strip()) from None
+        raise StorageError(f"cannot connect to {shown_url(server)}: {exc}".strip()) from None
     with admin:
         try:
             admin.execute(f'CREATE DATABASE "{name}"')
         except psycopg.Error as exc:
             raise StorageError(
-                f"cannot create a scratch database on {_shown(server)} ({exc}); the demo "
+                f"cannot create a scratch database on {shown_url(server)} ({exc}); the demo "
                 "needs a role that may create databases"
             ) from None
         try:
             yield urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _shown(url: str) -> str:
-    from crdtsync_server.database import shown_url
-
-    return shown_url(url)
 
 
 class _ServedRelay:

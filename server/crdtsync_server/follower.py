@@ -50,7 +50,6 @@ class ClusterFollower:
         self.cache = cache
         self.access = access
         self.fan_out = fan_out
-        self.taken = 0  #: changes of other relays taken in (for tests and metrics)
 
     def caught_up(self, after: int, through: int) -> None:
         """The changes logged in ``(after, through]`` were committed by other relays:
@@ -58,7 +57,6 @@ class ClusterFollower:
         rows = self.storage.log_between(after, through)
         if not rows:
             return
-        self.taken += len(rows)
         before: dict[str, RecordFacts | None] = {}
         for row in rows:
             state = self.cache.pop(row.record_id, None)

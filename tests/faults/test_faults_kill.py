@@ -19,19 +19,16 @@ import logging
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import attrs
 import pycrdt
 import pytest
-from crdtsync_server.database import PostgresDatabase, is_postgres_url
 from crdtsync_server.merge import decode_state_vector
 from crdtsync_server.storage import read_records
 
@@ -40,7 +37,7 @@ from crdtsync.client.replica import Replica
 from crdtsync.client.store import LocalStore
 from crdtsync.core.yupdate import parse_update
 from tests.helpers.faults import report, scaled
-from tests.helpers.harness import EXAMPLE_CONFIG, ROOT, eventually
+from tests.helpers.harness import EXAMPLE_CONFIG, ROOT, eventually, open_relay_database
 from tests.helpers.relay_process import SECRET, ServeProcess, free_port
 
 pytestmark = pytest.mark.faults
@@ -62,17 +59,11 @@ def value_for(field: str, n: int) -> object:
 def relay_rows(database: Path | str, sql: str, *args: object) -> list[tuple[object, ...]]:
     """The rows of ``sql`` (``?`` placeholders) on a relay database: a SQLite file or a
     PostgreSQL URL, read directly (not through a relay)."""
-    db = open_directly(database)
+    db = open_relay_database(database)
     try:
         return [tuple(row) for row in db.execute(sql, args)]
     finally:
         db.close()
-
-
-def open_directly(database: Path | str) -> Any:
-    if is_postgres_url(str(database)):
-        return PostgresDatabase(str(database))
-    return sqlite3.connect(database)
 
 
 def assert_integrity(path: Path) -> None:
@@ -111,7 +102,7 @@ def state_vector(update: bytes | None) -> dict[int, int]:
 def assert_acknowledged_versions_are_stored(clients: list[Client], database: Path | str) -> int:
     """Every record version a client holds as the relay's is in the relay's database,
     with every CRDT operation of it. Returns how many were checked."""
-    with closing(open_directly(database)) as db:
+    with closing(open_relay_database(database)) as db:
         stored = {rid: (r.version, r.state) for rid, r in read_records(db).items()}
     logged = {
         (str(rid), int(seq))  # type: ignore[call-overload]

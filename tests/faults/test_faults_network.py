@@ -13,7 +13,6 @@ import asyncio
 import logging
 import random
 import socket
-import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, closing
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import attrs
 import pytest
-from crdtsync_server.database import PostgresDatabase, is_postgres_url
+from crdtsync_server.database import is_postgres_url
 from crdtsync_server.session import RelaySession
 from crdtsync_server.storage import read_records
 from websockets.asyncio.client import ClientConnection, connect
@@ -31,7 +30,13 @@ from crdtsync import Client, Schema, Status
 from crdtsync.core.protocol import Ack, ChangeFrame, Changes, Error, ErrorCode, Push, Verdicts
 from crdtsync.core.record import RecordDoc
 from tests.helpers.faults import report, scaled
-from tests.helpers.harness import EXAMPLE_CONFIG, RawConnection, RelayHarness, eventually
+from tests.helpers.harness import (
+    EXAMPLE_CONFIG,
+    RawConnection,
+    RelayHarness,
+    eventually,
+    open_relay_database,
+)
 from tests.helpers.tcp_proxy import Direction, ProxyCounts, TcpProxy
 
 pytestmark = [pytest.mark.faults, pytest.mark.asyncio]
@@ -51,18 +56,10 @@ def client_via(relay: RelayHarness, proxy: TcpProxy, user: str, store: str) -> C
     )
 
 
-def read_only(database: str | Path) -> Any:
-    """A connection to read a relay database (or a client store) directly, not through
-    the relay: a SQLite file read-only, or the PostgreSQL database."""
-    if is_postgres_url(str(database)):
-        return PostgresDatabase(str(database))
-    return sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-
-
 def integrity(database: str | Path) -> str:
     """SQLite's check of a file; a PostgreSQL database (which checks its own pages) is
     "ok" once the log is readable."""
-    with closing(read_only(database)) as db:
+    with closing(open_relay_database(database)) as db:
         if is_postgres_url(str(database)):
             db.execute("SELECT count(*) FROM changes").fetchone()
             return "ok"
@@ -82,7 +79,7 @@ class RelayContents:
     def read(cls, path: str | Path, schema: Schema) -> RelayContents:
         live: dict[str, Mapping[str, Any]] = {}
         deleted: set[str] = set()
-        with closing(read_only(path)) as db:
+        with closing(open_relay_database(path)) as db:
             for record_id, record in read_records(db).items():
                 if record.deleted:
                     deleted.add(record_id)
@@ -313,7 +310,7 @@ async def converge(relay: RelayHarness, clients: list[Client]) -> RelayContents:
 
 def change_rows(relay: RelayHarness, change_id: str) -> int:
     """How many rows the relay's change log holds under ``change_id``."""
-    with closing(read_only(relay.config.database)) as db:
+    with closing(open_relay_database(relay.config.database)) as db:
         [count] = db.execute("SELECT COUNT(*) FROM changes WHERE change_id = ?", (change_id,))
     return int(count[0])
 
@@ -325,7 +322,7 @@ def value_of(client: Client, record_id: str, field: str) -> Any:
 
 
 def stored_version(relay: RelayHarness, record_id: str) -> int:
-    with closing(read_only(relay.config.database)) as db:
+    with closing(open_relay_database(relay.config.database)) as db:
         record = read_records(db, [record_id]).get(record_id)
     return record.version if record is not None else 0
 

@@ -177,3 +177,16 @@ class TasksForPlannersOnly(RelayHarness):
         path.write_text(toml)
         self.config = RelayConfig.from_toml(path, database=str(tmp_path / "relay.sqlite3"), port=0)
         self.server = RelayServer(self.config)
+
+
+def open_relay_database(database: str | Path) -> Any:
+    """A connection to read a relay database (or a client store) directly, not through a
+    relay: a SQLite file read-only, or the PostgreSQL database (``?`` placeholders work
+    on both). Close it after use."""
+    import sqlite3
+
+    from crdtsync_server.database import PostgresDatabase, is_postgres_url
+
+    if is_postgres_url(str(database)):
+        return PostgresDatabase(str(database))
+    return sqlite3.connect(f"file:{database}?mode=ro", uri=True)
