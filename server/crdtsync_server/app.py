@@ -1,6 +1,10 @@
 """``RelayServer``: the relay on a websockets server, with ``/healthz`` and ``/metrics``.
 
 The transport only moves bytes between sockets and :class:`RelaySession` objects.
+On PostgreSQL the relay, its sessions and its database run on a thread of their own
+(:mod:`.relay_thread`), so a round trip or a lock another relay holds never stalls the
+event loop: ``/healthz`` and ``/metrics`` answer, and websockets are read and written,
+while the relay waits on its database. On SQLite they run on the loop.
 ``async with RelayServer(config) as server`` starts it (``port=0`` picks a free port:
 see :attr:`RelayServer.url`); leaving the block, or SIGTERM under
 :meth:`RelayServer.serve_forever`, stops accepting, lets the push in progress commit,
@@ -18,10 +22,13 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
+from typing import Any, TypeVar
 
+import attrs
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -34,6 +41,7 @@ from .config import RelayConfig
 from .database import is_postgres_url
 from .errors import StorageError
 from .relay import Relay
+from .relay_thread import RelayOnLoop, RelayRunner, RelayThread
 from .session import RelaySession
 from .storage import RelayStorage
 
@@ -41,6 +49,8 @@ log = logging.getLogger("crdtsync.server")
 
 #: seconds between two looks at what other relays on a PostgreSQL database committed
 FOLLOW_INTERVAL = 0.05
+
+T = TypeVar("T")
 
 SEND_TIMEOUT = 30.0
 RETRY_AFTER_SECONDS = 5  #: the ``Retry-After`` of a 503 "too many connections"
@@ -67,6 +77,8 @@ class RelayServer:
         self._sending: dict[ServerConnection, float] = {}
         self._watchdog: asyncio.Task[None] | None = None
         self._follower: asyncio.Task[None] | None = None
+        #: where the relay, its sessions and its storage run (see .relay_thread)
+        self._thread: RelayRunner | None = None
         #: how often a relay on PostgreSQL looks for what other relays committed (a
         #: relay that commits itself catches up first anyway)
         self.follow_interval = FOLLOW_INTERVAL
@@ -111,19 +123,13 @@ class RelayServer:
                 ) from None
             except OSError as exc:
                 raise StorageError(f"{database}: cannot open it: {exc.strerror}") from None
+        loop = asyncio.get_running_loop()
+        postgres = is_postgres_url(database)
+        thread: RelayRunner = RelayThread(loop) if postgres else RelayOnLoop(loop)
+        self._thread = thread
         try:
-            self.storage = RelayStorage(database)
-            self.storage.agree_on_configuration(self.config.fingerprint())
-            self.relay = Relay(
-                schema=self.config.schema,
-                policy=self.config.policy,
-                storage=self.storage,
-                cache_records=self.config.cache_records,
-                max_record_bytes=self.config.max_record_bytes,
-                # group commit: the pushes handled before the loop comes round again
-                # share one transaction and one fsync
-                defer=asyncio.get_running_loop().call_soon,
-            )
+            self.storage = await thread.call(RelayStorage, database)
+            self.relay = await thread.call(self._open_relay, self.storage, thread)
             self._server = await serve(
                 self._handle,
                 self.config.host,
@@ -156,11 +162,33 @@ class RelayServer:
                 " unless the policy hook allows it" if self.config.policy.hook else "",
             )
 
+    def _open_relay(self, storage: RelayStorage, thread: RelayRunner) -> Relay:
+        storage.agree_on_configuration(self.config.fingerprint())
+        return Relay(
+            schema=self.config.schema,
+            policy=self.config.policy,
+            storage=storage,
+            cache_records=self.config.cache_records,
+            max_record_bytes=self.config.max_record_bytes,
+            # group commit: the pushes submitted before the settle share one
+            # transaction and one fsync
+            defer=thread.defer,
+        )
+
+    def inspect(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` run on the relay's thread, for tools and tests that look at a
+        running relay's state from another thread (this one waits meanwhile)."""
+        assert self._thread is not None, "the server is not started"
+        return self._thread.run(fn, *args)
+
     async def close(self) -> None:
         """Stop accepting, close connections with 1001, then close the database (what
         was pushed is committed and answered first)."""
-        if self.relay is not None and self.storage is not None:
-            self.relay.settle()
+        thread = self._thread
+        if thread is None:
+            return
+        if self.relay is not None:
+            await thread.call(self.relay.settle)
         for task in (self._watchdog, self._follower):
             if task is not None:
                 task.cancel()
@@ -171,8 +199,10 @@ class RelayServer:
             await self._server.wait_closed()
             self._server = None
         if self.storage is not None:
-            self.storage.close()
+            await thread.call(self.storage.close)
             self.storage = None
+        await thread.stop()  # after every session's connection_lost
+        self._thread = None
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -235,7 +265,8 @@ class RelayServer:
     # -- websocket ----------------------------------------------------------------------
 
     async def _handle(self, websocket: ServerConnection) -> None:
-        assert self.relay is not None
+        assert self.relay is not None and self._thread is not None
+        thread = self._thread
         wake = asyncio.Event()
         session = RelaySession(
             self.relay,
@@ -245,63 +276,72 @@ class RelayServer:
             max_queued_bytes=self.config.max_queued_bytes,
             max_frames_per_second=self.config.max_frames_per_second,
             frame_burst=self.config.frame_burst,
-            wake=wake.set,
+            wake=lambda: thread.notify(wake.set),
         )
         try:
             async with asyncio.TaskGroup() as tasks:
-                writer = tasks.create_task(self._write(websocket, session, wake))
+                writer = tasks.create_task(self._write(websocket, session, wake, thread))
                 expiry: asyncio.Task[None] | None = None
                 try:
                     async for message in websocket:
                         # Once the session is closing it ignores what comes in; reading
                         # on (not stopping) drains what a flooder had already sent, so its
                         # close frame gets through and the close handshake completes.
-                        session.receive(message)
+                        await thread.call(session.receive, message)
                         if expiry is None and session.expires_at is not None:
-                            expiry = tasks.create_task(self._expire(session, session.expires_at))
+                            expiry = tasks.create_task(
+                                self._expire(session, session.expires_at, thread)
+                            )
                 except ConnectionClosed:
                     pass
                 wake.set()
                 if expiry is not None:
                     expiry.cancel()
-                if session.close_code is None:
+                if (await thread.call(_outgoing, session, False)).close_code is None:
                     writer.cancel()
         finally:
-            session.connection_lost()
+            # Not awaited: a cancelled handler must still let the relay forget the session.
+            thread.submit(session.connection_lost)
             self._admitted.discard(websocket)
 
     @staticmethod
-    async def _expire(session: RelaySession, expires_at: float) -> None:
+    async def _expire(session: RelaySession, expires_at: float, thread: RelayRunner) -> None:
         """End the session when its token expires."""
         await asyncio.sleep(max(0.0, expires_at - time.time()))
-        session.expire()
+        thread.submit(session.expire)
 
     async def _write(
-        self, websocket: ServerConnection, session: RelaySession, wake: asyncio.Event
+        self,
+        websocket: ServerConnection,
+        session: RelaySession,
+        wake: asyncio.Event,
+        thread: RelayRunner,
     ) -> None:
         try:
             while True:
                 await wake.wait()
                 wake.clear()
-                await self._send(websocket, session)
-                if session.has_more:  # a backlog: next batch after others had a turn
+                out = await thread.call(_outgoing, session)
+                await self._send(websocket, out.data)
+                if out.has_more:  # a backlog: next batch after others had a turn
                     wake.set()
                     await asyncio.sleep(0)
-                if session.close_code is not None:
+                if out.close_code is not None:
                     # What was queued while a send blocked (the fatal error among it) goes
                     # out before the close.
-                    await self._send(websocket, session)
-                    await websocket.close(session.close_code, _reason(session.close_reason))
+                    rest = await thread.call(_outgoing, session)
+                    await self._send(websocket, rest.data)
+                    await websocket.close(out.close_code, _reason(out.close_reason))
                     return
         except ConnectionClosed:
             return
         finally:
             self._sending.pop(websocket, None)
 
-    async def _send(self, websocket: ServerConnection, session: RelaySession) -> None:
-        """Send what the session has queued, each send watched by :meth:`_watch_sends`."""
+    async def _send(self, websocket: ServerConnection, messages: list[bytes]) -> None:
+        """Send ``messages``, each send watched by :meth:`_watch_sends`."""
         sending, now = self._sending, asyncio.get_running_loop().time
-        for data in session.data_to_send():
+        for data in messages:
             sending[websocket] = now()
             await websocket.send(data)
         sending.pop(websocket, None)
@@ -330,12 +370,32 @@ class RelayServer:
         unreachable for a while) is logged and the next round tries again."""
         while True:
             await asyncio.sleep(self.follow_interval)
-            if self.relay is None:
+            if self.relay is None or self._thread is None:
                 continue
             try:
-                self.relay.follow()
+                await self._thread.call(self.relay.follow)
             except Exception:
                 log.exception("reading what other relays committed failed; retrying")
+
+
+@attrs.frozen
+class _Outgoing:
+    """What a session has for its transport, taken on the relay thread."""
+
+    data: list[bytes]
+    has_more: bool
+    close_code: int | None
+    close_reason: str
+
+
+def _outgoing(session: RelaySession, take: bool = True) -> _Outgoing:
+    """The session's queued messages (``take``: emptying its queue) and its state."""
+    return _Outgoing(
+        session.data_to_send() if take else [],
+        session.has_more,
+        session.close_code,
+        session.close_reason,
+    )
 
 
 def _reason(text: str) -> str:

@@ -435,7 +435,7 @@ def session_of(relay: RelayHarness, user: str) -> RelaySession:
     assert relay.server.relay is not None
     [session] = [
         s
-        for s in relay.server.relay.sessions
+        for s in relay.server.inspect(list, relay.server.relay.sessions)
         if s.principal is not None and s.principal.user == user
     ]
     return session

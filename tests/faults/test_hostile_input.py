@@ -259,7 +259,7 @@ def test_flood_limits_have_generous_defaults_and_can_be_set_or_turned_off() -> N
 
 
 def stored_states(relay: RelayHarness) -> dict[str, bytes]:
-    storage = relay.server.storage
+    storage = relay.storage
     assert storage is not None
     records = {}
     for record_id in ("acc-mallory", "acc-alice", "acc-before"):
@@ -276,7 +276,7 @@ async def assert_relay_healthy(relay: RelayHarness, before: dict[str, bytes], us
         rid = client.create("Account", {"Name": f"{user} was here"})
         await client.sync(timeout=10)
         assert client.get(rid).status is Status.SYNCED  # type: ignore[union-attr]
-    storage = relay.server.storage
+    storage = relay.storage
     assert storage is not None
     assert storage.integrity_check() == "ok"
     after = stored_states(relay)
@@ -596,7 +596,7 @@ async def _setup(relay: RelayHarness) -> Hostile:
             await raw.send(Push((create_change(record, account_delta(client, user.title())),)))
             [ack] = (await raw.receive_until(Verdicts))[-1].items  # type: ignore[attr-defined]
             assert isinstance(ack, Ack), ack
-    storage = relay.server.storage
+    storage = relay.storage
     assert storage is not None
     stored = storage.get_record("acc-mallory")
     assert stored is not None
@@ -640,7 +640,7 @@ async def test_hostile_frame_gets_its_precise_error_and_harms_nothing(
         if websocket.state is not State.CLOSED:
             await websocket.close()
     await assert_relay_healthy(relay, before, "bob")
-    storage = relay.server.storage
+    storage = relay.storage
     assert storage is not None
     for refused in ("r-early", "r-nested", "r-huge"):
         assert storage.get_record(refused) is None

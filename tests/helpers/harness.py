@@ -68,6 +68,11 @@ class RelayHarness:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
+    @property
+    def storage(self) -> Any:
+        """The running relay's storage, used on the relay's thread."""
+        return OnRelayThread(self.server, self.server.storage)
+
     def token(self, user: str) -> str:
 
         return self.server.authority.issue(user)
@@ -82,6 +87,27 @@ class RelayHarness:
         return Client(
             url or self.url, token=self.token(user), store=path, schema=EXAMPLE_CONFIG, **options
         )  # type: ignore[arg-type]
+
+
+class OnRelayThread:
+    """An object of a running relay (its storage, say), each use of it made on the
+    relay's thread, where it belongs: a test reads it without racing the relay."""
+
+    def __init__(self, server: Any, target: object) -> None:
+        assert target is not None, "the relay is not started"
+        self._server = server
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        server = self._server
+        value = server.inspect(getattr, self._target, name)
+        if not callable(value):
+            return value
+
+        def on_relay_thread(*args: Any, **kwargs: Any) -> Any:
+            return server.inspect(lambda: value(*args, **kwargs))
+
+        return on_relay_thread
 
 
 async def eventually(check: Callable[[], object], timeout: float = 5.0) -> None:

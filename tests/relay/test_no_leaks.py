@@ -47,7 +47,14 @@ from crdtsync.core.protocol import (
     Welcome,
     decode,
 )
-from tests.helpers.harness import EXAMPLE_CONFIG, RawConnection, RelayHarness, Wire, eventually
+from tests.helpers.harness import (
+    EXAMPLE_CONFIG,
+    OnRelayThread,
+    RawConnection,
+    RelayHarness,
+    Wire,
+    eventually,
+)
 from tests.helpers.wire import (
     admin,
     assert_never_sent,
@@ -115,7 +122,7 @@ async def sweep_backlogs(url: str, token: str, last: int) -> dict[int, list[Any]
 
 def stored_state(relay: RelayHarness, record_id: str) -> tuple[bytes, int, bool, int]:
     """What the relay holds for the record: state, version, deleted, number of changes."""
-    storage = relay.server.storage
+    storage = relay.storage
     assert storage is not None
     record = storage.get_record(record_id)
     assert record is not None
@@ -212,8 +219,7 @@ async def test_hidden_field_never_reaches_an_intern_on_first_sync_fan_out_or_res
         assert dict(record.fields) == expected
 
     # every backlog the intern could ask for, from each cursor the relay ever issued
-    assert relay.server.storage is not None
-    last = relay.server.storage.seq
+    last = relay.storage.seq
     backlogs = await sweep_backlogs(relay.url, intern_token(relay), last)
     assert any(
         isinstance(f, Changes) and any(i.record_id == acct for i in f.items) for f in backlogs[0]
@@ -360,6 +366,11 @@ class ConfiguredRelay:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.server.port}"
 
+    @property
+    def storage(self) -> Any:
+        """The running relay's storage, used on the relay's thread."""
+        return OnRelayThread(self.server, self.server.storage)
+
     def client(self, user: str, roles: tuple[str, ...] = ()) -> Client:
         return Client(
             self.url,
@@ -400,8 +411,7 @@ async def test_private_record_shared_with_an_intern_arrives_without_its_hidden_f
             record = ivan.get(deal)
             assert record is not None and record.fields["Name"] == "Nightjar III"
             assert "Margin" not in record.fields
-        assert relay.server.storage is not None
-        last = relay.server.storage.seq
+        last = relay.storage.seq
         token = relay.server.authority.issue("ivan", roles=["intern"])
         for cursor in range(last + 1):
             async with connect(relay.url, max_size=None) as websocket:
@@ -445,9 +455,8 @@ async def test_intern_create_with_a_hidden_field_is_refused_and_stores_nothing(
         delta = delta_writing({"Name": "Intern Inc", "Revenue": encoded(Decimal("3.5"))})
         verdict = await push_one(raw, change(record_id, "Account", "create", delta))
     assert isinstance(verdict, Rejected) and verdict.code is ErrorCode.UNKNOWN_FIELD, verdict
-    assert relay.server.storage is not None
-    assert relay.server.storage.get_record(record_id) is None
-    assert relay.server.storage.changes_of(record_id) == []
+    assert relay.storage.get_record(record_id) is None
+    assert relay.storage.changes_of(record_id) == []
 
 
 # == (b) private records =====================================================================
@@ -484,8 +493,7 @@ async def test_private_record_never_appears_in_any_frame_to_a_user_it_is_not_sha
         assert bob.get(deal) is None
         assert [r.object for r in bob.records()] == ["Account"]
 
-    assert relay.server.storage is not None
-    await sweep_backlogs(relay.url, relay.token("bob"), relay.server.storage.seq)
+    await sweep_backlogs(relay.url, relay.token("bob"), relay.storage.seq)
     secrets_ = [deal, DEAL_NAME, *(encoded(amount) for amount in AMOUNTS)]
     assert_never_sent(wire.to("bob"), secrets_)
     assert any(deal.encode() in data for data in wire.to("carol"))  # it did happen
@@ -499,11 +507,10 @@ async def test_after_an_unshare_the_revoked_marker_carries_no_field_data(
         deal = await private_deal(alice)
         await root.share(deal, "bob", access="read")
         await eventually(lambda: bob.get(deal) is not None)
-        assert relay.server.storage is not None
-        shared_at = relay.server.storage.seq
+        shared_at = relay.storage.seq
         await root.unshare(deal, "bob")  # live revocation
         await eventually(lambda: bob.get(deal) is None)
-        unshared_at = relay.server.storage.seq
+        unshared_at = relay.storage.seq
         alice.update(deal, {"Amount": AMOUNTS[1], "Name": "Renamed after the unshare"})
         await alice.sync()
         await bob.sync()
@@ -566,8 +573,7 @@ async def test_hello_with_another_users_replica_id_is_refused_and_sends_no_data(
             assert refusal.code is ErrorCode.AUTH_FAILED
             with pytest.raises(ConnectionClosed):
                 await raw.receive()
-    assert relay.server.storage is not None
-    assert relay.server.storage.replica_user(alice.replica_id) == "alice"
+    assert relay.storage.replica_user(alice.replica_id) == "alice"
     assert wire.to("bob") == []
     refused = [data for who, data in wire.sent if who is None]
     assert [type(decode(data)) for data in refused] == [Error]
@@ -625,8 +631,7 @@ async def test_replaying_another_users_change_id_returns_none_of_its_data(
             record_id = alice.create("Account", {"Name": "Acme", "Revenue": REVENUES[0]})
             object_name, secrets_ = "Account", [REVENUE_SECRETS[0]]
             await alice.sync()
-    assert relay.server.storage is not None
-    [created] = relay.server.storage.changes_of(record_id)
+    [created] = relay.storage.changes_of(record_id)
     token = relay.token("bob") if who == "bob" else intern_token(relay)
     async with raw_session(relay.url, token) as (raw, _backlog):
         replay = change(record_id, object_name, "update", b"", 0, created.change_id)
@@ -653,8 +658,7 @@ async def test_create_with_another_user_as_owner_is_forbidden_and_not_stored(
         assert pending.problem.reason is UnresolvableReason.FORBIDDEN
         await alice.sync()
         assert alice.get(account) is None
-    assert relay.server.storage is not None
-    assert relay.server.storage.get_record(account) is None
+    assert relay.storage.get_record(account) is None
     assert not any(account.encode() in data for data in wire.to("alice"))
 
 
@@ -676,7 +680,7 @@ async def test_the_user_recorded_for_a_change_is_the_tokens_user(
             change(account, "Account", "update", delta_writing({"Website": "b.example"}), version),
         )
     assert isinstance(verdict, Ack), verdict
-    storage = relay.server.storage
+    storage = relay.storage
     assert storage is not None
     assert storage.get_record(account).created_by == "bob"  # type: ignore[union-attr]
     rows = storage.changes_of(account)

@@ -165,13 +165,11 @@ class MatrixRelay:
 
     def stored(self, record_id: str) -> tuple[int, bool] | None:
         """(version, deleted) of the record in the relay's database, or None."""
-        assert self.server.storage is not None
-        record = self.server.storage.get_record(record_id)
+        record = self.server.inspect(self.server.storage.get_record, record_id)
         return None if record is None else (record.version, record.deleted)
 
     def creator(self, record_id: str) -> str | None:
-        assert self.server.storage is not None
-        record = self.server.storage.get_record(record_id)
+        record = self.server.inspect(self.server.storage.get_record, record_id)
         return None if record is None else record.created_by
 
     async def blind_push(self, user: str, role: str, change: ChangeFrame) -> object:

@@ -87,9 +87,8 @@ async def test_garbage_crdt_update_gets_an_error_verdict_while_another_client_sy
         rid = alice.create("Account", {"Name": "Unbothered"})
         await alice.sync()
         assert alice.get(rid).status is Status.SYNCED  # type: ignore[union-attr]
-        assert relay.server.storage is not None
-        assert relay.server.storage.get_record("r-bad") is None
-        assert relay.server.storage.integrity_check() == "ok"
+        assert relay.storage.get_record("r-bad") is None
+        assert relay.storage.integrity_check() == "ok"
 
 
 async def test_update_touching_another_root_is_refused_and_stores_nothing(
@@ -116,8 +115,7 @@ async def test_update_touching_another_root_is_refused_and_stores_nothing(
         [verdict] = (await raw.receive()).items  # type: ignore[attr-defined]
         assert isinstance(verdict, Rejected) and verdict.code is ErrorCode.OTHER_ROOT
         assert "secrets" in verdict.message
-    assert relay.server.storage is not None
-    assert relay.server.storage.get_record("r-root") is None
+    assert relay.storage.get_record("r-root") is None
 
 
 async def test_retransmitted_push_is_applied_once(
@@ -134,7 +132,7 @@ async def test_retransmitted_push_is_applied_once(
             assert isinstance(verdict, Ack)
             acks.append(verdict.version)
     assert acks[0] == acks[1]
-    storage = relay.server.storage
+    storage = relay.storage
     assert storage is not None
     assert [c.change_id for c in storage.changes_of("r-once")] == ["change-r-once"]
     assert storage.seq == acks[0]
@@ -217,8 +215,7 @@ async def test_identity_comes_from_the_token_not_from_the_frame(
         await raw.handshake(relay.token("alice"), replica="bob's phone")
         await raw.send(Push((change,)))
         await raw.receive()
-    assert relay.server.storage is not None
-    [row] = relay.server.storage.changes_of("r-who")
+    [row] = relay.storage.changes_of("r-who")
     assert row.user == "alice"
     bob = relay.client("bob")
     async with bob:
@@ -253,7 +250,7 @@ async def test_relay_refuses_operations_it_rejected_when_they_come_back(
         await bob.sync()
         bob.update("r-z", {"Name": "Bob's name"})
         await bob.sync()
-        relay_state = relay.server.storage.get_record("r-z").state  # type: ignore[union-attr]
+        relay_state = relay.storage.get_record("r-z").state  # type: ignore[union-attr]
         before = zombie.state()
         zombie.write({"Name": "Rejected name"})
         rejected_write = zombie.delta(before)

@@ -151,8 +151,7 @@ async def test_admin_actions_are_versioned_and_audited(relay: RelayHarness) -> N
         access = await root.access(deal)
         assert access["owner"] == "alice" and access["shares"] == {}
         assert access["sharing"] == "private"
-    assert relay.server.storage is not None
-    rows = relay.server.storage.changes_of(deal)
+    rows = relay.storage.changes_of(deal)
     assert [(r.kind, r.user) for r in rows[-2:]] == [("share", "root"), ("unshare", "root")]
     assert all(r.at > 0 for r in rows)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from crdtsync_server.storage import ChangeRow, RelayStorage
 from crdtsync import Status
 from crdtsync.core.protocol import Ack, Rejected
 from tests.helpers.cluster import Cluster, RelayNode
-from tests.helpers.harness import EXAMPLE_CONFIG, eventually
+from tests.helpers.harness import EXAMPLE_CONFIG, RelayHarness, eventually
 from tests.helpers.postgres import private_postgres_server
 from tests.helpers.wire import change, delta_writing, push_one, raw_session
 
@@ -313,6 +314,44 @@ def test_a_relay_opening_the_database_does_not_wait_for_another_ones_transaction
         writer.close()
         for storage in opened:
             storage.close()
+
+
+async def test_a_relay_waiting_for_the_database_still_answers_health_checks_and_pushes_after(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """While another relay holds the sequence row, a push waits for it, and so does
+    every decision: but the relay's event loop does not. ``/healthz`` and ``/metrics``
+    answer at once, and the waiting push is acknowledged once the lock is released."""
+    relay = RelayHarness(tmp_path, postgres_url)
+    await relay.start()
+    other = RelayStorage(postgres_url)
+    try:
+        alice = relay.client("alice")
+        async with alice:
+            await alice.sync(timeout=10)
+            other.begin()  # another relay deciding: the sequence row is locked
+            rid = alice.create("Account", {"Name": "Waits for the lock"})
+            await eventually(lambda: alice.pending()[0].status is Status.SYNCING)
+            for path in ("healthz", "metrics") * 3:
+                started = asyncio.get_running_loop().time()
+                status, _ = await asyncio.to_thread(_get, f"http://127.0.0.1:{relay.port}/{path}")
+                assert status == 200
+                assert asyncio.get_running_loop().time() - started < 1.0, path
+            assert alice.pending()[0].status is Status.SYNCING  # still waiting
+            other.rollback()
+            await alice.sync(timeout=10)
+            assert alice.pending() == []
+            assert relay.storage.get_record(rid) is not None
+    finally:
+        if other.in_transaction:
+            other.rollback()
+        other.close()
+        await relay.stop()
+
+
+def _get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=3) as response:
+        return response.status, response.read().decode()
 
 
 async def test_relays_carry_on_by_themselves_after_postgresql_restarts(tmp_path: Path) -> None:

@@ -106,5 +106,4 @@ async def test_a_create_refused_after_it_was_deleted_here_leaves_nothing(
             await alice.sync()
             assert alice.pending() == [] and alice.get(rid) is None
             assert alice.replica.store.get_record(rid) is None
-            assert relay.server.storage is not None
-            assert relay.server.storage.get_record(rid) is None
+            assert relay.storage.get_record(rid) is None

@@ -78,8 +78,7 @@ def edit_delta(
     relay: RelayHarness, record_id: str, values: dict[str, Any], client_id: int
 ) -> bytes:
     """An update writing ``values`` on top of the record as the relay holds it."""
-    assert relay.server.storage is not None
-    stored = relay.server.storage.get_record(record_id)
+    stored = relay.storage.get_record(record_id)
     assert stored is not None
     doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=client_id)
     doc.apply_update(stored.state)
@@ -135,8 +134,7 @@ async def resend_and_look_around(
         stale = edit_delta(relay, record_id, {"Name": "mine"}, client_id=424242)
         verdict = await push_one(raw, change(record_id, object_name, "update", stale, base=1))
         assert isinstance(verdict, Unresolvable) and verdict.reason == "forbidden", verdict
-    assert relay.server.storage is not None
-    for cursor in range(relay.server.storage.seq + 1):
+    for cursor in range(relay.storage.seq + 1):
         async with raw_session(relay.url, token, cursor) as (_raw, _backlog):
             pass
 
@@ -338,8 +336,7 @@ async def owner_smuggle(relay: RelayHarness) -> tuple[str, ChangeFrame]:
 
 
 def stored_owner(relay: RelayHarness, record_id: str) -> object:
-    assert relay.server.storage is not None
-    stored = relay.server.storage.get_record(record_id)
+    stored = relay.storage.get_record(record_id)
     assert stored is not None
     spec = relay.config.schema.objects["Account"]
     return RecordDoc.from_update(spec, stored.state).read().get("Owner")
@@ -516,9 +513,8 @@ async def test_a_zero_length_struct_is_refused_and_binds_no_client_id(
         verdict = await push_one(raw, change(account, "Account", "update", delta, base=1))
     assert isinstance(verdict, Rejected) and verdict.code is ErrorCode.INVALID_UPDATE, verdict
     assert "of length 0" in verdict.message
-    assert relay.server.storage is not None
-    assert relay.server.storage.client_id_owner(stranger) is None
-    assert relay.server.storage.get_record(account).version == 1  # type: ignore[union-attr]
+    assert relay.storage.client_id_owner(stranger) is None
+    assert relay.storage.get_record(account).version == 1  # type: ignore[union-attr]
 
 
 # -- S7: a conflict shows nothing from before the user could read the record ----------------
