@@ -14,7 +14,7 @@ import contextlib
 import logging
 import random
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -422,7 +422,7 @@ class Client:
             finally:
                 await _close(websocket)
         except Exception as exc:
-            error = _sole_error(exc)  # the reader's or writer's, out of their task group
+            error = _cause(exc)  # the reader's or writer's, out of their task group
             if isinstance(error, _TRANSPORT_ERRORS):
                 reason = f"{type(error).__name__}: {error}"
             elif isinstance(error, ProtocolError):
@@ -527,8 +527,17 @@ async def _close(websocket: ClientConnection) -> None:
         log.debug("closing a connection that had ended", exc_info=True)
 
 
-def _sole_error(exc: BaseException) -> BaseException:
-    """The one exception inside (nested) exception groups of one exception each."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+def _cause(exc: BaseException) -> BaseException:
+    """Why a connection ended, out of the (nested) exception groups of its reader and
+    writer: the first error that is not the transport failing, if any; else the first
+    (a relay that vanishes fails the reader and the writer at once: one lost connection)."""
+    leaves = list(_leaves(exc))
+    return next((e for e in leaves if not isinstance(e, _TRANSPORT_ERRORS)), leaves[0])
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc

@@ -38,19 +38,21 @@ Text values are made of unique CJK characters, one per edit, so "this insertion"
 
 from __future__ import annotations
 
+import contextlib
 import random
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 import crdtsync_server.relay
 import pytest
 from crdtsync_server.config import RelayConfig
 from crdtsync_server.relay import Relay
+from crdtsync_server.storage import RelayStorage
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -87,6 +89,7 @@ from crdtsync.core.schema import ObjectSpec, Schema
 from tests.helpers.faults import report, scaled
 from tests.helpers.harness import EXAMPLE_CONFIG
 from tests.helpers.pair import Pair, World, settle
+from tests.helpers.postgres import PostgresServer
 
 pytestmark = pytest.mark.faults
 
@@ -96,10 +99,13 @@ T = TypeVar("T")
 Choose = Callable[[Sequence[Any]], Any]
 MISSING = object()
 
-TOTALS = {"examples": 0, "steps": 0, "changes": 0, "conflicts": 0, "refused": 0}
-#: how often the targeted scenarios ran: a field changed on two devices, one offline
-#: (and the text with it); a field of a conflict changed again before its resolve
-SCENARIOS = {"concurrent_same_field": 0, "with_text": 0, "newer_remote": 0}
+
+def totals() -> dict[str, int]:
+    return {"examples": 0, "steps": 0, "changes": 0, "conflicts": 0, "refused": 0}
+
+
+def scenarios() -> dict[str, int]:
+    return {"concurrent_same_field": 0, "with_text": 0, "newer_remote": 0}
 
 
 # -- plumbing: determinism, a replica that reports what it sends, a pipe in pieces -------
@@ -188,6 +194,40 @@ class ModelWorld(World):
         )
 
 
+class ClusterWorld(ModelWorld):
+    """Three relays on one PostgreSQL database (``database``, empty), as three nodes
+    would be; :attr:`storage` is a storage of its own reading what they committed."""
+
+    def __init__(
+        self,
+        database: str,
+        on_outgoing: Callable[[TrackedReplica, ChangeFrame], None],
+        on_settled: Callable[[TrackedReplica, str, int | None], None],
+        nodes: int = 3,
+    ) -> None:
+        super().__init__(on_outgoing, on_settled)
+        self.storage.close()  # the in-memory relay is replaced by the nodes
+        self.nodes = [
+            Relay(
+                schema=self.config.schema,
+                policy=self.config.policy,
+                storage=RelayStorage(database),
+            )
+            for _ in range(nodes)
+        ]
+        self.relay = self.nodes[0]
+        self.storage = RelayStorage(database)
+
+    @property
+    def relays(self) -> list[Relay]:
+        return self.nodes
+
+    def close(self) -> None:
+        super().close()
+        for node in self.nodes:
+            node.storage.close()
+
+
 class Link(Pair):
     """A pair whose frames wait in two queues, so they can be delivered a few at a time
     and lost with the connection."""
@@ -198,13 +238,17 @@ class Link(Pair):
         replica: Replica,
         token: str,
         observe: Callable[[Link, object], None],
+        relay: Relay | None = None,
     ) -> None:
-        super().__init__(world, replica, token)
+        super().__init__(world, replica, token, relay=relay)
         self.observe = observe
         self.up: deque[bytes] = deque()
         self.down: deque[bytes] = deque()
 
     def collect(self) -> None:
+        # What a relay's transport does every few ms: take in (and fan out) what other
+        # relays on its database committed (nothing to do with one relay alone).
+        self.server.relay.follow()
         self.client.push()  # what the client transport does whenever it wakes
         self.up.extend(self.client.data_to_send())
         self.down.extend(self.server.data_to_send())
@@ -294,10 +338,15 @@ def text_of(spec: ObjectSpec, update: bytes | None, name: str) -> str:
 
 
 class ConvergenceModel(RuleBasedStateMachine):
+    totals = totals()
+    #: how often the targeted scenarios ran: a field changed on two devices, one offline
+    #: (and the text with it); a field of a conflict changed again before its resolve
+    scenarios = scenarios()
+
     def __init__(self) -> None:
         super().__init__()
         self.ids = Deterministic(seed=20260101)
-        self.world = ModelWorld(self._capture, self._settled)
+        self.world = self._make_world()
         self.schema = self.world.config.schema
         self.devices: list[Device] = []
         self.by_replica: dict[int, Device] = {}
@@ -322,11 +371,20 @@ class ConvergenceModel(RuleBasedStateMachine):
         self.steps = 0
         self.conflicts = 0
         self.clean = True
-        self.admin = self.world.session()
-        self.admin.receive(
-            encode(Hello((1,), self.world.authority.issue("root", admin=True), "admin-console"))
-        )
-        self.admin.data_to_send()
+        self.admins = [self.world.session(relay) for relay in self.world.relays]
+        for admin in self.admins:
+            admin.receive(
+                encode(Hello((1,), self.world.authority.issue("root", admin=True), "admin-console"))
+            )
+            admin.data_to_send()
+
+    def _make_world(self) -> ModelWorld:
+        return ModelWorld(self._capture, self._settled)
+
+    def _node(self) -> Relay | None:
+        """The relay a new connection goes to (one at random, if there are several)."""
+        relays = self.world.relays
+        return relays[self.rng.randrange(len(relays))] if len(relays) > 1 else None
 
     # -- hooks ----------------------------------------------------------------------------
 
@@ -434,7 +492,7 @@ class ConvergenceModel(RuleBasedStateMachine):
 
     def _connect(self, device: Device) -> None:
         token = self.world.authority.issue(device.user, roles=device.roles)
-        device.link = Link(self.world, device.replica, token, self._observe)
+        device.link = Link(self.world, device.replica, token, self._observe, self._node())
 
     def _links(self) -> list[Link]:
         return [d.link for d in self.devices if d.link is not None]
@@ -851,9 +909,9 @@ class ConvergenceModel(RuleBasedStateMachine):
             # Both edit the collaborative text too: it must merge whatever the conflict.
             self._edit_text(offline, record_id, data)
             self._edit_text(writer, record_id, data)
-            SCENARIOS["with_text"] += 1
+            self.scenarios["with_text"] += 1
         settle(*self._links())
-        SCENARIOS["concurrent_same_field"] += 1
+        self.scenarios["concurrent_same_field"] += 1
 
     @rule(pick=st.integers(0, 7), which=st.integers(0, 63), data=st.data())
     def edit_text(self, pick: int, which: int, data: st.DataObject) -> None:
@@ -1014,11 +1072,11 @@ class ConvergenceModel(RuleBasedStateMachine):
             return
         self._write(writer, record_id, {name: value})
         settle(*self._links())
-        SCENARIOS["newer_remote"] += 1
+        self.scenarios["newer_remote"] += 1
 
     # -- rules: administration ------------------------------------------------------------
 
-    @precondition(lambda self: self.world.storage.seq > 0)
+    @precondition(lambda self: self.world.storage.cluster_seq() > 0)
     @rule(
         which=st.integers(0, 63),
         action=st.sampled_from(["share", "share", "unshare", "set_owner", "delete"]),
@@ -1031,7 +1089,8 @@ class ConvergenceModel(RuleBasedStateMachine):
         record_id = self._pick(storage.record_ids_since(OBJECTS, 0), which)
         stored = storage.get_record(record_id)
         assert stored is not None
-        self.admin.receive(
+        admin = self.admins[self.rng.randrange(len(self.admins))]
+        admin.receive(
             encode(
                 Admin(
                     request_id=f"a{self.clock}",
@@ -1042,7 +1101,7 @@ class ConvergenceModel(RuleBasedStateMachine):
                 )
             )
         )
-        [result] = [decode(data) for data in self.admin.data_to_send()]
+        [result] = [decode(data) for data in admin.data_to_send()]
         assert isinstance(result, AdminResult)
         if stored.deleted:
             assert not result.ok
@@ -1196,7 +1255,11 @@ class ConvergenceModel(RuleBasedStateMachine):
             replica = self.world.replica()
             self.by_replica[id(replica)] = Device(-1, user, roles, replica)
             link = Link(
-                self.world, replica, self.world.authority.issue(user, roles=roles), self._observe
+                self.world,
+                replica,
+                self.world.authority.issue(user, roles=roles),
+                self._observe,
+                self._node(),
             )
             settle(link)
             assert self._holds(replica) == self._expected(user, replica.schema), user
@@ -1248,28 +1311,63 @@ class ConvergenceModel(RuleBasedStateMachine):
                 self._check_quiet()
                 self._check_fresh_replicas()
                 self.no_zombie_ops()
-                TOTALS["examples"] += 1
-                TOTALS["steps"] += self.steps
-                TOTALS["changes"] += len(self.sent)
-                TOTALS["conflicts"] += self.conflicts
-                TOTALS["refused"] += len(self.refused)
+                self.totals["examples"] += 1
+                self.totals["steps"] += self.steps
+                self.totals["changes"] += len(self.sent)
+                self.totals["conflicts"] += self.conflicts
+                self.totals["refused"] += len(self.refused)
         finally:
             self.world.close()
             self.ids.restore()
 
 
-def test_replicas_converge_with_no_zombie_ops_and_no_lost_changes() -> None:
+def run_model(model: type[ConvergenceModel], examples: int, suite: str) -> None:
+    """Run ``model`` for ``examples`` (scaled) examples and report what it did."""
     run_state_machine_as_test(
-        ConvergenceModel,
+        model,
         settings=settings(
-            max_examples=scaled(200),
+            max_examples=scaled(examples),
             stateful_step_count=30,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
     )
-    assert TOTALS["examples"] > 0
-    report("convergence_model", **TOTALS, **SCENARIOS)
+    assert model.totals["examples"] > 0
+    report(suite, **model.totals, **model.scenarios)
+
+
+def test_replicas_converge_with_no_zombie_ops_and_no_lost_changes() -> None:
+    run_model(ConvergenceModel, 200, "convergence_model")
+
+
+class ClusterConvergenceModel(ConvergenceModel):
+    """The same model with three relays on one PostgreSQL database (a new one for each
+    example): each connection, and each administrator's action, goes to a node picked at
+    random, and a node takes in what the others committed whenever its connections are
+    served. Convergence, no zombie ops and no lost change must hold across nodes."""
+
+    totals = totals()
+    scenarios = scenarios()
+    server: ClassVar[PostgresServer | None] = None
+
+    def _make_world(self) -> ModelWorld:
+        assert self.server is not None, "set ClusterConvergenceModel.server first"
+        self.databases = contextlib.ExitStack()
+        url = self.databases.enter_context(self.server.database())
+        return ClusterWorld(url, self._capture, self._settled)
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            self.databases.close()
+
+
+def test_replicas_on_random_nodes_of_a_cluster_converge_with_no_zombie_ops_and_no_lost_changes(
+    postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ClusterConvergenceModel, "server", postgres)
+    run_model(ClusterConvergenceModel, 40, "convergence_model_cluster")
 
 
 # -- regressions found by the model ------------------------------------------------------

@@ -51,12 +51,13 @@ class Pair:
         *,
         max_queued_bytes: int = QUEUE_BOUND,
         on_schema: Callable[[Schema], None] | None = None,
+        relay: Relay | None = None,
     ) -> None:
         self.world = world
         self.replica = replica
         self.wakes = 0
         self.server = RelaySession(
-            world.relay,
+            relay or world.relay,
             world.authority,
             max_frame_bytes=world.config.max_frame_bytes,
             max_queued_bytes=max_queued_bytes,
@@ -123,7 +124,8 @@ def settle(*pairs: Pair) -> None:
 
 class World:
     """One relay (in-memory SQLite) built from an app's TOML (the example app's by
-    default), plus replicas."""
+    default), plus replicas. :attr:`relays` lists every relay a replica may be connected
+    to (a world of several relays on one database says so)."""
 
     def __init__(self, config: Path = EXAMPLE_CONFIG) -> None:
         self.config = RelayConfig.from_toml(config, database=":memory:")
@@ -133,6 +135,10 @@ class World:
         )
         self.authority = self.config.token_authority()
         self._stores: list[LocalStore] = []
+
+    @property
+    def relays(self) -> list[Relay]:
+        return [self.relay]
 
     def token(self, user: str) -> str:
         return self.authority.issue(user)
@@ -154,6 +160,7 @@ class World:
         token: str | None = None,
         max_queued_bytes: int = QUEUE_BOUND,
         on_schema: Callable[[Schema], None] | None = None,
+        relay: Relay | None = None,
     ) -> Pair:
         return Pair(
             self,
@@ -161,10 +168,13 @@ class World:
             token or self.token(user),
             max_queued_bytes=max_queued_bytes,
             on_schema=on_schema,
+            relay=relay,
         )
 
-    def session(self) -> RelaySession:
-        return RelaySession(self.relay, self.authority, max_frame_bytes=self.config.max_frame_bytes)
+    def session(self, relay: Relay | None = None) -> RelaySession:
+        return RelaySession(
+            relay or self.relay, self.authority, max_frame_bytes=self.config.max_frame_bytes
+        )
 
     def close(self) -> None:
         for store in self._stores:

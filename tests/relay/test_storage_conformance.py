@@ -156,6 +156,25 @@ def test_the_log_answers_by_change_id_by_record_and_by_position(storage: RelaySt
     assert storage.record_ids_since(["Contact"], 0) == []
 
 
+def test_a_transaction_of_many_records_and_changes_stores_every_one(
+    storage: RelayStorage,
+) -> None:
+    count = 1_207
+    updates = {f"r{i}": edits({"Name": f"Acme {i}", "Employees": i})[0] for i in range(count)}
+    with storage.transaction():
+        for record_id, update in updates.items():
+            seq = storage.next_seq()
+            storage.put_record(record(record_id, update, seq))
+            storage.add_change(change(seq, record_id, update, Name=record_id))
+    stored = storage.get_records(list(updates))
+    assert {rid: values_of(r.state) for rid, r in stored.items()} == {
+        f"r{i}": {"Name": f"Acme {i}", "Employees": i} for i in range(count)
+    }
+    logged = [storage.find_change(f"c{seq}") for seq in range(1, count + 1)]
+    assert [row.record_id for row in logged if row is not None] == list(updates)
+    assert storage.seq == count
+
+
 def test_sequence_numbers_survive_a_reopen_and_a_rollback_gives_them_back(
     storage: RelayStorage, relay_database: str
 ) -> None:

@@ -113,6 +113,56 @@ async def test_a_unique_value_claimed_on_two_nodes_at_once_has_one_winner(
         assert "Email" in str(problems[0].problem)
 
 
+async def test_a_reference_to_a_record_deleted_on_another_node_is_a_conflict(
+    cluster: Cluster, postgres_url: str
+) -> None:
+    """Alice's node holds the Account (she made it there); bob deletes it through another
+    node; a Contact alice then links to it is refused as a conflict, and when the two
+    race, the link is accepted only if it came before the delete: never a live link
+    accepted after its target was deleted."""
+    a, b, _c = cluster.nodes
+    alice, bob = a.client("alice"), b.client("bob")
+    reader = RelayStorage(postgres_url)
+    try:
+        async with alice, bob:
+            target = alice.create("Account", {"Name": "Going away"})
+            await alice.sync(timeout=10)
+            await bob.sync(timeout=10)
+            bob.delete(target)
+            await bob.sync(timeout=10)
+            alice.create("Contact", {"LastName": "Linked", "Phone": "1", "Account": target})
+            await alice.sync(timeout=10)
+            [refused] = alice.pending()
+            assert refused.status is Status.CONFLICT
+            assert f"no Account with id {target}" in str(refused.problem)
+            alice.dismiss(refused.record_id)
+
+            for round_ in range(6):  # the same, at once: either order, never both
+                target = alice.create("Account", {"Name": f"Raced {round_}"})
+                await alice.sync(timeout=10)
+                await bob.sync(timeout=10)
+                alice.go_offline()
+                bob.go_offline()
+                link = alice.create(
+                    "Contact", {"LastName": f"Link {round_}", "Phone": "1", "Account": target}
+                )
+                bob.delete(target)
+                alice.go_online()
+                bob.go_online()
+                await asyncio.gather(alice.sync(timeout=10), bob.sync(timeout=10))
+                [deleted] = [row for row in reader.changes_of(target) if row.kind == "delete"]
+                linked = reader.changes_of(link)
+                if linked:
+                    assert linked[0].seq < deleted.seq  # accepted only before the delete
+                else:
+                    [refused] = alice.pending()
+                    assert refused.record_id == link and refused.status is Status.CONFLICT
+                    alice.dismiss(link)
+                assert alice.pending() == bob.pending() == []
+    finally:
+        reader.close()
+
+
 async def test_a_client_moving_between_nodes_keeps_its_cursor(cluster: Cluster) -> None:
     a, b, c = cluster.nodes
     alice = a.client("alice", url=[a.url, b.url])
