@@ -51,6 +51,12 @@ IDLE_IN_TRANSACTION_TIMEOUT = 10
 #: Seconds a relay waits for a lock (the sequence row) before its transaction fails
 #: (the pushes in it get ``internal_error`` and their replicas retry).
 LOCK_TIMEOUT = 5
+#: Seconds a relay's session may wait, inside a transaction, for its relay to send the
+#: rest of a statement before another relay that needs the lock ends it (see
+#: :meth:`PostgresDatabase.end_stalled_relays`).
+STALLED_AFTER = 10
+#: SQLSTATE of a lock wait that ran out (``lock_not_available``)
+LOCK_NOT_AVAILABLE = "55P03"
 
 
 def is_postgres_url(database: str) -> bool:
@@ -239,8 +245,34 @@ class PostgresDatabase:
         ).fetchone()
         return bool(row and row[0])
 
+    def end_stalled_relays(self) -> int:
+        """End the sessions of relays stopped inside a transaction; how many were ended.
+
+        A relay frozen between two statements is ended by the server itself
+        (:data:`IDLE_IN_TRANSACTION_TIMEOUT`). One frozen in the middle of sending a
+        statement (a ``SIGSTOP``, a paused VM, in the middle of a pipelined INSERT) counts
+        as *active*: the server waits for the rest for ever, holding the sequence row. So
+        a relay whose wait for that row ran out ends every relay session of this database
+        that is in a transaction and has been waiting for its relay to send anything
+        (``ClientRead``) for :data:`STALLED_AFTER` seconds or more; a working relay never
+        waits on itself that long, and whatever the ended one had not committed is rolled
+        back (its clients retry)."""
+        rows = self.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = ? "
+            "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL "
+            "AND wait_event = 'ClientRead' AND state_change < now() - make_interval(secs => ?)",
+            (APPLICATION_NAME, STALLED_AFTER),
+        )
+        return sum(1 for (ended,) in rows if ended)
+
     def close(self) -> None:
         self.connection.close()
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    """``exc`` is a lock wait that ran out (:data:`LOCK_TIMEOUT`)."""
+    return getattr(exc, "sqlstate", None) == LOCK_NOT_AVAILABLE
 
 
 def _first_line(exc: BaseException) -> str:

@@ -10,6 +10,7 @@ of the others' versions in two ways, and both come here, in log order::
         ─▶ the changes logged in (after, through]
         ─▶ every cached record they touched forgotten: decisions use the stored record
         ─▶ the changes fanned out to this relay's listeners, as if pushed here
+           (one whose update a compaction dropped meanwhile: with the record's whole state)
 
 Catching up happens before anything is decided in the transaction that found it, and a
 relay's own verdicts are sent after its commit, so each listener still receives versions
@@ -63,6 +64,7 @@ class ClusterFollower:
             if row.record_id not in before:
                 before[row.record_id] = state.facts if state is not None else None
         records, facts = self._as_they_stand(list(before))
+        wholes: dict[str, bytes] = {}
         pending: list[tuple[StoredRecord, ChangeRow]] = []
         for row in rows:
             record = records.get(row.record_id)
@@ -70,6 +72,8 @@ class ClusterFollower:
                 continue
             if row.replica != ADMIN_REPLICA:
                 deleted = row.kind == ChangeKind.DELETE
+                if row.compacted:  # a compaction dropped its update: the whole state holds it
+                    row = attrs.evolve(row, update=self._whole(row.record_id, wholes))
                 pending.append((attrs.evolve(record, version=row.seq, deleted=deleted), row))
                 continue
             if pending:
@@ -86,6 +90,13 @@ class ClusterFollower:
             before[row.record_id] = now
         if pending:
             self.fan_out.changes(None, pending, facts)
+
+    def _whole(self, record_id: str, wholes: dict[str, bytes]) -> bytes:
+        """The record's whole state as it stands (read once per catch-up)."""
+        if record_id not in wholes:
+            stored = self.storage.get_record(record_id)
+            wholes[record_id] = stored.state if stored is not None else b""
+        return wholes[record_id]
 
     def _as_they_stand(
         self, record_ids: list[str]

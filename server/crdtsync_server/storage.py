@@ -38,6 +38,7 @@ record before it drops an update the record's row does not hold yet.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import time
@@ -68,9 +69,12 @@ from .database import (
     Database,
     PostgresDatabase,
     SqliteDatabase,
+    is_lock_timeout,
     is_postgres_url,
 )
 from .errors import StorageError
+
+log = logging.getLogger("crdtsync.storage")
 
 #: 1: the first released format. 2: ``changes.update_`` may be NULL (compacted).
 #: 3: a record's row is a snapshot, which the changes logged after it complete.
@@ -495,14 +499,29 @@ class RelayStorage:
         self._seq_at_begin = getattr(self, "_seq", 0)
         if isinstance(self._db, PostgresDatabase):
             try:
-                row = self._db.execute(
-                    "SELECT value FROM meta WHERE key = 'seq' FOR UPDATE"
-                ).fetchone()
+                row = self._lock_sequence(self._db)
                 self._catch_up(int(unpack(row[0])) if row is not None else 0)
             except BaseException:
                 self.rollback()
                 raise
         self._seq_at_begin = getattr(self, "_seq", 0)
+
+    def _lock_sequence(self, db: PostgresDatabase) -> Any:
+        """Lock the sequence row (and read it). If the wait runs out because a relay
+        stopped inside its transaction holds it, that relay's session is ended and the
+        lock taken again, once; otherwise the wait's error stands."""
+        sql = "SELECT value FROM meta WHERE key = 'seq' FOR UPDATE"
+        try:
+            return db.execute(sql).fetchone()
+        except db.Error as exc:
+            if not is_lock_timeout(exc):
+                raise
+            db.rollback()
+            if not db.end_stalled_relays():
+                raise
+            log.warning("ended the session of a relay stopped in its transaction")
+            db.begin()
+            return db.execute(sql).fetchone()
 
     def agree_on_configuration(self, fingerprint: str) -> None:
         """PostgreSQL: make sure every relay serving the database runs the configuration

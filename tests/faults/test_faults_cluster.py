@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from crdtsync_server.database import IDLE_IN_TRANSACTION_TIMEOUT, LOCK_TIMEOUT
+from crdtsync_server.database import IDLE_IN_TRANSACTION_TIMEOUT, LOCK_TIMEOUT, STALLED_AFTER
 
 from crdtsync import Client
 from tests.helpers.faults import report, scaled
@@ -41,10 +41,11 @@ pytestmark = pytest.mark.faults
 
 USERS = ("alice", "bob", "carol", "alice")  # alice twice: two devices
 
-#: the longest a node frozen in its transaction can hold the others up: the server ends
-#: its session after the idle timeout; a push that waited out the lock timeout meanwhile
-#: is retried by its client (plus backoff and the push itself)
-FROZEN_BOUND = IDLE_IN_TRANSACTION_TIMEOUT + LOCK_TIMEOUT + 5
+#: the longest a node frozen in its transaction can hold the others up: its session is
+#: ended after the idle timeout (frozen between statements) or, by a node whose wait for
+#: the lock ran out, once it has stalled STALLED_AFTER (frozen inside one); a push that
+#: waited out the lock timeout meanwhile is retried by its client (plus backoff, the push)
+FROZEN_BOUND = max(IDLE_IN_TRANSACTION_TIMEOUT, STALLED_AFTER) + LOCK_TIMEOUT + 5
 
 
 @contextlib.contextmanager

@@ -110,15 +110,22 @@ class OnRelayThread:
         return on_relay_thread
 
 
-async def eventually(check: Callable[[], object], timeout: float = 5.0) -> None:
-    """Wait until ``check()`` is truthy (polling), or fail with what it last returned."""
+async def eventually(
+    check: Callable[[], object],
+    timeout: float = 5.0,
+    explain: Callable[..., object] | None = None,
+    *args: object,
+) -> None:
+    """Wait until ``check()`` is truthy (polling), or fail with what it last returned
+    (and what ``explain(*args)`` says, if given)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         result = check()
         if result:
             return
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s (last: {result!r})")
+            why = "" if explain is None else f": {explain(*args)}"
+            raise AssertionError(f"condition not met within {timeout} s (last: {result!r}){why}")
         await asyncio.sleep(0.02)
 
 

@@ -103,6 +103,21 @@ def assert_acknowledged_versions_are_stored(clients: list[Client], database: Pat
     return checked
 
 
+def differences(clients: list[Client], truth: dict[str, dict[str, object]]) -> list[str]:
+    """Where a client's records differ from ``truth`` (with the versions it holds)."""
+    out = []
+    for i, client in enumerate(clients):
+        held = fields_of(client)
+        for rid in sorted(set(held) | set(truth)):
+            if held.get(rid) != truth.get(rid):
+                record = client.get(rid)
+                out.append(
+                    f"client {i} holds {rid} at version {record and record.version}: "
+                    f"{held.get(rid)} instead of {truth.get(rid)}"
+                )
+    return out
+
+
 def fields_of(client: Client) -> dict[str, dict[str, object]]:
     return {record.id: dict(record.fields) for record in client.records("Account")}
 
@@ -174,7 +189,7 @@ async def edit_while_disrupting(
                 await client.sync(timeout=30)
         await eventually(lambda: all(c.pending() == [] for c in clients), 20)
         truth = fields_of(clients[0])
-        await eventually(lambda: all(fields_of(c) == truth for c in clients), 20)
+        await eventually(lambda: not differences(clients, truth), 20, differences, clients, truth)
         for (rid, field), value in expected.items():
             assert truth[rid][field] == value, f"{rid}.{field}: last edit lost"
         logged = assert_each_operation_logged_once(database)

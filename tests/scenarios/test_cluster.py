@@ -163,6 +163,35 @@ async def test_a_reference_to_a_record_deleted_on_another_node_is_a_conflict(
         reader.close()
 
 
+async def test_a_change_compacted_before_another_node_took_it_in_still_reaches_its_clients(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Node B has not looked at the log yet when a compaction drops the update of a change
+    node A accepted: bob, on node B, still gets the change (the record's whole state)."""
+    cluster = Cluster(postgres_url, tmp_path)
+    _a, b, _c = cluster.nodes
+    b.server.follow_interval = 3600  # node B takes in others' changes only when asked
+    with cluster:
+        a = cluster.nodes[0]
+        alice, bob = a.client("alice"), b.client("bob")
+        async with alice, bob:
+            rid = alice.create("Account", {"Name": "Acme", "Employees": 1})
+            await alice.sync(timeout=10)
+            await bob.sync(timeout=10)  # bob holds it; node B has seen everything so far
+            alice.update(rid, {"Employees": 250, "Industry": "Energy"})
+            await alice.sync(timeout=10)
+            compactor = RelayStorage(postgres_url)
+            try:
+                assert compactor.compact(compactor.cluster_seq()) > 0
+            finally:
+                compactor.close()
+            await bob.sync(timeout=10)  # node B takes in alice's change now
+            record = bob.get(rid)
+            assert record is not None
+            assert (record.fields["Employees"], record.fields["Industry"]) == (250, "Energy")
+            assert record.version == alice.get(rid).version  # type: ignore[union-attr]
+
+
 async def test_a_client_moving_between_nodes_keeps_its_cursor(cluster: Cluster) -> None:
     a, b, c = cluster.nodes
     alice = a.client("alice", url=[a.url, b.url])
@@ -453,6 +482,44 @@ async def test_a_relay_frozen_in_its_transaction_holds_the_others_up_only_for_a_
             assert reader.find_change("never-committed") is None
         finally:
             reader.close()
+
+
+async def test_a_relay_stopped_in_the_middle_of_a_statement_is_ended_by_the_others(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relay frozen while it sends a statement (here: a pipelined query never
+    followed by its sync) counts as active, not idle: the server's idle timeout never ends
+    it, and it holds the sequence row. A relay whose wait for the row runs out ends it
+    (after STALLED_AFTER, 2 s here) and goes on; the stopped relay's work is rolled back."""
+    monkeypatch.setattr(database, "LOCK_TIMEOUT", 1)
+    monkeypatch.setattr(database, "STALLED_AFTER", 2)
+    stopped = psycopg.connect(
+        postgres_url, autocommit=True, application_name=database.APPLICATION_NAME
+    )
+    try:
+        with Cluster(postgres_url, tmp_path, size=1) as cluster:
+            bob = cluster.nodes[0].client("bob")
+            async with bob:
+                await bob.sync(timeout=10)
+                stopped.execute("BEGIN")
+                stopped.execute("SELECT value FROM meta WHERE key = 'seq' FOR UPDATE")
+                stopped.execute("UPDATE meta SET value = value WHERE key = 'seq'")
+                stopped.pgconn.enter_pipeline_mode()
+                stopped.pgconn.send_query_params(b"SELECT 1", None)  # ... and nothing more
+                stopped.pgconn.flush()
+                started = asyncio.get_running_loop().time()
+                rid = bob.create("Account", {"Name": "Past a stopped relay"})
+                await bob.sync(timeout=20)
+                assert bob.pending() == [] and bob.get(rid) is not None
+                assert asyncio.get_running_loop().time() - started < 10
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            [(sessions,)] = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                (stopped.pgconn.backend_pid,),
+            ).fetchall()
+        assert sessions == 0  # its session was ended
+    finally:
+        stopped.close()
 
 
 async def test_an_administrators_action_on_one_node_reaches_clients_of_another(
