@@ -532,17 +532,28 @@ class RelayStorage:
         stopped). Nothing to agree on with a SQLite file, which one relay holds."""
         if not isinstance(self._db, PostgresDatabase):
             return
-        with self.transaction():  # the sequence lock: relays starting together agree
-            recorded = self.get_meta("configuration")
-            if recorded == fingerprint:
-                return
-            if recorded is not None and self._db.other_relays_connected():
-                raise StorageError(
-                    f"{self._db.where} is served by relays with another configuration "
-                    "(schema or roles): start this one with the same configuration file, "
-                    "or stop every relay on the database to change it"
-                )
-            self.set_meta("configuration", fingerprint)
+        try:
+            with self.transaction():  # the sequence lock: relays starting together agree
+                recorded = self.get_meta("configuration")
+                if recorded == fingerprint:
+                    return
+                if recorded is not None and self._db.other_relays_connected():
+                    raise StorageError(
+                        f"{self._db.where} is served by relays with another configuration "
+                        "(schema or roles): start this one with the same configuration file, "
+                        "or stop every relay on the database to change it"
+                    )
+                self.set_meta("configuration", fingerprint)
+        except self._db.Error as exc:
+            why = (
+                "another session has held the relays' sequence row for longer than the "
+                "lock timeout (a relay stopped in its transaction?): try again"
+                if is_lock_timeout(exc)
+                else str(exc).strip().splitlines()[0]
+            )
+            raise StorageError(
+                f"{self._db.where}: cannot check the configuration the relays run: {why}"
+            ) from None
 
     def cluster_seq(self) -> int:
         """The last version committed by any relay on this database (read, not locked);

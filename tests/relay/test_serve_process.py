@@ -11,7 +11,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+from crdtsync_server.storage import RelayStorage
 
 from tests.helpers.harness import EXAMPLE_CONFIG
 from tests.helpers.relay_process import SECRET, ServeProcess, free_port
@@ -209,3 +211,18 @@ def test_an_unreachable_postgresql_server_is_reported_without_its_password() -> 
     assert done.returncode == 2
     assert f"postgresql://crdtsync:***@127.0.0.1:{port}/relay: cannot connect" in done.stderr
     assert "hunter2" not in done.stderr + done.stdout and "Traceback" not in done.stderr
+
+
+def test_a_relay_that_cannot_take_the_database_lock_at_start_says_so_without_a_traceback(
+    postgres_url: str,
+) -> None:
+    RelayStorage(postgres_url).close()  # the tables
+    with psycopg.connect(postgres_url, autocommit=True) as holder:
+        holder.execute("BEGIN")
+        holder.execute("SELECT value FROM meta WHERE key = 'seq' FOR UPDATE")  # held
+        done = serve_briefly("--db", postgres_url)
+    assert done.returncode == 2
+    assert "cannot check the configuration the relays run: another session has held" in (
+        done.stderr
+    )
+    assert "Traceback" not in done.stderr
