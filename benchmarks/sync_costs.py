@@ -16,6 +16,8 @@ a pre-filled one where it needs many stored records):
 ``fanout``       one writer pushes single-field changes one at a time; latency from the
                  push being sent to each of ``fanout_subscribers`` raw replicas holding
                  the change (matched by record id and version): p50 / p99.
+``fanout_pg2``   ``fanout`` with the writer on one relay and the subscribers on another,
+                 both on one new PostgreSQL database (``--postgres-url``).
 ``memory``       the relay's RSS with ``store_records`` stored records: right after
                  storing them, after a restart, after reading records through its
                  bounded record cache, and with ``idle_clients`` idle connections; at the
@@ -87,7 +89,7 @@ from .common import (
     stage_figures,
 )
 from .loads import CONFIG, FIELD, OBJECT, Change, account, account_values
-from .throughput import _merge_seconds
+from .throughput import _merge_seconds, postgres_database
 
 SIZES = (
     Size("drain_records", 1000, 200, "drain: records the offline client edits"),
@@ -750,12 +752,50 @@ def run_fanout(options: Any) -> Figures:
         return asyncio.run(_fanout(target, options))
 
 
-async def _fanout(target: RunningRelay, options: Any) -> Figures:
+def run_fanout_pg2(options: Any) -> Figures:
+    """``fanout`` across two relays on one PostgreSQL database: the writer on one, the
+    subscribers on the other (a note instead, when no server answers)."""
+    with postgres_database(options.postgres_url) as database:
+        if database is None:
+            return {"note": f"no PostgreSQL server at {options.postgres_url}"}
+        with relays_on(database, 2) as (writes, reads):
+            return asyncio.run(_fanout(reads, options, writes=writes))
+
+
+@contextlib.contextmanager
+def relays_on(database: str, count: int) -> Iterator[list[RunningRelay]]:
+    """``count`` ``crdtsync serve`` processes on one (PostgreSQL) ``database``."""
+    secret = secrets.token_hex(32)
+    with (
+        tempfile.TemporaryDirectory(prefix="crdtsync-bench-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        running = []
+        for _ in range(count):
+            port = free_port()
+            argv = python_module(
+                "crdtsync", "serve", "--config", str(CONFIG), "--db", database,
+                "--host", LOCALHOST, "--port", str(port),
+            )  # fmt: skip
+            server = stack.enter_context(
+                ServerProcess(argv, port=port, env={"CRDTSYNC_SECRET": secret})
+            )
+            url = f"ws://{LOCALHOST}:{port}"
+            running.append(RunningRelay(url, port, server.pid, TokenAuthority(secret), Path(tmp)))
+        yield running
+
+
+async def _fanout(
+    target: RunningRelay, options: Any, writes: RunningRelay | None = None
+) -> Figures:
+    """Fan-out latency to subscribers of ``target``, the writer on ``writes`` (default:
+    ``target`` too)."""
     subscribers, count = options.fanout_subscribers, options.fanout_changes
     board = Board(subscribers)
+    writes = writes or target
     async with AsyncExitStack() as stack:
         writer = await RelayConnection.open(
-            target.url, token=target.token("writer"), replica="writer", objects=()
+            writes.url, token=writes.token("writer"), replica="writer", objects=()
         )
         stack.push_async_callback(writer.close)
         docs = {
@@ -776,9 +816,12 @@ async def _fanout(target: RunningRelay, options: Any) -> Figures:
         replicas = await open_replicas(target, subscribers, "sub", stack, board.arrived)
         await asyncio.gather(*(replica.subscribe((OBJECT,), 0) for replica in replicas))
         writer.reset_tally()
-        before = await asyncio.to_thread(_merge_seconds, target.port)
+        before = await asyncio.to_thread(_merge_seconds, writes.port)
         sent: list[tuple[str, int, float, float]] = []  # record, version, sent at, acked at
-        with py_spy(target.pid, _profile(options, "fanout")), Clock(target.pid) as timed:
+        with (
+            py_spy(target.pid, _profile(options, "fanout")),
+            Clock(*{target.pid, writes.pid}) as timed,
+        ):
             for change in changes:
                 started = time.perf_counter()
                 await writer.push_all([change], batch=1, window=1)
@@ -787,7 +830,7 @@ async def _fanout(target: RunningRelay, options: Any) -> Figures:
                 sent.append((change.record, version, started, acked))
                 await board.everyone_has(change.record, version)
                 await asyncio.sleep(FANOUT_GAP)
-        after = await asyncio.to_thread(_merge_seconds, target.port)
+        after = await asyncio.to_thread(_merge_seconds, writes.port)
     if writer.tally.acks != count:
         raise RuntimeError(f"fanout: {count - writer.tally.acks} refused: {writer.tally.problem}")
     pairs, last, acks = [], [], []
@@ -975,6 +1018,9 @@ WORKLOADS = (
     Workload("storm", run_storm, "many clients with offline edits come online at once"),
     Workload("resume", run_resume, "catch up after missing K changes in a store of N records"),
     Workload("fanout", run_fanout, "1 writer, many subscribers: push-to-receive latency"),
+    Workload(
+        "fanout_pg2", run_fanout_pg2, "as fanout, writer and subscribers on two PostgreSQL relays"
+    ),
     Workload("memory", run_memory, "relay RSS with many stored records and idle clients"),
     Workload("initial_sync", run_initial_sync, "a new replica receives every stored record"),
 )

@@ -37,6 +37,7 @@ from websockets.protocol import State
 from crdtsync.core.exceptions import LockedError
 from crdtsync.core.sqlite_meta import OwnerLock
 
+from .commit_notices import CommitListener
 from .config import RelayConfig
 from .database import is_postgres_url
 from .errors import StorageError
@@ -47,8 +48,14 @@ from .storage import RelayStorage
 
 log = logging.getLogger("crdtsync.server")
 
-#: seconds between two looks at what other relays on a PostgreSQL database committed
+#: seconds between two looks at what other relays on a PostgreSQL database committed,
+#: while their commit notices cannot be heard (see .commit_notices)
 FOLLOW_INTERVAL = 0.05
+#: the same while they can: a safety net, the notices wake the relay at once
+LISTENING_FOLLOW_INTERVAL = 1.0
+#: seconds before a look that failed is tried again, doubling up to the second
+FOLLOW_RETRY_FIRST = 0.1
+FOLLOW_RETRY_MAX = 2.0
 
 T = TypeVar("T")
 
@@ -80,8 +87,15 @@ class RelayServer:
         #: where the relay, its sessions and its storage run (see .relay_thread)
         self._thread: RelayRunner | None = None
         #: how often a relay on PostgreSQL looks for what other relays committed (a
-        #: relay that commits itself catches up first anyway)
+        #: relay that commits itself catches up first anyway), while it cannot hear
+        #: their commit notices, and while it can
         self.follow_interval = FOLLOW_INTERVAL
+        self.listening_follow_interval = LISTENING_FOLLOW_INTERVAL
+        #: hear other relays' commit notices (PostgreSQL); off, the relay only polls
+        self.listen_for_commits = True
+        self.commit_listener: CommitListener | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._committed_elsewhere = asyncio.Event()
 
     @property
     def port(self) -> int:
@@ -147,6 +161,11 @@ class RelayServer:
             raise
         self._watchdog = asyncio.create_task(self._watch_sends())
         if self.storage.kind == "postgresql":  # other relays may share the database
+            node = self.storage.node
+            if self.listen_for_commits and node is not None:
+                wake = self._committed_elsewhere.set
+                self.commit_listener = CommitListener(database, node, wake)
+                self._listener = asyncio.create_task(self.commit_listener.run())
             self._follower = asyncio.create_task(self._follow_others())
         log.info("relay listening on %s (database %s)", self.url, self.storage.where)
         ungranted = self.config.policy.ungranted()
@@ -189,11 +208,11 @@ class RelayServer:
             return
         if self.relay is not None:
             await thread.call(self.relay.settle)
-        for task in (self._watchdog, self._follower):
+        for task in (self._watchdog, self._follower, self._listener):
             if task is not None:
                 task.cancel()
                 await asyncio.wait([task])  # ended (its cancellation is not ours)
-        self._watchdog = self._follower = None
+        self._watchdog = self._follower = self._listener = None
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
@@ -365,17 +384,39 @@ class RelayServer:
                         websocket.transport.abort()
 
     async def _follow_others(self) -> None:
-        """Every :attr:`follow_interval` seconds, take in and fan out what other relays on
-        the database committed (:meth:`.relay.Relay.follow`). A failure (the database
-        unreachable for a while) is logged and the next round tries again."""
+        """Take in and fan out what other relays on the database committed
+        (:meth:`.relay.Relay.follow`) as soon as one of their commit notices is heard
+        (:mod:`.commit_notices`), and by itself every :attr:`listening_follow_interval`
+        seconds, or every :attr:`follow_interval` while no notice can be heard.
+
+        A look that fails (the database unreachable for a while, a connection it broke)
+        is tried again after :data:`FOLLOW_RETRY_FIRST` seconds, doubling up to
+        :data:`FOLLOW_RETRY_MAX`: what woke it is not lost with it. The first failure of
+        a run of them is logged with its traceback, the recovery in one line."""
+        woken = self._committed_elsewhere
+        retry: float | None = None  # seconds before trying a failed look again
         while True:
-            await asyncio.sleep(self.follow_interval)
+            listener = self.commit_listener
+            listening = listener is not None and listener.listening
+            interval = self.listening_follow_interval if listening else self.follow_interval
+            if retry is not None:
+                interval = min(interval, retry)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await woken.wait()
+            woken.clear()
             if self.relay is None or self._thread is None:
                 continue
             try:
                 await self._thread.call(self.relay.follow)
             except Exception:
-                log.exception("reading what other relays committed failed; retrying")
+                if retry is None:
+                    log.exception("reading what other relays committed failed; retrying")
+                retry = min(2 * retry, FOLLOW_RETRY_MAX) if retry else FOLLOW_RETRY_FIRST
+                continue
+            if retry is not None:
+                log.info("reading what other relays committed works again")
+                retry = None
 
 
 @attrs.frozen

@@ -27,6 +27,7 @@ only when a ``postgresql://`` database is opened.
 from __future__ import annotations
 
 import re
+import secrets
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
@@ -57,6 +58,9 @@ LOCK_TIMEOUT = 5
 STALLED_AFTER = 10
 #: SQLSTATE of a lock wait that ran out (``lock_not_available``)
 LOCK_NOT_AVAILABLE = "55P03"
+#: The channel a relay's commit notice goes out on (``NOTIFY``): its payload is the
+#: committing relay's :attr:`PostgresDatabase.node` and the version it committed through.
+COMMITS_CHANNEL = "crdtsync_commits"
 
 
 def is_postgres_url(database: str) -> bool:
@@ -167,6 +171,8 @@ class PostgresDatabase:
         #: what the driver raises (``psycopg.Error``)
         self.Error: type[Exception] = psycopg.Error
         self._url, self._connect_timeout = url, max(1, round(connect_timeout))
+        #: names this connection's commits in their notices (see :meth:`write_sequence`)
+        self.node = secrets.token_hex(8)
         self.connection = self._connect()
         self._in_transaction = False  #: between begin() and commit() / rollback()
         self._translated: dict[str, str] = {}
@@ -234,6 +240,18 @@ class PostgresDatabase:
     def _server_in_transaction(self) -> bool:
         status = self.connection.info.transaction_status
         return bool(status != self._psycopg.pq.TransactionStatus.IDLE)
+
+    def write_sequence(self, value: bytes, seq: int) -> None:
+        """Inside a transaction: store the sequence row (``value``, packed) and tell the
+        relays listening on :data:`COMMITS_CHANNEL` that versions through ``seq`` are
+        committed, in one statement. The server delivers the notice when, and only
+        if, the transaction commits."""
+        self.execute(
+            "WITH written AS (INSERT INTO meta (key, value) VALUES ('seq', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value RETURNING 1) "
+            "SELECT pg_notify(?, ?) FROM written",
+            (value, COMMITS_CHANNEL, f"{self.node} {seq}"),
+        )
 
     def other_relays_connected(self) -> bool:
         """Another relay has a session on this database (sessions of the same role, as

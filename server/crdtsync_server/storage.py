@@ -473,6 +473,12 @@ class RelayStorage:
         return self._db.kind
 
     @property
+    def node(self) -> str | None:
+        """On PostgreSQL, what names this storage's commits in the notices other relays
+        hear (:mod:`.commit_notices`); ``None`` on SQLite, which one relay holds."""
+        return self._db.node if isinstance(self._db, PostgresDatabase) else None
+
+    @property
     def where(self) -> str:
         """The database as messages name it (a path; a URL without its password)."""
         return self._db.where
@@ -588,7 +594,10 @@ class RelayStorage:
         try:
             self._flush()
             if getattr(self, "_seq", 0) != self._seq_at_begin:
-                self.set_meta("seq", self._seq)
+                if isinstance(self._db, PostgresDatabase):  # with a notice to the others
+                    self._db.write_sequence(pack(self._seq), self._seq)
+                else:
+                    self.set_meta("seq", self._seq)
             self._db.commit()
         except BaseException:
             self.rollback()

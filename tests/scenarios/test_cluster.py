@@ -5,6 +5,7 @@ never skipped, and a client may move between nodes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import urllib.request
 import uuid
@@ -15,10 +16,11 @@ import psycopg
 import pytest
 from crdtsync_server import database
 from crdtsync_server.admin_client import AdminClient
+from crdtsync_server.commit_notices import LISTENER_NAME
 from crdtsync_server.errors import StorageError
 from crdtsync_server.storage import ChangeRow, RelayStorage
 
-from crdtsync import Status
+from crdtsync import Client, Status
 from crdtsync.core.protocol import Ack, Rejected
 from tests.helpers.cluster import Cluster, RelayNode
 from tests.helpers.harness import EXAMPLE_CONFIG, RelayHarness, eventually
@@ -170,7 +172,9 @@ async def test_a_change_compacted_before_another_node_took_it_in_still_reaches_i
     node A accepted: bob, on node B, still gets the change (the record's whole state)."""
     cluster = Cluster(postgres_url, tmp_path)
     _a, b, _c = cluster.nodes
-    b.server.follow_interval = 3600  # node B takes in others' changes only when asked
+    # node B takes in others' changes only when asked
+    b.server.listen_for_commits = False
+    b.server.follow_interval = 3600
     with cluster:
         a = cluster.nodes[0]
         alice, bob = a.client("alice"), b.client("bob")
@@ -190,6 +194,73 @@ async def test_a_change_compacted_before_another_node_took_it_in_still_reaches_i
             assert record is not None
             assert (record.fields["Employees"], record.fields["Industry"]) == (250, "Energy")
             assert record.version == alice.get(rid).version  # type: ignore[union-attr]
+
+
+@contextlib.contextmanager
+def _second_node_never_polls(url: str, home: Path) -> Iterator[tuple[RelayNode, RelayNode]]:
+    """Two nodes; node B looks for node A's commits only when their notices wake it."""
+    cluster = Cluster(url, home, size=2)
+    a, b = cluster.nodes
+    b.server.follow_interval = b.server.listening_follow_interval = 3600
+    with cluster:
+        yield a, b
+
+
+async def _made_by_one_reaches_the_other(maker: Client, waiter: Client, name: str) -> str:
+    """``maker`` creates a record and syncs; ``waiter``, only waiting, receives it."""
+    record_id = maker.create("Account", {"Name": name})
+    await maker.sync(timeout=30)  # failed attempts are retried
+    await eventually(lambda: waiter.get(record_id) is not None, 30)
+    return record_id
+
+
+def _cut_listeners(url: str) -> int:
+    """End every relay's listening session (as a broken connection would)."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = %s",
+            (LISTENER_NAME,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def test_a_change_on_one_node_reaches_a_waiting_client_of_another_at_once(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Node B never polls here: its client bob gets alice's changes, made on node A,
+    because node A's commits wake node B (also after B's listening connection was cut:
+    what was committed meanwhile comes once it listens again)."""
+    with _second_node_never_polls(postgres_url, tmp_path) as (a, b):
+        alice, bob = a.client("alice"), b.client("bob")
+        async with alice, bob:
+            await bob.sync(timeout=10)
+            await _made_by_one_reaches_the_other(alice, bob, "Heard at once")
+            listener_a, listener_b = a.server.commit_listener, b.server.commit_listener
+            assert listener_a is not None and listener_b is not None
+            assert listener_a.heard == 0  # its own commits wake nobody
+            assert listener_b.heard >= 1
+            assert await asyncio.to_thread(_cut_listeners, postgres_url) == 2
+            await _made_by_one_reaches_the_other(alice, bob, "Committed while B was deaf")
+            await eventually(lambda: listener_b.listening, 10)
+            await _made_by_one_reaches_the_other(alice, bob, "Heard again")
+
+
+async def test_a_waiting_client_gets_changes_from_another_node_after_postgresql_restarts(
+    tmp_path: Path,
+) -> None:
+    """Node B never polls here: after a PostgreSQL restart its listening connection
+    connects again by itself, and bob, on node B, gets what alice made on node A."""
+    with (
+        private_postgres_server() as server,  # one of its own: this test restarts it
+        server.database() as url,
+        _second_node_never_polls(url, tmp_path) as (a, b),
+    ):
+        alice, bob = a.client("alice"), b.client("bob")
+        async with alice, bob:
+            await bob.sync(timeout=10)
+            await asyncio.to_thread(server.restart)
+            await _made_by_one_reaches_the_other(alice, bob, "After the restart")
 
 
 async def test_a_client_moving_between_nodes_keeps_its_cursor(cluster: Cluster) -> None:
@@ -238,6 +309,31 @@ def test_versions_commit_in_order_across_relays(postgres_url: str) -> None:
     finally:
         for storage in (first, second, reader):
             storage.close()
+
+
+def test_other_relays_hear_of_a_commit_only_once_it_is_committed(postgres_url: str) -> None:
+    """A relay's commit sends one notice naming it and the version it committed
+    through; a transaction rolled back sends none, and a commit that writes no version
+    (nothing accepted) sends none either."""
+    storage = RelayStorage(postgres_url)
+    listening = psycopg.connect(postgres_url, autocommit=True)
+    try:
+        listening.execute(f"LISTEN {database.COMMITS_CHANNEL}")
+        heard = lambda: [n.payload for n in listening.notifies(timeout=0.5)]  # noqa: E731
+        storage.begin()
+        storage.add_change(_row(storage.next_seq(), "rolled-back"))
+        storage.rollback()
+        with storage.transaction():
+            storage.set_meta("unrelated", 1)
+        assert heard() == []
+        with storage.transaction():
+            storage.add_change(_row(storage.next_seq(), "kept"))
+            storage.add_change(_row(storage.next_seq(), "kept-too"))
+        assert heard() == [f"{storage.node} {storage.seq}"]
+        assert storage.seq == 2
+    finally:
+        listening.close()
+        storage.close()
 
 
 def _row(seq: int, change_id: str) -> ChangeRow:
