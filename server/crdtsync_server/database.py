@@ -26,6 +26,7 @@ only when a ``postgresql://`` database is opened.
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import sqlite3
@@ -286,6 +287,13 @@ class PostgresDatabase:
 
     def close(self) -> None:
         self.connection.close()
+
+
+def waits_past_a_stall() -> int:
+    """How many waits for the sequence row (each up to :data:`LOCK_TIMEOUT`) outlast a
+    relay that stopped in its transaction just before the first began: by the last, it
+    has been stopped :data:`STALLED_AFTER` seconds and is ended (or the server ended it)."""
+    return 1 + math.ceil(STALLED_AFTER / LOCK_TIMEOUT)
 
 
 def is_lock_timeout(exc: BaseException) -> bool:

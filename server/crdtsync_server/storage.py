@@ -71,6 +71,7 @@ from .database import (
     SqliteDatabase,
     is_lock_timeout,
     is_postgres_url,
+    waits_past_a_stall,
 )
 from .errors import StorageError
 
@@ -535,31 +536,50 @@ class RelayStorage:
         it; a relay that starts with another one while a relay with the recorded one is
         connected is refused (:class:`StorageError`); with none connected, the new
         configuration is recorded (a configuration changes while every relay is
-        stopped). Nothing to agree on with a SQLite file, which one relay holds."""
+        stopped). Nothing to agree on with a SQLite file, which one relay holds.
+
+        A relay stopped inside its transaction may hold the sequence row: the wait for it
+        is tried again until that relay has been stopped long enough to be ended
+        (:func:`~.database.waits_past_a_stall`), as a push's would be; a row held longer
+        than that by a session that is no relay's is reported."""
         if not isinstance(self._db, PostgresDatabase):
             return
-        try:
-            with self.transaction():  # the sequence lock: relays starting together agree
-                recorded = self.get_meta("configuration")
-                if recorded == fingerprint:
-                    return
-                if recorded is not None and self._db.other_relays_connected():
-                    raise StorageError(
-                        f"{self._db.where} is served by relays with another configuration "
-                        "(schema or roles): start this one with the same configuration file, "
-                        "or stop every relay on the database to change it"
+        attempts = waits_past_a_stall()
+        for attempt in range(1, attempts + 1):
+            try:
+                self._agree(self._db, fingerprint)
+                return
+            except self._db.Error as exc:
+                if is_lock_timeout(exc) and attempt < attempts:
+                    log.warning(
+                        "waiting for the relays' sequence row, held by another session "
+                        "(a relay stopped in its transaction is ended once it has been "
+                        "stopped long enough)"
                     )
-                self.set_meta("configuration", fingerprint)
-        except self._db.Error as exc:
-            why = (
-                "another session has held the relays' sequence row for longer than the "
-                "lock timeout (a relay stopped in its transaction?): try again"
-                if is_lock_timeout(exc)
-                else str(exc).strip().splitlines()[0]
-            )
-            raise StorageError(
-                f"{self._db.where}: cannot check the configuration the relays run: {why}"
-            ) from None
+                    continue
+                why = (
+                    "another session has held the relays' sequence row for longer than the "
+                    "lock timeout (a relay stopped in its transaction?): try again"
+                    if is_lock_timeout(exc)
+                    else str(exc).strip().splitlines()[0]
+                )
+                raise StorageError(
+                    f"{self._db.where}: cannot check the configuration the relays run: {why}"
+                ) from None
+
+    def _agree(self, db: PostgresDatabase, fingerprint: str) -> None:
+        """:meth:`agree_on_configuration`, once."""
+        with self.transaction():  # the sequence lock: relays starting together agree
+            recorded = self.get_meta("configuration")
+            if recorded == fingerprint:
+                return
+            if recorded is not None and db.other_relays_connected():
+                raise StorageError(
+                    f"{db.where} is served by relays with another configuration "
+                    "(schema or roles): start this one with the same configuration file, "
+                    "or stop every relay on the database to change it"
+                )
+            self.set_meta("configuration", fingerprint)
 
     def cluster_seq(self) -> int:
         """The last version committed by any relay on this database (read, not locked);

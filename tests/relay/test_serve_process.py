@@ -222,6 +222,7 @@ def test_a_relay_that_cannot_take_the_database_lock_at_start_says_so_without_a_t
         holder.execute("SELECT value FROM meta WHERE key = 'seq' FOR UPDATE")  # held
         done = serve_briefly("--db", postgres_url)
     assert done.returncode == 2
+    assert "waiting for the relays' sequence row, held by another session" in done.stderr
     assert "cannot check the configuration the relays run: another session has held" in (
         done.stderr
     )

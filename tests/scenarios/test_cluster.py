@@ -11,6 +11,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -580,6 +581,20 @@ async def test_a_relay_frozen_in_its_transaction_holds_the_others_up_only_for_a_
             reader.close()
 
 
+def _stop_in_the_middle_of_a_statement(url: str) -> psycopg.Connection[Any]:
+    """A relay's session that took the sequence row and stopped while sending a
+    statement (a pipelined query never followed by its sync): the server counts it as
+    active, so its idle timeout never ends it."""
+    stopped = psycopg.connect(url, autocommit=True, application_name=database.APPLICATION_NAME)
+    stopped.execute("BEGIN")
+    stopped.execute("SELECT value FROM meta WHERE key = 'seq' FOR UPDATE")
+    stopped.execute("UPDATE meta SET value = value WHERE key = 'seq'")
+    stopped.pgconn.enter_pipeline_mode()
+    stopped.pgconn.send_query_params(b"SELECT 1", None)  # ... and nothing more
+    stopped.pgconn.flush()
+    return stopped
+
+
 async def test_a_relay_stopped_in_the_middle_of_a_statement_is_ended_by_the_others(
     tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -589,31 +604,51 @@ async def test_a_relay_stopped_in_the_middle_of_a_statement_is_ended_by_the_othe
     (after STALLED_AFTER, 2 s here) and goes on; the stopped relay's work is rolled back."""
     monkeypatch.setattr(database, "LOCK_TIMEOUT", 1)
     monkeypatch.setattr(database, "STALLED_AFTER", 2)
-    stopped = psycopg.connect(
-        postgres_url, autocommit=True, application_name=database.APPLICATION_NAME
-    )
+    stopped: psycopg.Connection[Any] | None = None
     try:
         with Cluster(postgres_url, tmp_path, size=1) as cluster:
             bob = cluster.nodes[0].client("bob")
             async with bob:
                 await bob.sync(timeout=10)
-                stopped.execute("BEGIN")
-                stopped.execute("SELECT value FROM meta WHERE key = 'seq' FOR UPDATE")
-                stopped.execute("UPDATE meta SET value = value WHERE key = 'seq'")
-                stopped.pgconn.enter_pipeline_mode()
-                stopped.pgconn.send_query_params(b"SELECT 1", None)  # ... and nothing more
-                stopped.pgconn.flush()
+                stopped = _stop_in_the_middle_of_a_statement(postgres_url)
                 started = asyncio.get_running_loop().time()
                 rid = bob.create("Account", {"Name": "Past a stopped relay"})
                 await bob.sync(timeout=20)
                 assert bob.pending() == [] and bob.get(rid) is not None
                 assert asyncio.get_running_loop().time() - started < 10
+        assert stopped is not None
         with psycopg.connect(postgres_url, autocommit=True) as admin:
             [(sessions,)] = admin.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
                 (stopped.pgconn.backend_pid,),
             ).fetchall()
         assert sessions == 0  # its session was ended
+    finally:
+        if stopped is not None:
+            stopped.close()
+
+
+async def test_a_relay_started_while_a_stopped_relay_holds_the_sequence_row_starts_once_it_is_ended(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new node waits for the sequence row as a push would: once the relay stopped in
+    the middle of a statement has been stopped for STALLED_AFTER (2 s here, the lock
+    wait 1 s), it is ended and the new node starts and serves."""
+    monkeypatch.setattr(database, "LOCK_TIMEOUT", 1)
+    monkeypatch.setattr(database, "STALLED_AFTER", 2)
+    RelayStorage(postgres_url).close()  # the tables
+    stopped = _stop_in_the_middle_of_a_statement(postgres_url)
+    try:
+        cluster = Cluster(postgres_url, tmp_path, size=1)
+        await asyncio.to_thread(cluster.__enter__)  # starting waits for the row
+        try:
+            alice = cluster.nodes[0].client("alice")
+            async with alice:
+                rid = alice.create("Account", {"Name": "Served by the new node"})
+                await alice.sync(timeout=10)
+                assert alice.pending() == [] and alice.get(rid) is not None
+        finally:
+            await asyncio.to_thread(cluster.__exit__, None, None, None)
     finally:
         stopped.close()
 
