@@ -56,6 +56,9 @@ LISTENING_FOLLOW_INTERVAL = 1.0
 #: seconds before a look that failed is tried again, doubling up to the second
 FOLLOW_RETRY_FIRST = 0.1
 FOLLOW_RETRY_MAX = 2.0
+#: seconds between two checks for listening sessions that hold back PostgreSQL's
+#: notification queue (see PostgresDatabase.end_stuck_listeners)
+NOTICE_QUEUE_CHECK_INTERVAL = 10.0
 
 T = TypeVar("T")
 
@@ -95,6 +98,7 @@ class RelayServer:
         self.listen_for_commits = True
         self.commit_listener: CommitListener | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._queue_guard: asyncio.Task[None] | None = None
         self._committed_elsewhere = asyncio.Event()
 
     @property
@@ -166,6 +170,7 @@ class RelayServer:
                 wake = self._committed_elsewhere.set
                 self.commit_listener = CommitListener(database, node, wake)
                 self._listener = asyncio.create_task(self.commit_listener.run())
+                self._queue_guard = asyncio.create_task(self._guard_notice_queue())
             self._follower = asyncio.create_task(self._follow_others())
         log.info("relay listening on %s (database %s)", self.url, self.storage.where)
         ungranted = self.config.policy.ungranted()
@@ -208,11 +213,11 @@ class RelayServer:
             return
         if self.relay is not None:
             await thread.call(self.relay.settle)
-        for task in (self._watchdog, self._follower, self._listener):
+        for task in (self._watchdog, self._follower, self._listener, self._queue_guard):
             if task is not None:
                 task.cancel()
                 await asyncio.wait([task])  # ended (its cancellation is not ours)
-        self._watchdog = self._follower = self._listener = None
+        self._watchdog = self._follower = self._listener = self._queue_guard = None
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
@@ -417,6 +422,27 @@ class RelayServer:
             if retry is not None:
                 log.info("reading what other relays committed works again")
                 retry = None
+
+    async def _guard_notice_queue(self) -> None:
+        """Every :data:`NOTICE_QUEUE_CHECK_INTERVAL` seconds, end the listening sessions
+        of relays that stopped reading their commit notices, before they fill
+        PostgreSQL's notification queue (then every commit would fail). A failure is
+        logged and the next round tries again."""
+        while True:
+            await asyncio.sleep(NOTICE_QUEUE_CHECK_INTERVAL)
+            if self.storage is None or self._thread is None:
+                continue
+            try:
+                ended = await self._thread.call(self.storage.end_stuck_listeners)
+            except Exception:
+                log.exception("checking PostgreSQL's notification queue failed; retrying")
+                continue
+            if ended:
+                log.warning(
+                    "ended %d listening session(s) of relays that stopped reading their "
+                    "commit notices (they held back PostgreSQL's notification queue)",
+                    ended,
+                )
 
 
 @attrs.frozen

@@ -17,6 +17,13 @@ connection breaks (the server restarted, the network cut) connects again with ba
 and once it listens again it wakes the follower once, for whatever was committed in
 between.
 
+Notices wait in PostgreSQL's notification queue, one for the whole server, until every
+listener has read them: a relay that stops reading (frozen, cut off without its
+connection breaking) would hold it back until it fills, and then every commit that
+sends a notice would fail. So every relay ends, every ten seconds, the listening
+sessions blocked on writing to their relay once the queue is notably in use
+(``PostgresDatabase.end_stuck_listeners``); a live relay listens again at once.
+
 The relay's own notices are ignored (each carries the committing connection's
 :attr:`~.database.PostgresDatabase.node`): its own commits need no catching up. Notices
 that arrive together wake the follower once.
@@ -29,13 +36,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .database import COMMITS_CHANNEL
+from .database import COMMITS_CHANNEL, LISTENER_NAME
 
 log = logging.getLogger("crdtsync.server")
 
-#: How a relay's listening session is named to the server (``pg_stat_activity``): not
-#: the relay's own name, so that it never counts as a relay's working session.
-LISTENER_NAME = "crdtsync relay listener"
 #: Seconds before the first attempt to listen again after the connection broke; each
 #: failed attempt doubles it, up to :data:`RETRY_MAX`.
 RETRY_FIRST = 0.1

@@ -62,6 +62,14 @@ LOCK_NOT_AVAILABLE = "55P03"
 #: The channel a relay's commit notice goes out on (``NOTIFY``): its payload is the
 #: committing relay's :attr:`PostgresDatabase.node` and the version it committed through.
 COMMITS_CHANNEL = "crdtsync_commits"
+#: How a relay's listening session is named to the server (``pg_stat_activity``): not
+#: the relay's own name, so that it never counts as a relay's working session.
+LISTENER_NAME = "crdtsync relay listener"
+#: The share of PostgreSQL's notification queue (8 GB by default, one for the whole
+#: server) in use above which listening sessions that are stuck sending to their relay
+#: are ended (see :meth:`PostgresDatabase.end_stuck_listeners`); a healthy cluster keeps
+#: it near 0.
+NOTICE_QUEUE_LIMIT = 0.01
 
 
 def is_postgres_url(database: str) -> bool:
@@ -282,6 +290,25 @@ class PostgresDatabase:
             "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL "
             "AND wait_event = 'ClientRead' AND state_change < now() - make_interval(secs => ?)",
             (APPLICATION_NAME, STALLED_AFTER),
+        )
+        return sum(1 for (ended,) in rows if ended)
+
+    def end_stuck_listeners(self) -> int:
+        """End the listening sessions of relays that stopped reading (frozen, cut off):
+        how many were ended.
+
+        A listening session's server process sends each notice to its relay; when the
+        relay stops reading, that process blocks writing to it (``ClientWrite``) and
+        holds back PostgreSQL's notification queue, which every listener shares: once it
+        is full, every commit that sends a notice fails. So once the queue is more than
+        :data:`NOTICE_QUEUE_LIMIT` in use, listening sessions of relays that are blocked
+        writing are ended. A live relay whose session happened to be writing just then
+        listens again at once (and reads the log once): it loses no change."""
+        rows = self.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = ? "
+            "AND wait_event = 'ClientWrite' AND pg_notification_queue_usage() > ?",
+            (LISTENER_NAME, NOTICE_QUEUE_LIMIT),
         )
         return sum(1 for (ended,) in rows if ended)
 

@@ -581,6 +581,14 @@ class RelayStorage:
                 )
             self.set_meta("configuration", fingerprint)
 
+    def end_stuck_listeners(self) -> int:
+        """PostgreSQL: end relays' listening sessions that hold back the server's
+        notification queue (:meth:`.database.PostgresDatabase.end_stuck_listeners`); how
+        many. Nothing to do on SQLite."""
+        if not isinstance(self._db, PostgresDatabase):
+            return 0
+        return self._db.end_stuck_listeners()
+
     def cluster_seq(self) -> int:
         """The last version committed by any relay on this database (read, not locked);
         :attr:`seq` on SQLite, which one relay holds alone."""

@@ -15,9 +15,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from crdtsync_server import database
+from crdtsync_server import app, database
 from crdtsync_server.admin_client import AdminClient
-from crdtsync_server.commit_notices import LISTENER_NAME
 from crdtsync_server.errors import StorageError
 from crdtsync_server.storage import ChangeRow, RelayStorage
 
@@ -215,13 +214,19 @@ async def _made_by_one_reaches_the_other(maker: Client, waiter: Client, name: st
     return record_id
 
 
+async def _creates_and_is_acknowledged(client: Client, name: str) -> None:
+    record_id = client.create("Account", {"Name": name})
+    await client.sync(timeout=10)
+    assert client.pending() == [] and client.get(record_id) is not None
+
+
 def _cut_listeners(url: str) -> int:
     """End every relay's listening session (as a broken connection would)."""
     with psycopg.connect(url, autocommit=True) as admin:
         row = admin.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
             "WHERE datname = current_database() AND application_name = %s",
-            (LISTENER_NAME,),
+            (database.LISTENER_NAME,),
         ).fetchone()
     return int(row[0]) if row else 0
 
@@ -245,6 +250,44 @@ async def test_a_change_on_one_node_reaches_a_waiting_client_of_another_at_once(
             await _made_by_one_reaches_the_other(alice, bob, "Committed while B was deaf")
             await eventually(lambda: listener_b.listening, 10)
             await _made_by_one_reaches_the_other(alice, bob, "Heard again")
+
+
+async def test_a_listener_that_stopped_reading_is_ended_before_it_fills_the_notice_queue(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relay's listening session whose relay stopped reading (here: a connection that
+    never reads again) blocks writing notices to it and holds back PostgreSQL's
+    notification queue; the running relays end it, the queue empties, commits go on."""
+    monkeypatch.setattr(database, "NOTICE_QUEUE_LIMIT", 0.001)
+    monkeypatch.setattr(app, "NOTICE_QUEUE_CHECK_INTERVAL", 0.2)
+    stuck = psycopg.connect(postgres_url, autocommit=True, application_name=database.LISTENER_NAME)
+    try:
+        stuck.execute(f"LISTEN {database.COMMITS_CHANNEL}")  # ... and never reads again
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            for _ in range(4000):  # ~32 MB: more than the sockets between them hold
+                admin.execute(
+                    "SELECT pg_notify(%s, repeat('x', 7900))", (database.COMMITS_CHANNEL,)
+                )
+            session = "SELECT wait_event FROM pg_stat_activity WHERE pid = %s"
+            pid = stuck.info.backend_pid
+
+            def stuck_state() -> str | None:
+                row = admin.execute(session, (pid,)).fetchone()
+                return row[0] if row else "ended"
+
+            def queue_usage() -> float:
+                row = admin.execute("SELECT pg_notification_queue_usage()").fetchone()
+                return float(row[0]) if row else 0.0
+
+            await eventually(lambda: stuck_state() == "ClientWrite", 10)
+            assert queue_usage() > 0.001
+            with Cluster(postgres_url, tmp_path, size=1) as cluster:
+                await eventually(lambda: stuck_state() == "ended", 10, stuck_state)
+                await eventually(lambda: queue_usage() == 0.0, 10, queue_usage)
+                async with cluster.nodes[0].client("alice") as alice:
+                    await _creates_and_is_acknowledged(alice, "Committed with its notice")
+    finally:
+        stuck.close()
 
 
 async def test_a_waiting_client_gets_changes_from_another_node_after_postgresql_restarts(
@@ -642,11 +685,8 @@ async def test_a_relay_started_while_a_stopped_relay_holds_the_sequence_row_star
         cluster = Cluster(postgres_url, tmp_path, size=1)
         await asyncio.to_thread(cluster.__enter__)  # starting waits for the row
         try:
-            alice = cluster.nodes[0].client("alice")
-            async with alice:
-                rid = alice.create("Account", {"Name": "Served by the new node"})
-                await alice.sync(timeout=10)
-                assert alice.pending() == [] and alice.get(rid) is not None
+            async with cluster.nodes[0].client("alice") as alice:
+                await _creates_and_is_acknowledged(alice, "Served by the new node")
         finally:
             await asyncio.to_thread(cluster.__exit__, None, None, None)
     finally:
