@@ -99,6 +99,7 @@ class RelayServer:
         self.commit_listener: CommitListener | None = None
         self._listener: asyncio.Task[None] | None = None
         self._queue_guard: asyncio.Task[None] | None = None
+        self._listeners_ended = 0  #: by :meth:`_guard_notice_queue`
         self._committed_elsewhere = asyncio.Event()
 
     @property
@@ -249,7 +250,8 @@ class RelayServer:
             return connection.respond(HTTPStatus.OK, "ok\n")
         if request.path == "/metrics":
             assert self.relay is not None
-            response = connection.respond(HTTPStatus.OK, self.relay.metrics.render())
+            metrics = self.relay.metrics.render() + self._cluster_metrics()
+            response = connection.respond(HTTPStatus.OK, metrics)
             del response.headers["Content-Type"]  # Headers appends: replace, not add
             response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
             return response
@@ -268,6 +270,26 @@ class RelayServer:
             response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
             return response
         return None
+
+    def _cluster_metrics(self) -> str:
+        """Prometheus lines on hearing other relays' commits (PostgreSQL only)."""
+        listener = self.commit_listener
+        if listener is None:
+            return ""
+        lines = [
+            "# HELP crdtsync_cluster_listening 1 while this relay hears other relays' "
+            "commit notices, 0 while it only polls.",
+            "# TYPE crdtsync_cluster_listening gauge",
+            f"crdtsync_cluster_listening {int(listener.listening)}",
+            "# HELP crdtsync_cluster_notices_total Commit notices heard from other relays.",
+            "# TYPE crdtsync_cluster_notices_total counter",
+            f"crdtsync_cluster_notices_total {listener.heard}",
+            "# HELP crdtsync_cluster_listeners_ended_total Listening sessions of relays "
+            "that stopped reading, ended by this relay.",
+            "# TYPE crdtsync_cluster_listeners_ended_total counter",
+            f"crdtsync_cluster_listeners_ended_total {self._listeners_ended}",
+        ]
+        return "\n".join(lines) + "\n"
 
     def _admit(self, connection: ServerConnection) -> bool:
         """Count ``connection`` against ``max_connections``, if there is room for it.
@@ -438,6 +460,7 @@ class RelayServer:
                 log.exception("checking PostgreSQL's notification queue failed; retrying")
                 continue
             if ended:
+                self._listeners_ended += ended
                 log.warning(
                     "ended %d listening session(s) of relays that stopped reading their "
                     "commit notices (they held back PostgreSQL's notification queue)",

@@ -220,6 +220,13 @@ async def _creates_and_is_acknowledged(client: Client, name: str) -> None:
     assert client.pending() == [] and client.get(record_id) is not None
 
 
+def _metric(node: RelayNode, name: str) -> float:
+    """The value of an unlabelled metric on the node's ``/metrics``."""
+    _status, text = _get(f"http://127.0.0.1:{node.server.port}/metrics")
+    [value] = [line.split()[1] for line in text.splitlines() if line.startswith(f"{name} ")]
+    return float(value)
+
+
 def _cut_listeners(url: str) -> int:
     """End every relay's listening session (as a broken connection would)."""
     with psycopg.connect(url, autocommit=True) as admin:
@@ -246,6 +253,8 @@ async def test_a_change_on_one_node_reaches_a_waiting_client_of_another_at_once(
             assert listener_a is not None and listener_b is not None
             assert listener_a.heard == 0  # its own commits wake nobody
             assert listener_b.heard >= 1
+            assert _metric(b, "crdtsync_cluster_notices_total") == listener_b.heard
+            assert _metric(b, "crdtsync_cluster_listening") == 1
             assert await asyncio.to_thread(_cut_listeners, postgres_url) == 2
             await _made_by_one_reaches_the_other(alice, bob, "Committed while B was deaf")
             await eventually(lambda: listener_b.listening, 10)
@@ -284,6 +293,8 @@ async def test_a_listener_that_stopped_reading_is_ended_before_it_fills_the_noti
             with Cluster(postgres_url, tmp_path, size=1) as cluster:
                 await eventually(lambda: stuck_state() == "ended", 10, stuck_state)
                 await eventually(lambda: queue_usage() == 0.0, 10, queue_usage)
+                [node] = cluster.nodes
+                assert _metric(node, "crdtsync_cluster_listeners_ended_total") >= 1
                 async with cluster.nodes[0].client("alice") as alice:
                     await _creates_and_is_acknowledged(alice, "Committed with its notice")
     finally:
