@@ -20,7 +20,7 @@ that names the offending part of the frame (``push.changes[2].delta: expected by
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import attrs
@@ -943,6 +943,28 @@ FRAME_TYPES: dict[str, Any] = {
 def encode(frame: Frame) -> bytes:
     """The bytes of one frame (one websocket binary message)."""
     return bytes(msgpack.packb(frame.to_wire(), use_bin_type=True))
+
+
+def encode_items(items: Iterable[RecordChange]) -> bytes:
+    """``changes`` items' bytes, one after the other, for :func:`encode_changes`."""
+    return b"".join(msgpack.packb(item.to_wire(), use_bin_type=True) for item in items)
+
+
+#: ``{"type": "changes", "items": [`` as msgpack writes it, up to the array's header
+_CHANGES_HEAD = bytes(msgpack.packb({"type": Changes.TYPE, "items": []}))[:-1]
+
+
+def encode_changes(parts: Sequence[bytes], count: int) -> bytes:
+    """``encode(Changes(...))`` of ``count`` items already encoded in ``parts`` (each
+    from :func:`encode_items`): a relay that sends the same runs of items to many
+    replicas, in different combinations, encodes each run once."""
+    if count < 16:
+        head = bytes((0x90 | count,))
+    elif count < 1 << 16:
+        head = b"\xdc" + count.to_bytes(2, "big")
+    else:
+        head = b"\xdd" + count.to_bytes(4, "big")
+    return b"".join((_CHANGES_HEAD, head, *parts))
 
 
 def decode(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Frame:

@@ -8,18 +8,68 @@ encoded frame.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence, Set
+import logging
+from collections.abc import Callable, Mapping, Sequence, Set
 from typing import Protocol
 
 import attrs
 
-from crdtsync.core.protocol import Changes, Frame, RecordChange, Verdicts, encode
+from crdtsync.core.protocol import (
+    Changes,
+    Frame,
+    RecordChange,
+    Verdicts,
+    encode,
+    encode_changes,
+    encode_items,
+)
 
 from .access import RecordAccess
 from .cache import RecordCache
 from .merge import RecordState
 from .policy import Policy, Principal, RecordFacts
 from .storage import ChangeRow, StoredRecord
+
+log = logging.getLogger("crdtsync.relay")
+
+
+#: A listener's fan-out of one push group goes out in frames of at most this many items
+#: and (roughly) this many bytes of updates, as a backlog's do; one push's never splits.
+MERGED_ITEMS = 500
+MERGED_BYTES = 1024 * 1024
+
+
+class _Encoded:
+    """The ``changes`` frames of one fan-out. Listeners that get the same items (the
+    same list of them: :meth:`FanOut._items` shares one per view) share one frame, and a
+    group's frame of a listener is put together from runs of items, each run (one
+    push's items for one view) encoded once."""
+
+    def __init__(self) -> None:
+        self._frames: dict[tuple[int, ...], bytes] = {}  #: by the ids of their items
+        #: id of a run -> (the run, kept alive so its id stays its own; its bytes)
+        self._runs: dict[int, tuple[list[RecordChange], bytes]] = {}
+
+    def frame(self, items: list[RecordChange]) -> bytes:
+        """The frame of one push's ``items`` (the items are alive as long as the frame
+        is: the caller holds them)."""
+        key = tuple(map(id, items))
+        data = self._frames.get(key)
+        if data is None:
+            data = self._frames[key] = encode(Changes(tuple(items)))
+        return data
+
+    def run(self, items: list[RecordChange]) -> bytes:
+        """One push's ``items``, encoded for :meth:`joined`."""
+        found = self._runs.get(id(items))
+        if found is None:
+            found = self._runs[id(items)] = (items, encode_items(items))
+        return found[1]
+
+    @staticmethod
+    def joined(runs: list[bytes], count: int) -> bytes:
+        """The frame of ``count`` items encoded in ``runs``."""
+        return encode_changes(runs, count)
 
 
 class Listener(Protocol):
@@ -60,7 +110,76 @@ class FanOut:
         facts: Mapping[str, RecordFacts] | None = None,
     ) -> None:
         """Send accepted changes to every other subscribed listener that may read them,
-        projected to the fields each may read, in the order of the push.
+        projected to the fields each may read, in the order of the push (one frame each;
+        see :meth:`_items` for what is decided once and shared)."""
+        encoded = _Encoded()
+        for listener, items in self._items(origin, accepted, facts):
+            listener.deliver_fanout_encoded(encoded.frame(items))
+
+    def changes_of_group(
+        self,
+        pushes: Sequence[tuple[Listener, list[tuple[StoredRecord, ChangeRow]]]],
+        answer: Callable[[int], None],
+    ) -> None:
+        """The fan-out of a push group's frames, committed together, with their answers:
+        ``answer(i)`` sends push ``i``'s verdicts to its origin, in push order.
+
+        Each listener receives exactly what :meth:`changes` of each push would send it,
+        in the same order relative to its own verdicts, in as few frames as possible:
+        what the group's pushes send a listener accumulates, and goes out as one frame
+        before its own push is answered, when it reaches :data:`MERGED_ITEMS` items or
+        :data:`MERGED_BYTES` bytes of updates, or once the group is done. A push whose
+        fan-out fails is logged; the others' still go out."""
+        held: dict[Listener, tuple[list[bytes], list[int]]] = {}  # runs; items, bytes
+        encoded = _Encoded()
+
+        def flush(listener: Listener) -> None:
+            found = held.pop(listener, None)
+            if found is None:
+                return
+            runs, (count, _size) = found
+            try:
+                listener.deliver_fanout_encoded(encoded.joined(runs, count))
+            except Exception:
+                log.exception("fanning out %d changes to a listener failed", count)
+
+        for index, (origin, accepted) in enumerate(pushes):
+            flush(origin)
+            answer(index)
+            if not accepted:
+                continue
+            try:
+                found = self._items(origin, accepted)
+            except Exception:
+                log.exception("fanning out a push of %d changes failed", len(accepted))
+                continue
+            size = sum(len(row.update) for _stored, row in accepted)
+            for listener, items in found:
+                mine = held.get(listener)
+                if mine is not None and (
+                    mine[1][0] + len(items) > MERGED_ITEMS or mine[1][1] + size > MERGED_BYTES
+                ):
+                    flush(listener)
+                    mine = None
+                run = encoded.run(items)
+                if mine is None:
+                    held[listener] = ([run], [len(items), size])
+                else:
+                    mine[0].append(run)
+                    mine[1][0] += len(items)
+                    mine[1][1] += size
+        for listener in list(held):
+            flush(listener)
+
+    def _items(
+        self,
+        origin: Listener | None,
+        accepted: list[tuple[StoredRecord, ChangeRow]],
+        facts: Mapping[str, RecordFacts] | None = None,
+    ) -> list[tuple[Listener, list[RecordChange]]]:
+        """What each other subscribed listener may read of accepted changes (each item
+        projected to the fields it may read), in the order of the push; listeners that get
+        nothing are left out.
 
         Nothing is built unless another listener follows an object of the push. Whether
         a record may be read is decided once per record and role set for objects whose
@@ -68,7 +187,7 @@ class FanOut:
         (:meth:`~.policy.Policy.read_depends_only_on_roles`; never for an admin), and
         per listener otherwise; the projection of an item once per role set; listeners
         that follow the same objects of the push with the same roles, all of them
-        decided by role, share one list of items and one encoded frame.
+        decided by role, share one list of items (and so one encoded frame).
 
         ``facts``: the access facts of records the caller knows them for (changes of other
         relays, whose records this relay does not hold): their documents are loaded only
@@ -83,7 +202,7 @@ class FanOut:
             and not objects.isdisjoint(s.subscriptions)
         ]
         if not listeners:
-            return
+            return []
         followed: set[str] = set()
         for listener in listeners:
             followed.update(objects.intersection(listener.subscriptions))
@@ -115,8 +234,7 @@ class FanOut:
         decided: dict[tuple[frozenset[str], str], bool] = {}  # (roles, record): readable
         projected: dict[tuple[frozenset[str], int], RecordChange] = {}  # (roles, index)
         hidden: dict[tuple[frozenset[str], str], frozenset[str]] = {}  # (roles, object)
-        encoded: dict[tuple[int, ...], bytes] = {}  # listeners that get the same items share
-        views: dict[tuple[frozenset[str], frozenset[str]], bytes | None] = {}
+        views: dict[tuple[frozenset[str], frozenset[str]], list[RecordChange]] = {}
 
         def items_for(principal: Principal, follows: Set[str]) -> list[RecordChange]:
             roles, admin = principal.role_set, principal.admin
@@ -153,29 +271,21 @@ class FanOut:
                 items.append(out)
             return items
 
-        def frame(items: list[RecordChange]) -> bytes | None:
-            if not items:
-                return None
-            key = tuple(id(item) for item in items)
-            data = encoded.get(key)
-            if data is None:
-                data = encoded[key] = encode(Changes(tuple(items)))
-            return data
-
+        found: list[tuple[Listener, list[RecordChange]]] = []
         for listener in listeners:
             principal = listener.principal
             assert principal is not None
             follows = frozenset(followed.intersection(listener.subscriptions))
             if not principal.admin and all(by_roles[name] for name in follows):
                 view = (principal.role_set, follows)
-                if view in views:
-                    data = views[view]
-                else:
-                    data = views[view] = frame(items_for(principal, follows))
+                items = views.get(view)
+                if items is None:
+                    items = views[view] = items_for(principal, follows)
             else:
-                data = frame(items_for(principal, follows))
-            if data is not None:
-                listener.deliver_fanout_encoded(data)
+                items = items_for(principal, follows)
+            if items:
+                found.append((listener, items))
+        return found
 
     def access_change(
         self,

@@ -208,19 +208,32 @@ class PushPipeline:
             for verdict in frame.verdicts:
                 self.metrics.count_verdict(verdict)
             self.metrics.changes_predicted += frame.predicted
-        for frame in group:
-            # One frame's trouble (a listener that fails) must not keep the others of the
-            # group from their answers: it is logged, and its replica retries.
-            try:
-                if deliver:
-                    verdicts = Verdicts(tuple(frame.verdicts))
-                    frame.origin.deliver_verdicts(verdicts, frame.followups)
+        if not deliver:  # one frame, answered by the caller: its fan-out alone
+            for frame in group:
                 if frame.accepted:
                     fanning = clock()
                     self.fan_out.changes(frame.origin, frame.accepted)
                     self.metrics.observe_stage("fanout", clock() - fanning)
+            return
+        answering = 0.0  # seconds spent answering, not fanning out
+
+        def answer(index: int) -> None:
+            # One frame's trouble (a listener that fails) must not keep the others of the
+            # group from their answers: it is logged, and its replica retries.
+            nonlocal answering
+            started = clock()
+            frame = group[index]
+            try:
+                verdicts = Verdicts(tuple(frame.verdicts))
+                frame.origin.deliver_verdicts(verdicts, frame.followups)
             except Exception:
                 log.exception("answering a push of %d changes failed", len(frame.changes))
+            answering += clock() - started
+
+        fanning = clock()
+        self.fan_out.changes_of_group([(f.origin, f.accepted) for f in group], answer)
+        if any(frame.accepted for frame in group):
+            self.metrics.observe_stage("fanout", clock() - fanning - answering)
 
     def _decided(self, origin: Listener, changes: list[ChangeFrame]) -> _Decided:
         """The frame decided and stored inside the open transaction, in a savepoint of its

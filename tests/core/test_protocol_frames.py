@@ -42,6 +42,8 @@ from crdtsync.core.protocol import (
     WireFieldError,
     decode,
     encode,
+    encode_changes,
+    encode_items,
     plan_pushes,
 )
 
@@ -951,3 +953,24 @@ def test_a_change_item_of_the_common_shape_with_a_value_of_another_type_is_refus
     item = {"record": "r", "object": "Account", "version": 3, "update": b"u", "by": "bob"}
     with pytest.raises(ProtocolError, match=rf"changes\.items\[0\]\.{key}: {message}"):
         decode(pack({"type": "changes", "items": [{**item, key: value}]}))
+
+
+@pytest.mark.parametrize("sizes", [(), (0,), (1,), (15,), (10, 6), (16,), (40_000, 30_000)])
+def test_a_changes_frame_put_together_from_encoded_runs_is_the_frame_encoded_whole(
+    sizes: tuple[int, ...],
+) -> None:
+    """The relay encodes each push's fan-out items once and joins runs of them per
+    replica: the bytes are those of the frame encoded whole, whatever the count (msgpack's
+    array header changes at 16 and at 65,536 items)."""
+    runs, items = [], []
+    for run, size in enumerate(sizes):
+        chunk = [
+            RecordChange(record_id=f"r{run}-{i}", object="Account", version=i, update=b"u", by="u")
+            for i in range(size)
+        ]
+        runs.append(encode_items(chunk))
+        items += chunk
+    data = encode_changes(runs, len(items))
+    assert data == encode(Changes(tuple(items)))
+    frame = decode(data, max_bytes=len(data))
+    assert isinstance(frame, Changes) and list(frame.items) == items

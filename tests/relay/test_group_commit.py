@@ -15,6 +15,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+from crdtsync_server import fanout
 from crdtsync_server.config import RelayConfig
 from crdtsync_server.pipeline import PushPipeline
 from crdtsync_server.policy import Principal
@@ -25,10 +26,12 @@ from crdtsync.core.protocol import (
     Ack,
     ChangeFrame,
     ChangeKind,
+    Changes,
     ErrorCode,
     Frame,
     Rejected,
     Verdicts,
+    decode,
 )
 from crdtsync.core.record import RecordDoc
 
@@ -45,12 +48,18 @@ class Listener:
     subscriptions: frozenset[str] = frozenset({"Account"})
     verdicts: list[Verdicts] = attrs.field(factory=list)
     fanout: list[bytes] = attrs.field(factory=list)
+    #: what it received, in order: ("verdicts", [version...]) or ("changes", [record...])
+    received: list[tuple[str, list[object]]] = attrs.field(factory=list)
 
     def deliver_fanout_encoded(self, data: bytes) -> None:
         self.fanout.append(data)
+        frame = decode(data)
+        assert isinstance(frame, Changes)
+        self.received.append(("changes", [item.record_id for item in frame.items]))
 
     def deliver_verdicts(self, verdicts: Verdicts, followups: Sequence[Frame]) -> None:
         self.verdicts.append(verdicts)
+        self.received.append(("verdicts", [verdict.record_id for verdict in verdicts.items]))
 
 
 @attrs.define
@@ -131,7 +140,42 @@ def test_pushes_in_one_turn_are_committed_together_and_answered_only_then(
     ((theirs,),) = [v.items for v in bob.verdicts]
     assert isinstance(mine, Ack) and isinstance(theirs, Ack)
     assert mine.version < theirs.version  # in push order
-    assert len(carol.fanout) == 2  # each push fanned out once it was durable
+    # each push fanned out once it was durable, in push order (together: one frame)
+    assert carol.received == [("changes", [first.record_id, second.record_id])]
+
+
+def test_a_group_reaches_each_listener_in_push_order_around_its_own_verdicts(
+    world: World,
+) -> None:
+    """Every listener gets every other push of the group once, in push order, before or
+    after its own verdicts as the pushes came; what lies between two of its own answers
+    comes as one frame."""
+    relay = world.relay
+    alice, bob, carol, dave = (listener(relay, u) for u in ("alice", "bob", "carol", "dave"))
+    pushers = ((alice, "one"), (bob, "two"), (carol, "three"))
+    one, two, three = (world.create(who, name) for who, name in pushers)
+    for (who, _name), change in zip(pushers, (one, two, three), strict=True):
+        assert relay.push(who, [change]) is None
+    world.turn()
+    a, b, c = one.record_id, two.record_id, three.record_id
+    assert dave.received == [("changes", [a, b, c])]
+    assert alice.received == [("verdicts", [a]), ("changes", [b, c])]
+    assert bob.received == [("changes", [a]), ("verdicts", [b]), ("changes", [c])]
+    assert carol.received == [("changes", [a, b]), ("verdicts", [c])]
+
+
+def test_a_groups_fan_out_comes_in_frames_of_bounded_size(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fanout, "MERGED_ITEMS", 2)
+    relay = world.relay
+    alice, dave = listener(relay, "alice"), listener(relay, "dave")
+    changes = [world.create(alice, name) for name in ("one", "two", "three")]
+    for change in changes:
+        assert relay.push(alice, [change]) is None
+    world.turn()
+    a, b, c = (change.record_id for change in changes)
+    assert dave.received == [("changes", [a, b]), ("changes", [c])]
 
 
 def test_a_failing_frame_in_a_group_leaves_the_others_stored(
