@@ -198,6 +198,12 @@ class PostgresDatabase:
                 f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}s'"
             )
             connection.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}s'")
+            # psycopg prepares a statement run five times, and the server then caches
+            # one generic plan for it, chosen for the tables as they were: on a log that
+            # started empty, a sequential scan, kept while the log grows (each push
+            # frame's retransmission check scanned the whole log). Plan every run for
+            # the tables as they are.
+            connection.execute("SET plan_cache_mode = force_custom_plan")
         except self._psycopg.Error as exc:
             raise StorageError(f"{self.where}: cannot connect: {_first_line(exc)}") from None
         return connection
