@@ -39,6 +39,16 @@ MERGED_ITEMS = 500
 MERGED_BYTES = 1024 * 1024
 
 
+@attrs.define
+class _Held:
+    """A listener's fan-out of a push group not sent yet: runs of encoded items (one per
+    push), how many items and (roughly) how many bytes of updates."""
+
+    runs: list[bytes] = attrs.field(factory=list)
+    items: int = 0
+    size: int = 0
+
+
 class _Encoded:
     """The ``changes`` frames of one fan-out. Listeners that get the same items (the
     same list of them: :meth:`FanOut._items` shares one per view) share one frame, and a
@@ -130,18 +140,17 @@ class FanOut:
         before its own push is answered, when it reaches :data:`MERGED_ITEMS` items or
         :data:`MERGED_BYTES` bytes of updates, or once the group is done. A push whose
         fan-out fails is logged; the others' still go out."""
-        held: dict[Listener, tuple[list[bytes], list[int]]] = {}  # runs; items, bytes
+        held: dict[Listener, _Held] = {}
         encoded = _Encoded()
 
         def flush(listener: Listener) -> None:
-            found = held.pop(listener, None)
-            if found is None:
+            frame = held.pop(listener, None)
+            if frame is None:
                 return
-            runs, (count, _size) = found
             try:
-                listener.deliver_fanout_encoded(encoded.joined(runs, count))
+                listener.deliver_fanout_encoded(encoded.joined(frame.runs, frame.items))
             except Exception:
-                log.exception("fanning out %d changes to a listener failed", count)
+                log.exception("fanning out %d changes to a listener failed", frame.items)
 
         for index, (origin, accepted) in enumerate(pushes):
             flush(origin)
@@ -155,19 +164,17 @@ class FanOut:
                 continue
             size = sum(len(row.update) for _stored, row in accepted)
             for listener, items in found:
-                mine = held.get(listener)
-                if mine is not None and (
-                    mine[1][0] + len(items) > MERGED_ITEMS or mine[1][1] + size > MERGED_BYTES
+                frame = held.get(listener)
+                if frame is not None and (
+                    frame.items + len(items) > MERGED_ITEMS or frame.size + size > MERGED_BYTES
                 ):
                     flush(listener)
-                    mine = None
-                run = encoded.run(items)
-                if mine is None:
-                    held[listener] = ([run], [len(items), size])
-                else:
-                    mine[0].append(run)
-                    mine[1][0] += len(items)
-                    mine[1][1] += size
+                    frame = None
+                if frame is None:
+                    frame = held[listener] = _Held()
+                frame.runs.append(encoded.run(items))
+                frame.items += len(items)
+                frame.size += size
         for listener in list(held):
             flush(listener)
 
