@@ -290,14 +290,11 @@ class PostgresDatabase:
         (``ClientRead``) for :data:`STALLED_AFTER` seconds or more; a working relay never
         waits on itself that long, and whatever the ended one had not committed is rolled
         back (its clients retry)."""
-        rows = self.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND application_name = ? "
-            "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL "
+        return self._end_sessions(
+            "application_name = ? AND pid <> pg_backend_pid() AND xact_start IS NOT NULL "
             "AND wait_event = 'ClientRead' AND state_change < now() - make_interval(secs => ?)",
             (APPLICATION_NAME, STALLED_AFTER),
         )
-        return sum(1 for (ended,) in rows if ended)
 
     def end_stuck_listeners(self) -> int:
         """End the listening sessions of relays that stopped reading (frozen, cut off):
@@ -310,11 +307,19 @@ class PostgresDatabase:
         :data:`NOTICE_QUEUE_LIMIT` in use, listening sessions of relays that are blocked
         writing are ended. A live relay whose session happened to be writing just then
         listens again at once (and reads the log once): it loses no change."""
+        return self._end_sessions(
+            "application_name = ? AND wait_event = 'ClientWrite' "
+            "AND pg_notification_queue_usage() > ?",
+            (LISTENER_NAME, NOTICE_QUEUE_LIMIT),
+        )
+
+    def _end_sessions(self, condition: str, params: Sequence[Any]) -> int:
+        """End the sessions of this database that ``condition`` (over
+        ``pg_stat_activity``) picks; how many were ended."""
         rows = self.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND application_name = ? "
-            "AND wait_event = 'ClientWrite' AND pg_notification_queue_usage() > ?",
-            (LISTENER_NAME, NOTICE_QUEUE_LIMIT),
+            f"WHERE datname = current_database() AND {condition}",
+            params,
         )
         return sum(1 for (ended,) in rows if ended)
 
