@@ -210,10 +210,14 @@ class PushPipeline:
             self.metrics.changes_predicted += frame.predicted
         if not deliver:  # one frame, answered by the caller: its fan-out alone
             for frame in group:
-                if frame.accepted:
-                    fanning = clock()
+                if not frame.accepted:
+                    continue
+                fanning = clock()
+                try:
                     self.fan_out.changes(frame.origin, frame.accepted)
-                    self.metrics.observe_stage("fanout", clock() - fanning)
+                except Exception:  # logged: the push is committed and answered anyway
+                    log.exception("fanning out a push of %d changes failed", len(frame.changes))
+                self.metrics.observe_stage("fanout", clock() - fanning)
             return
         answering = 0.0  # seconds spent answering, not fanning out
 
