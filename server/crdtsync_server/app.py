@@ -449,7 +449,9 @@ class RelayServer:
         """Every :data:`NOTICE_QUEUE_CHECK_INTERVAL` seconds, end the listening sessions
         of relays that stopped reading their commit notices, before they fill
         PostgreSQL's notification queue (then every commit would fail). A failure is
-        logged and the next round tries again."""
+        logged (the first of a run of them with its traceback) and the next round tries
+        again."""
+        failing = False
         while True:
             await asyncio.sleep(NOTICE_QUEUE_CHECK_INTERVAL)
             if self.storage is None or self._thread is None:
@@ -457,8 +459,11 @@ class RelayServer:
             try:
                 ended = await self._thread.call(self.storage.end_stuck_listeners)
             except Exception:
-                log.exception("checking PostgreSQL's notification queue failed; retrying")
+                if not failing:
+                    log.exception("checking PostgreSQL's notification queue failed; retrying")
+                failing = True
                 continue
+            failing = False
             if ended:
                 self._listeners_ended += ended
                 log.warning(
