@@ -70,16 +70,11 @@ class _Encoded:
         return data
 
     def run(self, items: list[RecordChange]) -> bytes:
-        """One push's ``items``, encoded for :meth:`joined`."""
+        """One push's ``items``, encoded for :func:`~crdtsync.core.protocol.encode_changes`."""
         found = self._runs.get(id(items))
         if found is None:
             found = self._runs[id(items)] = (items, encode_items(items))
         return found[1]
-
-    @staticmethod
-    def joined(runs: list[bytes], count: int) -> bytes:
-        """The frame of ``count`` items encoded in ``runs``."""
-        return encode_changes(runs, count)
 
 
 class Listener(Protocol):
@@ -148,7 +143,7 @@ class FanOut:
             if frame is None:
                 return
             try:
-                listener.deliver_fanout_encoded(encoded.joined(frame.runs, frame.items))
+                listener.deliver_fanout_encoded(encode_changes(frame.runs, frame.items))
             except Exception:
                 log.exception("fanning out %d changes to a listener failed", frame.items)
 
